@@ -1,0 +1,97 @@
+"""`ray-sentiment` command line. A user error prints one line and exits 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import RaySentimentError
+from .model import PRESETS
+
+
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="text", help="column holding the comment text (default: text)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ray-sentiment", description="Sentiment analysis of comments on Ray.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model bundle on labelled comments (Ray Train)")
+    t.add_argument("--train", required=True, help="Parquet/CSV/JSONL file, directory or glob; local or s3:// gs://")
+    t.add_argument("--val", help="validation data; default: a seeded, stratified 10%% of --train")
+    t.add_argument("--output", required=True, help="bundle directory to write")
+    _add_columns(t)
+    t.add_argument("--preset", default="default", choices=sorted(PRESETS), help="architecture and recipe (default: default)")
+    t.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (default: 1)")
+    t.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    t.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default: 1, less on small machines)")
+    t.add_argument("--epochs", type=int, help="maximum epochs (preset: 10)")
+    t.add_argument("--batch-size", type=int, help="global batch size, split across workers (preset: 32)")
+    t.add_argument("--learning-rate", type=float, help="Adam learning rate (preset: 0.001)")
+    t.add_argument("--max-len", type=int, help="tokens kept per text (preset: 100)")
+    t.add_argument("--vocab-size", type=int, help="vocabulary size, <pad> and <unk> included (preset: 10000)")
+    weighting = t.add_mutually_exclusive_group()
+    weighting.add_argument("--class-weighted", dest="class_weighted", action="store_true", default=None,
+                           help="weight the loss by inverse class frequency")
+    weighting.add_argument("--no-class-weighted", dest="class_weighted", action="store_false")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-failures", type=int, default=0, help="worker-group restarts from the last checkpoint")
+    t.add_argument("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
+
+    e = sub.add_parser("evaluate", help="score labelled data and print the metrics as JSON")
+    e.add_argument("--model", required=True, help="bundle directory")
+    e.add_argument("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
+    _add_columns(e)
+    e.add_argument("--output", help="also write the report to this JSON file")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+    p = sub.add_parser("predict", help="print one JSON line per text")
+    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "train":
+        from .train import TrainConfig, train
+
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "train", "val")}
+        train(TrainConfig(train_path=args.train, val_path=args.val, **options))
+    elif args.command == "evaluate":
+        from .evaluate import evaluate_path
+
+        report = evaluate_path(args.model, args.data, args.text_column, args.label_column, args.device)
+        text = json.dumps(report, indent=2)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        print(text)
+    elif args.command == "predict":
+        from .predictor import Predictor
+
+        predictor = Predictor.load(args.model)
+        for text, row in zip(args.texts, predictor.predict_proba(args.texts)):
+            best = int(row.argmax())
+            scores = {label: round(float(p), 6) for label, p in zip(predictor.labels, row)}
+            print(json.dumps({"text": text, "label": predictor.labels[best], "confidence": scores[predictor.labels[best]],
+                              "scores": scores}, ensure_ascii=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except RaySentimentError as exc:
+        print(f"ray-sentiment: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

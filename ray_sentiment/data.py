@@ -1,0 +1,268 @@
+"""Labelled comments as Ray Datasets: find files, read, validate, normalise labels, split, encode.
+
+Aggregates (row counts, label counts, token counts) are computed per block in Ray tasks and only
+the small partial results are merged on the driver; texts never travel to the driver.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import ray
+
+from .errors import DataError
+from .text import build_vocab, count_tokens, encode_batch, vocab_index
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
+
+
+@dataclass
+class Split:
+    dataset: ray.data.Dataset  # columns: text (str), label (normalised str)
+    rows_read: int
+    rows_dropped: int
+
+    @property
+    def rows(self) -> int:
+        return self.rows_read - self.rows_dropped
+
+
+@dataclass
+class LabelledData:
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    labels: list[str]
+    counts: dict = field(default_factory=dict)  # rows read/dropped/kept per split, per class
+
+
+def list_input_files(path: str) -> tuple[str, list[str]]:
+    """A file, a directory or a glob, local or any URI pyarrow understands → (format, files)."""
+    if "://" in path:
+        prefix = path[: path.index("://") + 3]
+        target = path[len(prefix):]
+    else:
+        prefix, target = "", os.path.abspath(path)
+    pattern = target if any(ch in target for ch in "*?[") else None
+    root = _glob_base(target) if pattern else target
+    try:
+        fs = pafs.FileSystem.from_uri(prefix + root)[0] if prefix else pafs.LocalFileSystem()
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.Directory:
+            found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot open {path}: {exc}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"no such file or directory: {path}")
+    if info.type == pafs.FileType.File:
+        files = [root]
+    else:
+        files = sorted(
+            f.path for f in found
+            if f.type == pafs.FileType.File and not os.path.basename(f.path).startswith(("_", "."))
+            and (pattern is None or fnmatch.fnmatch(f.path, pattern))
+        )
+    if not files:
+        raise DataError(f"no data files found at {path}")
+    odd = [f for f in files if os.path.splitext(f)[1].lower() not in FORMATS]
+    if odd:
+        raise DataError(f"{odd[0]}: unknown file type; use .parquet, .csv or .jsonl")
+    formats = {FORMATS[os.path.splitext(f)[1].lower()] for f in files}
+    if len(formats) > 1:
+        raise DataError(f"{path} mixes file types ({', '.join(sorted(formats))}); give one type per input")
+    return formats.pop(), [prefix + f for f in files]
+
+
+def _glob_base(pattern: str) -> str:
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return "/".join(parts[:i]) or "/"
+    return pattern
+
+
+def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """Read Parquet, CSV or JSONL (chosen by extension) as a Ray Dataset."""
+    fmt, files = list_input_files(path)
+    try:
+        if fmt == "parquet":
+            return ray.data.read_parquet(files)
+        if fmt == "csv":  # never let CSV type inference turn a text column into numbers
+            types = {c: pa.string() for c in string_columns}
+            return ray.data.read_csv(files, convert_options=pacsv.ConvertOptions(column_types=types))
+        return ray.data.read_json(files)
+    except Exception as exc:  # Ray wraps pyarrow's errors; name the input either way
+        raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
+
+
+def require_columns(ds: ray.data.Dataset, path: str, columns: list[str]) -> None:
+    try:
+        names = ds.schema().names
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(
+            f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(names)}"
+        )
+
+
+def read_labelled(path: str, text_column: str = "text", label_column: str = "label") -> Split:
+    """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows."""
+    ds = read_table(path, (text_column, label_column))
+    require_columns(ds, path, [text_column, label_column])
+
+    def clean(batch: pa.Table) -> pa.Table:
+        text, label = batch[text_column], batch[label_column]
+        if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
+            if pa.types.is_null(text.type):
+                text = text.cast(pa.string())
+            else:
+                raise DataError(f"{path}: column {text_column!r} holds {text.type}, not text")
+        label = pc.utf8_lower(pc.utf8_trim_whitespace(label.cast(pa.string())))
+        keep = pc.and_kleene(
+            pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0),
+            pc.greater(pc.utf8_length(label), 0),
+        )
+        keep = pc.fill_null(keep, False)
+        return pa.table({"text": text.filter(keep), "label": label.filter(keep)})
+
+    try:
+        rows_read = ds.count()
+        cleaned = ds.map_batches(clean, batch_format="pyarrow").materialize()
+    except DataError:
+        raise
+    except Exception as exc:
+        cause = _find_cause(exc, DataError)
+        raise cause or DataError(f"cannot read {path}: {_first_line(exc)}") from None
+    return Split(cleaned, rows_read, rows_read - cleaned.count())
+
+
+def label_counts(ds: ray.data.Dataset) -> Counter:
+    def per_block(batch: pa.Table) -> pa.Table:
+        counts = pc.value_counts(batch["label"])
+        return pa.table({"label": counts.field("values"), "n": counts.field("counts")})
+
+    total = Counter()
+    for row in ds.map_batches(per_block, batch_format="pyarrow").iter_rows():
+        total[row["label"]] += row["n"]
+    return total
+
+
+def stratified_split(ds: ray.data.Dataset, fraction: float, seed: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Hold out round(fraction × n) rows of every class, chosen by a seeded hash of the text.
+
+    Hashing the text (not the row position) makes the split independent of file order and
+    blocking, and keeps duplicate texts on the same side. Only one float per row reaches the driver.
+    """
+    key = f"{seed:016d}"[-16:]
+
+    def add_draw(batch: pa.Table) -> pa.Table:
+        h = pd.util.hash_array(np.asarray(batch["text"].to_pylist(), dtype=object), hash_key=key)
+        return batch.append_column("_draw", pa.array(h.astype(np.float64) / 2.0**64))
+
+    drawn = ds.map_batches(add_draw, batch_format="pyarrow").materialize()
+    draws: dict[str, list[np.ndarray]] = {}
+    for batch in drawn.select_columns(["label", "_draw"]).iter_batches(batch_format="pandas", batch_size=65536):
+        for label, group in batch.groupby("label"):
+            draws.setdefault(label, []).append(group["_draw"].to_numpy())
+    cutoff = {}
+    for label, parts in draws.items():
+        values = np.sort(np.concatenate(parts))
+        k = int(round(fraction * len(values)))
+        cutoff[label] = values[k - 1] if k > 0 else -1.0  # val: draw <= cutoff
+
+    def side(want_val: bool):
+        def select(batch: pa.Table) -> pa.Table:
+            limits = pa.array([cutoff[x] for x in batch["label"].to_pylist()], pa.float64())
+            mask = pc.less_equal(batch["_draw"], limits)
+            return batch.filter(mask if want_val else pc.invert(mask)).drop_columns(["_draw"])
+        return select
+
+    train = drawn.map_batches(side(False), batch_format="pyarrow").materialize()
+    val = drawn.map_batches(side(True), batch_format="pyarrow").materialize()
+    return train, val
+
+
+def load_labelled(
+    train_path: str,
+    val_path: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> LabelledData:
+    train = read_labelled(train_path, text_column, label_column)
+    counts = label_counts(train.dataset)
+    if len(counts) < 2:
+        found = next(iter(counts), None)
+        raise DataError(
+            f"{train_path} has {'only the label ' + repr(found) if found else 'no labelled rows'}; "
+            "training needs at least two classes"
+        )
+    labels = sorted(counts)
+    summary = {"train": {"read": train.rows_read, "dropped": train.rows_dropped}}
+    if val_path:
+        val = read_labelled(val_path, text_column, label_column)
+        unknown = set(label_counts(val.dataset)) - set(labels)
+        if unknown:
+            raise DataError(f"{val_path} has labels not in the training data: {', '.join(sorted(unknown))}")
+        train_ds, val_ds = train.dataset, val.dataset
+        summary["val"] = {"read": val.rows_read, "dropped": val.rows_dropped}
+    else:
+        train_ds, val_ds = stratified_split(train.dataset, val_fraction, seed)
+        summary["val"] = {"held_out_from_train": val_fraction}
+    summary["train"]["rows"] = train_ds.count()
+    summary["val"]["rows"] = val_ds.count()
+    if summary["val"]["rows"] == 0:
+        raise DataError("the validation set is empty; give --val or more training rows")
+    summary["class_counts"] = dict(sorted(label_counts(train_ds).items()))
+    return LabelledData(train_ds, val_ds, labels, summary)
+
+
+def fit_vocab(ds: ray.data.Dataset, vocab_size: int) -> list[str]:
+    """Token counts per block in Ray tasks, merged on the driver, cut to the most frequent."""
+
+    def per_block(batch: pa.Table) -> pa.Table:
+        counts = count_tokens(batch["text"].to_pylist())
+        return pa.table({"token": list(counts), "n": list(counts.values())},
+                        schema=pa.schema([("token", pa.string()), ("n", pa.int64())]))
+
+    total = Counter()
+    for batch in ds.map_batches(per_block, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
+        total.update(dict(zip(batch["token"].to_pylist(), batch["n"].to_pylist())))
+    return build_vocab(total, vocab_size)
+
+
+def encode_dataset(ds: ray.data.Dataset, vocab: list[str], labels: list[str], max_len: int) -> ray.data.Dataset:
+    """text, label → ids (int32 [max_len]), length (int32), label_id (int64), tokenised in Ray tasks."""
+    index, label_ids = vocab_index(vocab), {label: i for i, label in enumerate(labels)}
+
+    def encode(batch: pa.Table) -> dict:
+        ids, lengths = encode_batch(batch["text"].to_pylist(), index, max_len)
+        y = np.fromiter((label_ids[x] for x in batch["label"].to_pylist()), np.int64, batch.num_rows)
+        return {"ids": ids, "length": lengths, "label_id": y}
+
+    return ds.map_batches(encode, batch_format="pyarrow").materialize()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
+
+
+def _find_cause(exc: BaseException, kind: type) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kind):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

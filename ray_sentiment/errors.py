@@ -1,0 +1,21 @@
+"""The errors a user can cause. The CLI prints their message on one line and exits 2."""
+
+
+class RaySentimentError(Exception):
+    """Base class: something the user can fix (a path, a column, an option, a file)."""
+
+
+class DataError(RaySentimentError):
+    """Input data is missing, unreadable, or not shaped as asked (columns, labels, rows)."""
+
+
+class BundleError(RaySentimentError):
+    """A model bundle directory is missing a part, or a part is corrupt."""
+
+
+class InvalidTextError(RaySentimentError, ValueError):
+    """Texts given to a predictor are null, not strings, or empty."""
+
+
+class ConfigError(RaySentimentError, ValueError):
+    """An option has an impossible value."""

@@ -1,0 +1,115 @@
+"""The LSTM text classifier and its named presets.
+
+ids [batch, time] → Embedding → LSTM over packed sequences (padding costs nothing and cannot change
+the result) → pooled features → Dropout → Dense(ReLU) → Dropout → Dense(classes) → logits.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .errors import ConfigError
+from .text import PAD_ID
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 3
+    vocab_size: int = 10_000
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.5
+    dense_dim: int = 64
+    pooling: str = "last"  # "last": final hidden state; "last+max": also max over time
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An architecture plus the training recipe it was measured with."""
+
+    model: ModelConfig
+    max_len: int = 100
+    batch_size: int = 32
+    epochs: int = 10
+    patience: int = 3
+    learning_rate: float = 1e-3
+    class_weighted: bool = False
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "seed": Preset(
+        ModelConfig(),
+        description="reference: Embedding(10k,64) → LSTM(128) → Dropout → Dense(64) → Dropout → Dense",
+    ),
+    "default": Preset(
+        ModelConfig(embed_dim=100, hidden_dim=128, bidirectional=True, pooling="last+max"),
+        class_weighted=True,
+        description="bidirectional LSTM, last state + max-pooled outputs, class-weighted loss",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+class SentimentLSTM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.pooling not in ("last", "last+max"):
+            raise ConfigError(f"unknown pooling {config.pooling!r}; use 'last' or 'last+max'")
+        self.config = config
+        directions = 2 if config.bidirectional else 1
+        features = config.hidden_dim * directions * (2 if config.pooling == "last+max" else 1)
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(
+            config.embed_dim,
+            config.hidden_dim,
+            num_layers=config.num_layers,
+            bidirectional=config.bidirectional,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.head = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(features, config.dense_dim),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.dense_dim, config.num_classes),
+        )
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids: int [batch, time] right-padded; lengths: int [batch]. Returns logits [batch, classes]."""
+        lengths = lengths.to("cpu", torch.int64).clamp(min=1)  # a token-less text is one pad step
+        ids = ids[:, : int(lengths.max())]  # columns beyond the longest text are pure padding
+        packed = pack_padded_sequence(
+            self.embedding(ids.long()), lengths, batch_first=True, enforce_sorted=False
+        )
+        outputs, (hidden, _) = self.lstm(packed)
+        directions = 2 if self.config.bidirectional else 1
+        features = torch.cat(list(hidden[-directions:]), dim=1)  # last layer, every direction
+        if self.config.pooling == "last+max":
+            padded, _ = pad_packed_sequence(outputs, batch_first=True, padding_value=float("-inf"))
+            features = torch.cat([features, padded.max(dim=1).values], dim=1)
+        return self.head(features)
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown model settings: {', '.join(sorted(unknown))}")
+    return ModelConfig(**data)
+
+
+def model_config_to_dict(config: ModelConfig) -> dict:
+    return asdict(config)
+

@@ -1,0 +1,33 @@
+"""Connecting to Ray: the cluster named by RAY_ADDRESS (as inside `ray job submit`), else a new local one."""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    # "local" always starts a fresh instance: an address-less init would try to join whatever
+    # cluster Ray's temp folder remembers, even one whose head was killed.
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+    )
+
+
+def quiet_ray_data() -> None:
+    """No per-operator progress bars from Ray Data: our own progress lines say what matters."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

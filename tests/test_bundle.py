@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ray_sentiment import Predictor
+from ray_sentiment.bundle import ModelBundle, load_bundle, save_bundle
+from ray_sentiment.errors import BundleError, InvalidTextError
+from ray_sentiment.model import ModelConfig, SentimentLSTM
+from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
+
+TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "soooo good!!! #win", "meh " * 300]
+
+
+@pytest.fixture()
+def bundle_dir(tmp_path):
+    torch.manual_seed(0)
+    vocab = build_vocab(count_tokens(TEXTS), 50)
+    config = ModelConfig(num_classes=3, vocab_size=len(vocab), embed_dim=8, hidden_dim=16, dense_dim=8,
+                         bidirectional=True, pooling="last+max")
+    model = SentimentLSTM(config)
+    bundle = ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=config,
+                         tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
+                         state_dict=model.state_dict(), preset="test", metrics={"note": "unit"})
+    path = save_bundle(bundle, tmp_path / "bundle")
+    return path, model
+
+
+def test_round_trip_gives_identical_probabilities(bundle_dir):
+    path, model = bundle_dir
+    predictor = Predictor.load(path)
+    proba = predictor.predict_proba(TEXTS)
+    ids, lengths = predictor.encode(TEXTS)
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(torch.from_numpy(ids), torch.from_numpy(lengths)), dim=1).numpy()
+    np.testing.assert_array_equal(proba, expected)
+    assert proba.shape == (5, 3) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert predictor.labels == ["negative", "neutral", "positive"]
+    assert predictor.predict(TEXTS) == [predictor.labels[i] for i in proba.argmax(axis=1)]
+    # batching does not change a text's probabilities
+    np.testing.assert_allclose(predictor.predict_proba(TEXTS, batch_size=2), proba, rtol=1e-5, atol=1e-7)
+    assert load_bundle(path).metrics == {"note": "unit"}
+    assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        (["fine", None], "#1: text is null"),
+        (["fine", ""], "#1: text is empty"),
+        (["   "], "#0: text is empty"),
+        ([b"bytes"], "#0: text is bytes, not a string"),
+        ([3.5, "ok"], "#0: text is float, not a string"),
+        ("a single string", "a single string"),
+    ],
+)
+def test_predictor_refuses_texts_it_cannot_score(bundle_dir, texts, message):
+    with pytest.raises(InvalidTextError, match=message):
+        Predictor.load(bundle_dir[0]).predict_proba(texts)
+
+
+def test_predictor_accepts_an_empty_list(bundle_dir):
+    assert Predictor.load(bundle_dir[0]).predict_proba([]).shape == (0, 3)
+
+
+def _corrupt(path, name, content: bytes):
+    (path / name).write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: (p / "model.safetensors").unlink(), "missing model.safetensors"),
+        (lambda p: (p / "vocab.json").unlink(), "missing vocab.json"),
+        (lambda p: _corrupt(p, "config.json", b"{not json"), "config.json is not valid JSON"),
+        (lambda p: _corrupt(p, "vocab.json", b'{"a": 1}'), "vocab.json should hold a JSON array"),
+        (lambda p: _corrupt(p, "vocab.json", b'["a", "b"]'), "must be a list of strings starting with"),
+        (lambda p: _corrupt(p, "model.safetensors", b"\x00" * 40), "model.safetensors is corrupt"),
+        (lambda p: _corrupt(p, "model.safetensors", (p / "model.safetensors").read_bytes()[:-100]), "model.safetensors is corrupt"),
+        (lambda p: _edit_config(p, format_version=99), "format version 99"),
+        (lambda p: _edit_config(p, labels=["only"]), "at least two strings"),
+        (lambda p: _edit_config(p, labels=["a", "b"]), "2 labels but the model has 3 outputs"),
+        (lambda p: _edit_config(p, model={"hidden_dim": 32, "num_classes": 3, "vocab_size": 40}), "weights do not fit"),
+        (lambda p: _edit_config(p, model={"colour": "blue"}), "unknown model settings: colour"),
+    ],
+)
+def test_corrupt_bundles_say_what_is_wrong(bundle_dir, damage, message):
+    path = bundle_dir[0]
+    damage(path)
+    with pytest.raises(BundleError, match=message):
+        Predictor.load(path)
+
+
+def test_missing_bundle_directory(tmp_path):
+    with pytest.raises(BundleError, match="is not a directory"):
+        Predictor.load(tmp_path / "nope")
+
+
+def _edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))

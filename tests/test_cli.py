@@ -1,0 +1,95 @@
+"""The `ray-sentiment` command as a user runs it: real processes, real exit codes."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLES, EXAMPLES_TEST, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def example_bundle(tmp_path_factory):
+    """The README's main job: train on the example comments, on a local Ray started by the CLI."""
+    out = tmp_path_factory.mktemp("example")
+    result = run_cli("train", "--train", str(EXAMPLES), "--output", str(out / "bundle"), "--epochs", "4",
+                     "--storage-path", str(out / "ckpt"), "--seed", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1/4" in result.stdout and "bundle written to" in result.stdout
+    return out / "bundle"
+
+
+def test_evaluate_prints_the_report_as_json(example_bundle, tmp_path):
+    result = run_cli("evaluate", "--model", str(example_bundle), "--data", str(EXAMPLES_TEST),
+                     "--output", str(tmp_path / "report.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_ovr"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["rows_scored"] == 120 and report["rows_skipped"] == 0
+    assert report["confusion_matrix"]["labels"] == ["negative", "neutral", "positive"]
+    assert sum(map(sum, report["confusion_matrix"]["matrix"])) == 120
+    assert set(report["per_class"]) == {"negative", "neutral", "positive"}
+
+
+def test_predict_prints_one_json_line_per_text(example_bundle):
+    result = run_cli("predict", "--model", str(example_bundle), "I love the new update 😍", "this app is trash 😡")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["text"] for line in lines] == ["I love the new update 😍", "this app is trash 😡"]
+    for line in lines:
+        assert set(line["scores"]) == {"negative", "neutral", "positive"}
+        assert sum(line["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert line["confidence"] == max(line["scores"].values())
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ray-sentiment: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_training_file(tmp_path):
+    result = run_cli("train", "--train", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "b"))
+    _one_line_error(result, "no such file or directory", "nope.parquet")
+
+
+def test_missing_column_lists_the_columns_that_exist(tmp_path):
+    pd.DataFrame({"comment": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "d.csv", index=False)
+    result = run_cli("train", "--train", str(tmp_path / "d.csv"), "--output", str(tmp_path / "b"))
+    _one_line_error(result, "has no column 'text'", "columns are: comment, label")
+
+
+def test_one_class_only(tmp_path):
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}).to_parquet(tmp_path / "d.parquet")
+    result = run_cli("train", "--train", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "b"))
+    _one_line_error(result, "only the label 'pos'")
+
+
+def test_bad_option_value(tmp_path):
+    result = run_cli("train", "--train", str(EXAMPLES), "--output", str(tmp_path / "b"), "--num-workers", "0")
+    _one_line_error(result, "--num-workers must be at least 1")
+
+
+def test_corrupt_bundle(example_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for part in example_bundle.iterdir():
+        (broken / part.name).write_bytes(part.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    for args in (("predict", "--model", str(broken), "hi"), ("evaluate", "--model", str(broken), "--data", str(EXAMPLES))):
+        _one_line_error(run_cli(*args), "model.safetensors is corrupt")
+
+
+def test_predict_refuses_an_empty_text(example_bundle):
+    _one_line_error(run_cli("predict", "--model", str(example_bundle), "fine", "  "), "#1: text is empty")
+
+
+def test_evaluate_with_labels_the_model_does_not_know(example_bundle, tmp_path):
+    pd.DataFrame({"text": ["a", "b"], "label": ["positive", "angry"]}).to_csv(tmp_path / "d.csv", index=False)
+    result = run_cli("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "d.csv"))
+    _one_line_error(result, "labels the model does not know: angry")

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+
+from ray_sentiment.errors import ConfigError
+from ray_sentiment.model import PRESETS, ModelConfig, SentimentLSTM, get_preset
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_padding_does_not_change_the_output(preset):
+    torch.manual_seed(0)
+    model = SentimentLSTM(PRESETS[preset].model).eval()
+    rng = np.random.default_rng(0)
+    short = torch.from_numpy(rng.integers(2, 10_000, size=(1, 5)))
+    with torch.no_grad():
+        alone = model(short, torch.tensor([5]))
+        # The same text right-padded to 100 columns, beside a longer text in one batch.
+        padded = torch.zeros((2, 100), dtype=torch.int64)
+        padded[0, :5] = short[0]
+        padded[1, :40] = torch.from_numpy(rng.integers(2, 10_000, size=40))
+        batched = model(padded, torch.tensor([5, 40]))
+    torch.testing.assert_close(batched[0:1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_seed_preset_is_the_reference_architecture():
+    model = SentimentLSTM(get_preset("seed").model)
+    assert model.embedding.num_embeddings == 10_000 and model.embedding.embedding_dim == 64
+    assert model.lstm.hidden_size == 128 and not model.lstm.bidirectional and model.lstm.num_layers == 1
+    dropouts = [m.p for m in model.head if isinstance(m, torch.nn.Dropout)]
+    linears = [(m.in_features, m.out_features) for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert dropouts == [0.5, 0.5] and linears == [(128, 64), (64, 3)]
+    preset = get_preset("seed")
+    assert (preset.batch_size, preset.epochs, preset.patience, preset.max_len) == (32, 10, 3, 100)
+
+
+def test_empty_text_is_one_padding_step_not_an_error():
+    model = SentimentLSTM(ModelConfig(vocab_size=50, bidirectional=True, pooling="last+max")).eval()
+    out = model(torch.zeros((2, 7), dtype=torch.int64), torch.tensor([0, 0]))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_unknown_preset_and_pooling_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("huge")
+    with pytest.raises(ConfigError, match="pooling"):
+        SentimentLSTM(ModelConfig(pooling="mean"))
