@@ -102,30 +102,30 @@ def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Data
         raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
 
 
-def require_columns(ds: ray.data.Dataset, path: str, columns: list[str]) -> None:
+def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_column: str | None = None) -> None:
+    """Fail before any work starts when a column is missing, or the text column holds no strings."""
     try:
-        names = ds.schema().names
+        schema = ds.schema()
     except Exception as exc:
         raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
-    missing = [c for c in columns if c not in names]
+    missing = [c for c in columns if c not in schema.names]
     if missing:
         raise DataError(
-            f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(names)}"
+            f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(schema.names)}"
         )
+    if text_column is not None:
+        kind = schema.base_schema.field(text_column).type if hasattr(schema, "base_schema") else None
+        if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
 
 
 def read_labelled(path: str, text_column: str = "text", label_column: str = "label") -> Split:
     """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows."""
     ds = read_table(path, (text_column, label_column))
-    require_columns(ds, path, [text_column, label_column])
+    require_columns(ds, path, [text_column, label_column], text_column)
 
     def clean(batch: pa.Table) -> pa.Table:
-        text, label = batch[text_column], batch[label_column]
-        if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
-            if pa.types.is_null(text.type):
-                text = text.cast(pa.string())
-            else:
-                raise DataError(f"{path}: column {text_column!r} holds {text.type}, not text")
+        text, label = batch[text_column].cast(pa.string()), batch[label_column]
         label = pc.utf8_lower(pc.utf8_trim_whitespace(label.cast(pa.string())))
         keep = pc.and_kleene(
             pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0),
@@ -137,11 +137,8 @@ def read_labelled(path: str, text_column: str = "text", label_column: str = "lab
     try:
         rows_read = ds.count()
         cleaned = ds.map_batches(clean, batch_format="pyarrow").materialize()
-    except DataError:
-        raise
     except Exception as exc:
-        cause = _find_cause(exc, DataError)
-        raise cause or DataError(f"cannot read {path}: {_first_line(exc)}") from None
+        raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
     return Split(cleaned, rows_read, rows_read - cleaned.count())
 
 
@@ -219,11 +216,12 @@ def load_labelled(
     else:
         train_ds, val_ds = stratified_split(train.dataset, val_fraction, seed)
         summary["val"] = {"held_out_from_train": val_fraction}
+        counts = label_counts(train_ds)
     summary["train"]["rows"] = train_ds.count()
     summary["val"]["rows"] = val_ds.count()
     if summary["val"]["rows"] == 0:
         raise DataError("the validation set is empty; give --val or more training rows")
-    summary["class_counts"] = dict(sorted(label_counts(train_ds).items()))
+    summary["class_counts"] = dict(sorted(counts.items()))
     return LabelledData(train_ds, val_ds, labels, summary)
 
 
@@ -256,13 +254,3 @@ def encode_dataset(ds: ray.data.Dataset, vocab: list[str], labels: list[str], ma
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
-
-
-def _find_cause(exc: BaseException, kind: type) -> BaseException | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, kind):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None

@@ -1,0 +1,105 @@
+"""Accuracy of the `seed` and `default` presets against the TF-IDF + logistic regression baseline.
+
+Each model is trained through the real pipeline (`ray_sentiment.train.train` on local Ray) and
+scored on a split it never saw. In the same run the baseline (TF-IDF word 1-2 grams + char 2-5
+grams, balanced logistic regression) is fitted on the same training rows.
+
+    python benchmarks/train_accuracy.py [--presets seed,default] [--datasets tweets,airline] [--num-workers 1]
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import hstack
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATASETS, table  # noqa: E402
+
+from ray_sentiment import Predictor  # noqa: E402
+from ray_sentiment.evaluate import classification_report  # noqa: E402
+from ray_sentiment.train import TrainConfig, train  # noqa: E402
+
+
+def splits(name: str, tmp: Path) -> tuple[Path, Path | None, pd.DataFrame, pd.DataFrame]:
+    """(train file, validation file or None, train rows, evaluation rows)."""
+    if name == "tweets":
+        train_rows = pd.read_parquet(DATASETS / "tweets/train.parquet")
+        eval_rows = pd.read_parquet(DATASETS / "tweets/val.parquet")
+        return DATASETS / "tweets/train.parquet", DATASETS / "tweets/val.parquet", train_rows, eval_rows
+    rows = pd.read_parquet(DATASETS / "airline/tweets.parquet")
+    train_rows, eval_rows = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
+    path = tmp / "airline_train.parquet"
+    train_rows[["text", "label"]].to_parquet(path)
+    return path, None, train_rows, eval_rows  # early stopping on a held-out 10% of train
+
+
+def tfidf_baseline(train_rows: pd.DataFrame, eval_rows: pd.DataFrame, labels: list[str]) -> tuple[dict, float]:
+    started = time.perf_counter()
+    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True, lowercase=True)
+    x_train = hstack([word.fit_transform(train_rows["text"]), char.fit_transform(train_rows["text"])]).tocsr()
+    x_eval = hstack([word.transform(eval_rows["text"]), char.transform(eval_rows["text"])]).tocsr()
+    model = LogisticRegression(class_weight="balanced", max_iter=2000, C=2.0)
+    model.fit(x_train, train_rows["label"])
+    seconds = time.perf_counter() - started
+    order = [list(model.classes_).index(label) for label in labels]
+    return _report(eval_rows, model.predict_proba(x_eval)[:, order], labels), seconds
+
+
+def _report(rows: pd.DataFrame, proba: np.ndarray, labels: list[str]) -> dict:
+    y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    return classification_report(y, proba, labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="seed,default")
+    parser.add_argument("--datasets", default="tweets,airline")
+    parser.add_argument("--num-workers", type=int, default=1)
+    args = parser.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.datasets.split(","):
+            train_path, val_path, train_rows, eval_rows = splits(name, tmp)
+            labels = sorted(train_rows["label"].str.strip().str.lower().unique())
+            for preset in args.presets.split(","):
+                started = time.perf_counter()
+                bundle = train(TrainConfig(
+                    train_path=str(train_path), val_path=val_path and str(val_path), output=str(tmp / f"{name}-{preset}"),
+                    preset=preset, num_workers=args.num_workers, storage_path=str(tmp / "ckpt"),
+                ))
+                seconds = time.perf_counter() - started
+                predictor = Predictor.load(bundle)
+                report = _report(eval_rows, predictor.predict_proba(eval_rows["text"].tolist()), predictor.labels)
+                results.append(_row(name, f"LSTM {preset}", report, seconds))
+                print(table(results[-1:]), flush=True)
+            report, seconds = tfidf_baseline(train_rows, eval_rows, labels)
+            results.append(_row(name, "TF-IDF + LR (baseline)", report, seconds))
+    import ray
+
+    ray.shutdown()
+    print("\nevaluated on tweets/val and on the airline test split; rates in percent")
+    print(table(results))
+
+
+def _row(dataset: str, model: str, report: dict, seconds: float) -> dict:
+    return {
+        "dataset": dataset,
+        "model": model,
+        "macro recall": 100 * report["macro_recall"],
+        "accuracy": 100 * report["accuracy"],
+        "macro F1": 100 * report["macro_f1"],
+        "train s": seconds,
+    }
+
+
+if __name__ == "__main__":
+    main()
