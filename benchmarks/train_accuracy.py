@@ -1,8 +1,9 @@
 """Accuracy of the `seed` and `default` presets against the TF-IDF + logistic regression baseline.
 
 Each model is trained through the real pipeline (`ray_sentiment.train.train` on local Ray) and
-scored on a split it never saw. In the same run the baseline (TF-IDF word 1-2 grams + char 2-5
-grams, balanced logistic regression) is fitted on the same training rows.
+scored on a split it never saw; presets with PPMI word vectors also read the unlabelled tweets.
+In the same run the baseline (TF-IDF word 1-2 grams + char 2-5 grams, balanced logistic
+regression) is fitted on the same training rows.
 
     python benchmarks/train_accuracy.py [--presets seed,default] [--datasets tweets,airline] [--num-workers 1]
 """
@@ -23,6 +24,7 @@ from _common import DATASETS, table  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
 from ray_sentiment.evaluate import classification_report  # noqa: E402
+from ray_sentiment.model import get_preset  # noqa: E402
 from ray_sentiment.train import TrainConfig, train  # noqa: E402
 
 
@@ -62,6 +64,8 @@ def main() -> None:
     parser.add_argument("--presets", default="seed,default")
     parser.add_argument("--datasets", default="tweets,airline")
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--unlabelled", default=str(DATASETS / "unlabeled/tweets.parquet"),
+                        help="unlabelled tweets for the default preset's word vectors ('' for none)")
     args = parser.parse_args()
 
     results = []
@@ -75,6 +79,7 @@ def main() -> None:
                 bundle = train(TrainConfig(
                     train_path=str(train_path), val_path=val_path and str(val_path), output=str(tmp / f"{name}-{preset}"),
                     preset=preset, num_workers=args.num_workers, storage_path=str(tmp / "ckpt"),
+                    unlabelled_path=(args.unlabelled or None) if get_preset(preset).embedding_init == "ppmi" else None,
                 ))
                 seconds = time.perf_counter() - started
                 predictor = Predictor.load(bundle)

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     weighting.add_argument("--class-weighted", dest="class_weighted", action="store_true", default=None,
                            help="weight the loss by inverse class frequency")
     weighting.add_argument("--no-class-weighted", dest="class_weighted", action="store_false")
+    t.add_argument("--embedding-init", choices=["random", "ppmi"],
+                   help="start the embedding from noise or from PPMI-SVD word vectors (preset: default uses ppmi)")
+    t.add_argument("--unlabelled", dest="unlabelled_path", metavar="PATH",
+                   help="unlabelled comments (same --text-column) that the word vectors also learn from")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-failures", type=int, default=0, help="worker-group restarts from the last checkpoint")
     t.add_argument("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")

@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import ray
+import scipy.sparse as sp
 
 from .errors import DataError
+from .embeddings import cooccurrence_counts
 from .text import build_vocab, count_tokens, encode_batch, vocab_index
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
@@ -119,19 +121,21 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
             raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
 
 
-def read_labelled(path: str, text_column: str = "text", label_column: str = "label") -> Split:
-    """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows."""
-    ds = read_table(path, (text_column, label_column))
-    require_columns(ds, path, [text_column, label_column], text_column)
+def read_labelled(path: str, text_column: str = "text", label_column: str | None = "label") -> Split:
+    """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows.
+
+    With `label_column=None`, unlabelled comments: only the text is kept."""
+    columns = [text_column] + ([label_column] if label_column else [])
+    ds = read_table(path, tuple(columns))
+    require_columns(ds, path, columns, text_column)
 
     def clean(batch: pa.Table) -> pa.Table:
-        text, label = batch[text_column].cast(pa.string()), batch[label_column]
-        label = pc.utf8_lower(pc.utf8_trim_whitespace(label.cast(pa.string())))
-        keep = pc.and_kleene(
-            pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0),
-            pc.greater(pc.utf8_length(label), 0),
-        )
-        keep = pc.fill_null(keep, False)
+        text = batch[text_column].cast(pa.string())
+        keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+        if label_column is None:
+            return pa.table({"text": text.filter(pc.fill_null(keep, False))})
+        label = pc.utf8_lower(pc.utf8_trim_whitespace(batch[label_column].cast(pa.string())))
+        keep = pc.fill_null(pc.and_kleene(keep, pc.greater(pc.utf8_length(label), 0)), False)
         return pa.table({"text": text.filter(keep), "label": label.filter(keep)})
 
     try:
@@ -239,16 +243,33 @@ def fit_vocab(ds: ray.data.Dataset, vocab_size: int) -> list[str]:
     return build_vocab(total, vocab_size)
 
 
-def encode_dataset(ds: ray.data.Dataset, vocab: list[str], labels: list[str], max_len: int) -> ray.data.Dataset:
-    """text, label → ids (int32 [max_len]), length (int32), label_id (int64), tokenised in Ray tasks."""
-    index, label_ids = vocab_index(vocab), {label: i for i, label in enumerate(labels)}
+def encode_dataset(ds: ray.data.Dataset, vocab: list[str], max_len: int, labels: list[str] | None = None) -> ray.data.Dataset:
+    """text[, label] → ids (int32 [max_len]), length (int32)[, label_id (int64)], tokenised in Ray tasks."""
+    index = vocab_index(vocab)
+    label_ids = {label: i for i, label in enumerate(labels or [])}
 
     def encode(batch: pa.Table) -> dict:
         ids, lengths = encode_batch(batch["text"].to_pylist(), index, max_len)
+        if not labels:
+            return {"ids": ids, "length": lengths}
         y = np.fromiter((label_ids[x] for x in batch["label"].to_pylist()), np.int64, batch.num_rows)
         return {"ids": ids, "length": lengths, "label_id": y}
 
     return ds.map_batches(encode, batch_format="pyarrow").materialize()
+
+
+def cooccurrence_matrix(encoded: ray.data.Dataset, vocab_size: int) -> sp.csr_matrix:
+    """Word co-occurrence counts over an encoded dataset: per block in Ray tasks, summed on the driver."""
+
+    def per_block(batch: dict) -> dict:
+        counts = cooccurrence_counts(batch["ids"], batch["length"], vocab_size).tocoo()
+        return {"row": counts.row.astype(np.int32), "col": counts.col.astype(np.int32), "n": counts.data}
+
+    total = sp.csr_matrix((vocab_size, vocab_size), dtype=np.float32)
+    partial = encoded.select_columns(["ids", "length"]).map_batches(per_block, batch_format="numpy", batch_size=16384)
+    for batch in partial.iter_batches(batch_format="numpy", batch_size=None):
+        total += sp.csr_matrix((batch["n"], (batch["row"], batch["col"])), shape=(vocab_size, vocab_size))
+    return total
 
 
 def _first_line(exc: BaseException) -> str:

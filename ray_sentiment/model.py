@@ -39,6 +39,7 @@ class Preset:
     patience: int = 3
     learning_rate: float = 1e-3
     class_weighted: bool = False
+    embedding_init: str = "random"  # or "ppmi": word vectors from co-occurrence counts (embeddings.py)
     description: str = ""
 
 
@@ -51,7 +52,9 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         ModelConfig(embed_dim=100, hidden_dim=64, bidirectional=True, pooling="last+max"),
         class_weighted=True,
-        description="bidirectional LSTM(64 per direction), last states + max-pooled outputs, class-weighted loss",
+        embedding_init="ppmi",
+        description="bidirectional LSTM(64 per direction), last states + max-pooled outputs, "
+        "class-weighted loss, embedding started from PPMI-SVD word vectors",
     ),
 }
 

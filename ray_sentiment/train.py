@@ -27,8 +27,9 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from .bundle import ModelBundle, save_bundle
-from .data import encode_dataset, fit_vocab, list_input_files, load_labelled
-from .errors import ConfigError
+from .data import cooccurrence_matrix, encode_dataset, fit_vocab, list_input_files, load_labelled, read_labelled
+from .embeddings import ppmi_vectors
+from .errors import ConfigError, DataError
 from .evaluate import classification_report
 from .model import ModelConfig, SentimentLSTM, get_preset
 from .runtime import ensure_ray, quiet_ray_data
@@ -52,6 +53,8 @@ class TrainConfig:
     max_len: int | None = None
     vocab_size: int | None = None
     class_weighted: bool | None = None
+    embedding_init: str | None = None
+    unlabelled_path: str | None = None  # extra comments, without labels, for the word vectors
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float | None = None
@@ -71,8 +74,11 @@ def resolved_settings(config: TrainConfig) -> dict:
         "max_len": config.max_len or preset.max_len,
         "vocab_size": config.vocab_size or preset.model.vocab_size,
         "class_weighted": preset.class_weighted if config.class_weighted is None else config.class_weighted,
+        "embedding_init": config.embedding_init or preset.embedding_init,
         "patience": preset.patience,
     }
+    if s["embedding_init"] not in ("random", "ppmi"):
+        raise ConfigError(f"unknown embedding init {s['embedding_init']!r}; use 'random' or 'ppmi'")
     if config.num_workers < 1:
         raise ConfigError("--num-workers must be at least 1")
     if s["batch_size"] < config.num_workers:
@@ -89,7 +95,7 @@ def resolved_settings(config: TrainConfig) -> dict:
 def train(config: TrainConfig) -> Path:
     """Run the whole job; returns the bundle directory."""
     settings = resolved_settings(config)
-    for path in filter(None, (config.train_path, config.val_path)):
+    for path in filter(None, (config.train_path, config.val_path, config.unlabelled_path)):
         list_input_files(path)  # a wrong path fails now, before Ray starts
     ensure_ray()
     quiet_ray_data()
@@ -100,9 +106,12 @@ def train(config: TrainConfig) -> Path:
     )
     print(f"data: {data.counts['train']['rows']} training rows, {data.counts['val']['rows']} validation rows, "
           f"labels {data.labels}, {data.counts['train']['dropped']} training rows dropped (null or empty)")
+    if data.counts["train"]["rows"] < settings["batch_size"]:
+        raise DataError(f"{data.counts['train']['rows']} training rows are fewer than one batch "
+                        f"({settings['batch_size']}); lower --batch-size or add data")
     vocab = fit_vocab(data.train, settings["vocab_size"])
-    train_ds = encode_dataset(data.train, vocab, data.labels, settings["max_len"])
-    val_ds = encode_dataset(data.val, vocab, data.labels, settings["max_len"])
+    train_ds = encode_dataset(data.train, vocab, settings["max_len"], data.labels)
+    val_ds = encode_dataset(data.val, vocab, settings["max_len"], data.labels)
 
     preset = get_preset(config.preset)
     # The embedding has a row per token actually seen, up to the requested vocabulary size.
@@ -110,6 +119,9 @@ def train(config: TrainConfig) -> Path:
     counts = np.array([data.counts["class_counts"].get(label, 0) for label in data.labels], dtype=np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1)) if settings["class_weighted"] else None
     cpus = config.cpus_per_worker or _default_cpus_per_worker(config.num_workers, config.use_gpu)
+    embedding = None
+    if settings["embedding_init"] == "ppmi":
+        embedding = word_vectors(train_ds, vocab, model_config.embed_dim, settings["max_len"], config, data.counts)
 
     trainer = TorchTrainer(
         train_loop,
@@ -121,6 +133,7 @@ def train(config: TrainConfig) -> Path:
             "batch_size": max(1, settings["batch_size"] // config.num_workers),
             "learning_rate": settings["learning_rate"],
             "class_weights": None if weights is None else weights.tolist(),
+            "embedding": embedding,
             "seed": config.seed,
             "threads": max(1, int(cpus)),
         },
@@ -165,6 +178,16 @@ def train(config: TrainConfig) -> Path:
     return path
 
 
+def word_vectors(train_ds, vocab: list[str], dim: int, max_len: int, config: TrainConfig, counts: dict) -> np.ndarray:
+    """PPMI-SVD vectors from the training texts and, if given, unlabelled comments."""
+    cooccurrence = cooccurrence_matrix(train_ds, len(vocab))
+    if config.unlabelled_path:
+        extra = read_labelled(config.unlabelled_path, config.text_column, label_column=None)
+        cooccurrence += cooccurrence_matrix(encode_dataset(extra.dataset, vocab, max_len), len(vocab))
+        counts["unlabelled"] = {"read": extra.rows_read, "dropped": extra.rows_dropped}
+    return ppmi_vectors(cooccurrence, dim, seed=config.seed)
+
+
 def _default_cpus_per_worker(num_workers: int, use_gpu: bool) -> float:
     """One CPU each, unless that would leave no CPU free for Ray Data's tasks on a small machine."""
     total = ray.cluster_resources().get("CPU", 1.0)
@@ -192,9 +215,17 @@ def train_loop(cfg: dict) -> None:
     val_ids, val_len, val_y = _load_shard("val")
 
     model = SentimentLSTM(ModelConfig(**cfg["model"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"])
-    state = _restore(ray.train.get_checkpoint(), model, optimizer)
+    if cfg["embedding"] is not None:
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(cfg["embedding"]))
+    state = _restore(ray.train.get_checkpoint())
+    if "model" in state:
+        model.load_state_dict(state.pop("model"))
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
+    # Created after the move, so a restored optimizer state lands on the parameters' device.
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"])
+    if "optimizer" in state:
+        optimizer.load_state_dict(state.pop("optimizer"))
     weights = cfg["class_weights"]
     loss_fn = torch.nn.CrossEntropyLoss(
         weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
@@ -276,15 +307,14 @@ def _load_shard(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.concatenate([p[key] for p in parts]) for key in ("ids", "length", "label_id"))
 
 
-def _restore(checkpoint: Checkpoint | None, model: torch.nn.Module, optimizer) -> dict:
+def _restore(checkpoint: Checkpoint | None) -> dict:
+    """The training state of the latest checkpoint (model and optimizer included), or a fresh one."""
     fresh = {"epoch": 0, "history": [], "restarts": [], "best_val_loss": float("inf"), "best_epoch": 0,
              "best_report": None, "best_model": None, "bad_epochs": 0}
     if checkpoint is None:
         return fresh
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.pop("model"))
-    optimizer.load_state_dict(state.pop("optimizer"))
     state["restarts"].append({"resumed_after_epoch": state["epoch"], "time": time.time()})
     if ray.train.get_context().get_world_rank() == 0:
         _progress(f"resuming from the checkpoint of epoch {state['epoch']}")
