@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="also write the report to this JSON file")
     e.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
+    s = sub.add_parser("score", help="score Parquet files into Parquet files (Ray Data)")
+    s.add_argument("--model", required=True, help="bundle directory")
+    s.add_argument("--input", required=True, help="Parquet file, directory or glob; local or s3:// gs://")
+    s.add_argument("--output", required=True, help="directory for the scored Parquet files")
+    s.add_argument("--text-column", default="text", help="column holding the comment text (default: text)")
+    s.add_argument("--id-column", help="unique row id; a rerun then resumes, skipping ids already written")
+    s.add_argument("--columns", help="input columns to keep, comma-separated (default: all)")
+    s.add_argument("--batch-size", type=int, default=1024, help="rows per model call (default: 1024)")
+    s.add_argument("--concurrency", default="1", help="model actors: N, or MIN,MAX to autoscale (default: 1)")
+    s.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
+    s.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
+
     p = sub.add_parser("predict", help="print one JSON line per text")
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("texts", nargs="+", metavar="TEXT")
@@ -74,6 +86,15 @@ def run(args: argparse.Namespace) -> None:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
         print(text)
+    elif args.command == "score":
+        from .batch import score_parquet
+
+        summary = score_parquet(
+            args.model, args.input, args.output, text_column=args.text_column, id_column=args.id_column,
+            columns=args.columns.split(",") if args.columns else None, batch_size=args.batch_size,
+            concurrency=args.concurrency, use_gpu=args.use_gpu, overwrite=args.overwrite,
+        )
+        print(summary.line())
     elif args.command == "predict":
         from .predictor import Predictor
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -273,5 +274,7 @@ def cooccurrence_matrix(encoded: ray.data.Dataset, vocab_size: int) -> sp.csr_ma
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
+    """The message a user needs from an exception that Ray may have wrapped around a traceback."""
+    lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Invalid)\b.*:", line)]
+    return raised[-1] if raised else lines[0]

@@ -33,6 +33,15 @@ def ray_local():
     ray.shutdown()
 
 
+def alive_actors(class_prefix: str) -> list:
+    """Actors of this test session's cluster (not of any other Ray on the machine) still alive."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    return [a for a in actors if a.class_name.startswith(class_prefix)]
+
+
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `ray-sentiment ARGS` in its own process group; the whole group is killed on timeout."""
     proc = subprocess.Popen(
@@ -52,3 +61,25 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
         except ProcessLookupError:
             pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+SAMPLE_TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "soooo good!!! #win", "meh " * 300]
+
+
+def write_random_bundle(path: Path, seed: int = 0):
+    """A small bundle with random weights: enough to check that every path gives the same numbers."""
+    import torch
+
+    from ray_sentiment.bundle import ModelBundle, save_bundle
+    from ray_sentiment.model import ModelConfig, SentimentLSTM
+    from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
+
+    torch.manual_seed(seed)
+    vocab = build_vocab(count_tokens(SAMPLE_TEXTS), 50)
+    config = ModelConfig(num_classes=3, vocab_size=len(vocab), embed_dim=8, hidden_dim=16, dense_dim=8,
+                         bidirectional=True, pooling="last+max")
+    model = SentimentLSTM(config)
+    bundle = ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=config,
+                         tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
+                         state_dict=model.state_dict(), preset="test", metrics={"note": "unit"})
+    return save_bundle(bundle, path), model

@@ -5,26 +5,16 @@ import pytest
 import torch
 
 from ray_sentiment import Predictor
-from ray_sentiment.bundle import ModelBundle, load_bundle, save_bundle
+from conftest import SAMPLE_TEXTS, write_random_bundle
+from ray_sentiment.bundle import load_bundle
 from ray_sentiment.errors import BundleError, InvalidTextError
-from ray_sentiment.model import ModelConfig, SentimentLSTM
-from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
 
-TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "soooo good!!! #win", "meh " * 300]
+TEXTS = SAMPLE_TEXTS
 
 
 @pytest.fixture()
 def bundle_dir(tmp_path):
-    torch.manual_seed(0)
-    vocab = build_vocab(count_tokens(TEXTS), 50)
-    config = ModelConfig(num_classes=3, vocab_size=len(vocab), embed_dim=8, hidden_dim=16, dense_dim=8,
-                         bidirectional=True, pooling="last+max")
-    model = SentimentLSTM(config)
-    bundle = ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=config,
-                         tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
-                         state_dict=model.state_dict(), preset="test", metrics={"note": "unit"})
-    path = save_bundle(bundle, tmp_path / "bundle")
-    return path, model
+    return write_random_bundle(tmp_path / "bundle")
 
 
 def test_round_trip_gives_identical_probabilities(bundle_dir):

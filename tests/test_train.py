@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import dataset
+from conftest import alive_actors, dataset
 from ray_sentiment import Predictor
 from ray_sentiment.evaluate import classification_report
 from ray_sentiment.train import TrainConfig, train
@@ -27,9 +27,12 @@ def tweets_sample(tmp_path_factory):
 
 
 def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_path):
+    unlabelled = tmp_path / "unlabelled.parquet"
+    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(20_000).to_parquet(unlabelled)
     bundle = train(TrainConfig(
         train_path=str(tweets_sample), output=str(tmp_path / "bundle"), preset="default",
         num_workers=2, epochs=5, learning_rate=3e-3, storage_path=str(tmp_path / "ckpt"),
+        unlabelled_path=str(unlabelled),
     ))
     val = pd.read_parquet(dataset("tweets/val.parquet"))
     predictor = Predictor.load(bundle)
@@ -49,6 +52,8 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert metrics["rows"]["train"]["read"] == 8000
     assert metrics["rows"]["train"]["rows"] + metrics["rows"]["val"]["rows"] == 8000 - metrics["rows"]["train"]["dropped"]
     assert metrics["restarts"] == []
+    assert metrics["rows"]["unlabelled"]["read"] == 20_000
+    assert metrics["settings"]["embedding_init"] == "ppmi"
 
 
 def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweets_sample, tmp_path):
@@ -56,14 +61,12 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweet
     killed = {}
 
     def kill_a_worker_after_first_checkpoint():
-        from ray.util.state import list_actors
-
         # Ray Train writes this snapshot once the controller has registered a checkpoint: from
         # then on a restarted worker group must resume from it.
         deadline = time.time() + 240
         while time.time() < deadline and not list(storage.glob("*/checkpoint_manager_snapshot.json")):
             time.sleep(0.2)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        workers = alive_actors("RayTrainWorker")
         if workers:
             killed["checkpoints_then"] = len(list(storage.glob("*/checkpoint_*")))
             os.kill(workers[-1].pid, signal.SIGKILL)

@@ -1,0 +1,175 @@
+"""Batch scoring on real Parquet files and a real local Ray cluster."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, alive_actors, run_cli, write_random_bundle
+from ray_sentiment import Predictor
+from ray_sentiment.batch import score_parquet
+from ray_sentiment.errors import ConfigError, DataError
+
+pytestmark = pytest.mark.integration
+
+WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
+
+
+def comments(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
+    return pd.DataFrame({"id": np.arange(n), "text": texts, "brand": rng.choice(["a", "b"], size=n)})
+
+
+def write_parts(df: pd.DataFrame, directory, parts: int):
+    directory.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(df), parts + 1).astype(int)
+    for i in range(parts):
+        df.iloc[bounds[i] : bounds[i + 1]].to_parquet(directory / f"part-{i:03d}.parquet", index=False)
+    return directory
+
+
+def read_output(directory) -> pd.DataFrame:
+    return pq.read_table(directory).to_pandas().sort_values("id").reset_index(drop=True)
+
+
+def errors(rows: pd.DataFrame) -> list:
+    return [e if isinstance(e, str) else None for e in rows["error"]]
+
+
+def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle, tmp_path):
+    df = comments(3000)
+    df.loc[[5, 6, 7], "text"] = [None, "", "   "]
+    write_parts(df, tmp_path / "in", 3)
+    summary = score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"), batch_size=256)
+    out = read_output(tmp_path / "out")
+    assert summary.rows_in == summary.rows_out == len(out) == 3000 and summary.rows_with_errors == 3
+    assert list(out.columns) == ["id", "text", "brand", "sentiment", "confidence",
+                                 "p_negative", "p_neutral", "p_positive", "error"]
+    assert out["id"].tolist() == list(range(3000))
+    assert errors(out.loc[[5, 6, 7]]) == ["text is null", "text is empty", "text is empty"]
+    assert out.loc[[5, 6, 7], "sentiment"].isna().all() and out.loc[[5, 6, 7], "p_positive"].isna().all()
+    good = out[[e is None for e in errors(out)]]
+    predictor = Predictor.load(bundle)
+    expected = predictor.predict_proba(good["text"].tolist())
+    got = good[["p_negative", "p_neutral", "p_positive"]].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert good["sentiment"].tolist() == [predictor.labels[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(good["confidence"], expected.max(axis=1), rtol=1e-6)
+
+
+def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bundle, tmp_path):
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [0, 1, 2], "text": pa.array([b"fine \xf0\x9f\x98\x8d", b"\xff\xfe bad", None], pa.binary())}),
+                   tmp_path / "in" / "binary.parquet")
+    score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"))
+    out = read_output(tmp_path / "out")
+    assert errors(out) == [None, "text is not valid UTF-8", "text is null"]
+    assert out["sentiment"].notna().tolist() == [True, False, False]
+
+    pd.DataFrame({"id": [0, 1], "text": [17, 42]}).to_parquet(tmp_path / "ints.parquet")
+    score_parquet(str(bundle), str(tmp_path / "ints.parquet"), str(tmp_path / "out2"))
+    assert errors(read_output(tmp_path / "out2")) == ["text is int, not a string"] * 2
+
+
+def test_columns_subset_keeps_the_id(ray_local, bundle, tmp_path):
+    comments(200).to_parquet(tmp_path / "in.parquet")
+    score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), columns=["brand"], id_column="id")
+    assert list(read_output(tmp_path / "out").columns)[:2] == ["id", "brand"]
+
+
+def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, tmp_path):
+    write_parts(comments(150_000), tmp_path / "in", 30)
+    killed = {}
+
+    def kill_the_scorer():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            scorers = alive_actors("MapWorker")  # Ray Data's actor holding a _Scorer
+            if scorers:
+                time.sleep(1.0)  # let it score a few batches first
+                os.kill(scorers[0].pid, signal.SIGKILL)
+                killed["pid"] = scorers[0].pid
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_the_scorer, daemon=True)
+    killer.start()
+    summary = score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"), batch_size=512)
+    killer.join(timeout=5)
+    assert "pid" in killed, "no scoring actor was found to kill"
+    out = read_output(tmp_path / "out")
+    assert summary.rows_out == len(out) == 150_000
+    assert out["id"].is_unique and out["id"].tolist() == list(range(150_000))
+
+
+def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_path):
+    write_parts(comments(200_000), tmp_path / "in", 40)
+    args = ["score", "--model", str(bundle), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--id-column", "id", "--batch-size", "512"]
+    first = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", *args], cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list((tmp_path / "out").glob("*.parquet"))) < 3:
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    written = len(list((tmp_path / "out").glob("*.parquet")))
+    assert written >= 3, "the first run wrote nothing before the deadline"
+
+    refused = run_cli(*[a for a in args if a not in ("--id-column", "id")])
+    assert refused.returncode == 2 and "already holds files" in refused.stderr
+
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    out = read_output(tmp_path / "out")
+    assert out["id"].is_unique and out["id"].tolist() == list(range(200_000))
+    assert "already done" in second.stdout and "already done 0" not in second.stdout
+
+
+def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
+    comments(10).to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(DataError, match="has no column 'body'; columns are: id, text, brand"):
+        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "o1"), text_column="body")
+    (tmp_path / "broken").mkdir()
+    comments(10).to_parquet(tmp_path / "broken" / "good.parquet")
+    (tmp_path / "broken" / "torn.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(DataError, match="torn.parquet is not a readable Parquet file"):
+        score_parquet(str(bundle), str(tmp_path / "broken"), str(tmp_path / "o2"))
+    comments(10).to_csv(tmp_path / "in.csv")
+    with pytest.raises(DataError, match="score reads Parquet"):
+        score_parquet(str(bundle), str(tmp_path / "in.csv"), str(tmp_path / "o3"))
+    with pytest.raises(ConfigError, match="MIN,MAX"):
+        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "o4"), concurrency="4,1")
+
+
+def test_output_with_files_is_refused_unless_overwrite(ray_local, bundle, tmp_path):
+    comments(100).to_parquet(tmp_path / "in.parquet")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.parquet").write_bytes(b"from another run")
+    with pytest.raises(DataError, match="already holds files; pass --overwrite"):
+        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    summary = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), overwrite=True)
+    assert summary.rows_out == 100 and not (tmp_path / "out" / "old.parquet").exists()
+
+
+def test_cli_prints_the_summary_line(bundle, tmp_path):
+    comments(500).to_parquet(tmp_path / "in.parquet")
+    result = run_cli("score", "--model", str(bundle), "--input", str(tmp_path / "in.parquet"),
+                     "--output", str(tmp_path / "out"), "--concurrency", "1,2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rows in 500, rows out 500, rows with errors 0" in result.stdout.splitlines()[-1]
