@@ -18,11 +18,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from .bundle import load_bundle
+from .bundle import ModelBundle, load_bundle
 from .data import _first_line, list_input_files
 from .errors import ConfigError, DataError
 from .predictor import Predictor, text_problem
-from .runtime import ensure_ray
+from .runtime import cpus_per_process, ensure_ray
 from .text import encode_batch, vocab_index
 
 RESULT_COLUMNS = ("sentiment", "confidence", "error")
@@ -93,7 +93,9 @@ def score_parquet(
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        _run(files, output, keep, text_column, id_column, done, bundle, model, batch_size, concurrency, use_gpu)
+        pipeline = _pipeline(files, keep, text_column, id_column, done, bundle, batch_size,
+                             _actor_pool(concurrency), use_gpu)
+        pipeline.write_parquet(output)
     except Exception as exc:
         raise DataError(f"scoring {input} failed: {_first_line(exc)}") from None
     finally:
@@ -102,20 +104,23 @@ def score_parquet(
     return ScoreSummary(rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started)
 
 
-def _run(files, output, keep, text_column, id_column, done, bundle, model, batch_size, concurrency, use_gpu) -> None:
+def _pipeline(files, keep, text_column, id_column, done, bundle, batch_size, pool, use_gpu) -> ray.data.Dataset:
+    """read → drop ids already done → tokenise (tasks) → score (actor pool).
+
+    The bundle travels to the actors through Ray's object store, so on a cluster no node needs
+    the model directory on its own disk."""
     ds = ray.data.read_parquet(files, columns=sorted(set(keep) | {text_column}))
     if done is not None and len(done):
         ds = ds.map_batches(_drop_done, fn_args=(id_column, done), batch_format="pyarrow")
-    vocab = vocab_index(bundle.vocab)
     tokenised = ds.map_batches(
-        _tokenise, fn_args=(text_column, keep, vocab, bundle.tokenizer.max_len), batch_format="pyarrow",
-        batch_size=batch_size,
+        _tokenise, fn_args=(text_column, keep, vocab_index(bundle.vocab), bundle.tokenizer.max_len),
+        batch_format="pyarrow", batch_size=batch_size,
     )
-    scored = tokenised.map_batches(
-        _Scorer, fn_constructor_args=(model, "cuda" if use_gpu else "cpu"), batch_format="pyarrow",
-        batch_size=batch_size, compute=_actor_pool(concurrency), num_gpus=1 if use_gpu else 0,
+    return tokenised.map_batches(
+        _Scorer, fn_constructor_args=(bundle, "cuda" if use_gpu else "cpu"), batch_format="pyarrow",
+        batch_size=batch_size, compute=pool, num_gpus=1 if use_gpu else 0,
+        num_cpus=cpus_per_process(pool.max_size, use_gpu),
     )
-    scored.write_parquet(output)
 
 
 def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
@@ -216,8 +221,8 @@ def _tokenise(batch: pa.Table, text_column: str, keep: list[str], vocab: dict, m
 class _Scorer:
     """One per actor: the model is loaded once and reused for every batch."""
 
-    def __init__(self, model: str, device: str):
-        self.predictor = Predictor.load(model, device=device)
+    def __init__(self, bundle: ModelBundle, device: str):
+        self.predictor = Predictor(bundle, device=device)
         self.labels = np.array(self.predictor.labels, dtype=object)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -238,7 +243,7 @@ class _Scorer:
 
 def _count_output(fs, out_dir: str) -> tuple[int, int]:
     rows = errors = 0
-    for f in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True)):
+    for f in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True, allow_not_found=True)):
         if f.type == pafs.FileType.File and f.path.endswith(".parquet"):
             error = pq.read_table(f.path, columns=["error"], filesystem=fs)["error"]
             rows += len(error)

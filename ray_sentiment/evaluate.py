@@ -57,12 +57,14 @@ def evaluate_path(
     """Score labelled data with a bundle in a Ray Data actor; only numbers come back to the driver."""
     import pyarrow as pa
 
+    from .bundle import load_bundle
     from .data import label_counts, read_labelled
     from .errors import DataError
     from .predictor import Predictor
     from .runtime import ensure_ray, quiet_ray_data
 
-    labels = Predictor.load(model_path).labels  # a broken bundle fails here, before any Ray work
+    bundle = load_bundle(model_path)  # a broken bundle fails here, before any Ray work
+    labels = bundle.labels
     ensure_ray()
     quiet_ray_data()
     split = read_labelled(data_path, text_column, label_column)
@@ -73,7 +75,7 @@ def evaluate_path(
 
     class Score:
         def __init__(self):
-            self.predictor = Predictor.load(model_path, device=device)
+            self.predictor = Predictor(bundle, device=device)
             self.index = {label: i for i, label in enumerate(labels)}
 
         def __call__(self, batch: pa.Table) -> dict:

@@ -31,3 +31,12 @@ def quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def cpus_per_process(count: int, use_gpu: bool) -> float:
+    """CPUs to reserve for each of `count` Train workers or model actors: one each, unless that
+    would leave no CPU for Ray Data's read and tokenise tasks, which then wait forever."""
+    total = ray.cluster_resources().get("CPU", 1.0)
+    if use_gpu or total - count >= 1:
+        return 1.0
+    return max(0.25, (total - 1) / count)

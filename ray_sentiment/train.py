@@ -32,7 +32,7 @@ from .embeddings import ppmi_vectors
 from .errors import ConfigError, DataError
 from .evaluate import classification_report
 from .model import ModelConfig, SentimentLSTM, get_preset
-from .runtime import ensure_ray, quiet_ray_data
+from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
 from .text import TokenizerConfig
 
 STATE_FILE = "state.pt"
@@ -118,7 +118,7 @@ def train(config: TrainConfig) -> Path:
     model_config = dataclasses.replace(preset.model, num_classes=len(data.labels), vocab_size=len(vocab))
     counts = np.array([data.counts["class_counts"].get(label, 0) for label in data.labels], dtype=np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1)) if settings["class_weighted"] else None
-    cpus = config.cpus_per_worker or _default_cpus_per_worker(config.num_workers, config.use_gpu)
+    cpus = config.cpus_per_worker or cpus_per_process(config.num_workers, config.use_gpu)
     embedding = None
     if settings["embedding_init"] == "ppmi":
         embedding = word_vectors(train_ds, vocab, model_config.embed_dim, settings["max_len"], config, data.counts)
@@ -186,14 +186,6 @@ def word_vectors(train_ds, vocab: list[str], dim: int, max_len: int, config: Tra
         cooccurrence += cooccurrence_matrix(encode_dataset(extra.dataset, vocab, max_len), len(vocab))
         counts["unlabelled"] = {"read": extra.rows_read, "dropped": extra.rows_dropped}
     return ppmi_vectors(cooccurrence, dim, seed=config.seed)
-
-
-def _default_cpus_per_worker(num_workers: int, use_gpu: bool) -> float:
-    """One CPU each, unless that would leave no CPU free for Ray Data's tasks on a small machine."""
-    total = ray.cluster_resources().get("CPU", 1.0)
-    if use_gpu or total - num_workers >= 1:
-        return 1.0
-    return max(0.25, (total - 1) / num_workers)
 
 
 def _absolute(path: str | None) -> str | None:

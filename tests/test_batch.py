@@ -84,9 +84,12 @@ def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bun
     assert errors(read_output(tmp_path / "out2")) == ["text is int, not a string"] * 2
 
 
-def test_columns_subset_keeps_the_id(ray_local, bundle, tmp_path):
-    comments(200).to_parquet(tmp_path / "in.parquet")
-    score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), columns=["brand"], id_column="id")
+def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bundle, tmp_path):
+    comments(2000).to_parquet(tmp_path / "in.parquet")
+    # Two actors on this 2-CPU cluster: each must leave room for the read and tokenise tasks.
+    summary = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), columns=["brand"],
+                            id_column="id", concurrency=2, batch_size=100)
+    assert summary.rows_out == 2000
     assert list(read_output(tmp_path / "out").columns)[:2] == ["id", "brand"]
 
 
@@ -116,7 +119,7 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
 
 
 def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_path):
-    write_parts(comments(200_000), tmp_path / "in", 40)
+    write_parts(comments(100_000), tmp_path / "in", 20)
     args = ["score", "--model", str(bundle), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
             "--id-column", "id", "--batch-size", "512"]
     first = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", *args], cwd=ROOT, start_new_session=True,
@@ -137,7 +140,7 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr[-2000:]
     out = read_output(tmp_path / "out")
-    assert out["id"].is_unique and out["id"].tolist() == list(range(200_000))
+    assert out["id"].is_unique and out["id"].tolist() == list(range(100_000))
     assert "already done" in second.stdout and "already done 0" not in second.stdout
 
 

@@ -1,0 +1,157 @@
+"""Batch scoring throughput: Ray Data end to end against the in-process ceiling, on one machine.
+
+Builds N rows (default 1,000,000) by resampling tweets/train into Parquet files, then measures in
+one run: (1) `score_parquet` end to end (read, tokenise, model, write); (2) the in-process ceiling,
+`Predictor.predict_proba` in this process, no Ray, no I/O; (3) the tokenizer alone; (4) the TF-IDF
++ logistic regression baseline's predict; (5) peak memory (resident, all Ray processes plus this
+one) at N and 4N rows. The model is the `seed` preset with untrained weights: speed does not depend
+on what the weights hold.
+
+    python benchmarks/score_throughput.py [--rows 1000000] [--concurrency 1] [--batch-size 1024]
+"""
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATASETS, table  # noqa: E402
+
+from ray_sentiment import Predictor  # noqa: E402
+from ray_sentiment.batch import score_parquet  # noqa: E402
+from ray_sentiment.bundle import ModelBundle, save_bundle  # noqa: E402
+from ray_sentiment.model import SentimentLSTM, get_preset  # noqa: E402
+from ray_sentiment.runtime import ensure_ray, quiet_ray_data  # noqa: E402
+from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens, encode_batch, vocab_index  # noqa: E402
+
+SAMPLE = 200_000  # rows for the in-process measurements
+
+
+def seed_bundle(texts: list[str], path: Path) -> Path:
+    preset = get_preset("seed")
+    vocab = build_vocab(count_tokens(texts), preset.model.vocab_size)
+    torch.manual_seed(0)
+    model = SentimentLSTM(preset.model)
+    save_bundle(ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=preset.model,
+                            tokenizer=TokenizerConfig(len(vocab), preset.max_len), state_dict=model.state_dict(),
+                            preset="seed"), path)
+    return path
+
+
+def write_rows(texts: np.ndarray, rows: int, directory: Path, files: int = 8) -> Path:
+    rng = np.random.default_rng(rows)
+    directory.mkdir(parents=True)
+    per_file = -(-rows // files)
+    for i in range(files):
+        n = min(per_file, rows - i * per_file)
+        pd.DataFrame({"id": np.arange(i * per_file, i * per_file + n), "text": rng.choice(texts, n)}) \
+            .to_parquet(directory / f"part-{i:02d}.parquet", index=False)
+    return directory
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its descendants (Ray's daemons and workers)."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        me = psutil.Process()
+        while not self._stop.wait(0.25):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+
+def rate(fn, rows: int) -> float:
+    started = time.perf_counter()
+    fn()
+    return rows / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--concurrency", default="1")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--skip-4n", action="store_true", help="skip the 4N memory run")
+    args = parser.parse_args()
+
+    train = pd.read_parquet(DATASETS / "tweets/train.parquet")
+    texts = train["text"].to_numpy()
+    results, memory = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = seed_bundle(train["text"].tolist(), tmp / "bundle")
+        sample = list(np.random.default_rng(0).choice(texts, SAMPLE))
+
+        torch.set_num_threads(psutil.cpu_count())
+        predictor = Predictor.load(bundle)
+        predictor.predict_proba(sample[:2048])  # warm-up
+        ceiling = rate(lambda: predictor.predict_proba(sample, batch_size=args.batch_size), SAMPLE)
+        vocab = vocab_index(predictor.bundle.vocab)
+        tokenizer = rate(lambda: [encode_batch(sample[i:i + 1024], vocab, 100) for i in range(0, SAMPLE, 1024)], SAMPLE)
+        tfidf = tfidf_predict_rate(train, sample)
+
+        ensure_ray()
+        quiet_ray_data()
+        sizes = [args.rows] if args.skip_4n else [args.rows, 4 * args.rows]
+        for rows in sizes:
+            data = write_rows(texts, rows, tmp / f"in-{rows}")
+            with PeakMemory() as peak:
+                summary = score_parquet(str(bundle), str(data), str(tmp / f"out-{rows}"),
+                                        batch_size=args.batch_size, concurrency=args.concurrency)
+            assert summary.rows_out == rows, summary.line()
+            memory[rows] = peak.peak
+            results.append({"measure": f"score_parquet end to end, {rows:,} rows", "rows/s": summary.rows_per_s,
+                            "peak memory GiB": peak.peak / 2**30})
+        results += [
+            {"measure": "in-process ceiling: Predictor.predict_proba", "rows/s": ceiling},
+            {"measure": "tokenizer alone (encode_batch)", "rows/s": tokenizer},
+            {"measure": "TF-IDF + logistic regression predict", "rows/s": tfidf},
+        ]
+    import ray
+
+    ray.shutdown()
+    print(f"\nseed preset, batch {args.batch_size}, {args.concurrency} model actor(s), {psutil.cpu_count()} CPUs")
+    print(table(results))
+    print(f"end to end / in-process ceiling: {results[0]['rows/s'] / ceiling:.2f}")
+    if len(memory) == 2:
+        print(f"peak memory at 4N / at N: {memory[4 * args.rows] / memory[args.rows]:.2f}")
+
+
+def tfidf_predict_rate(train: pd.DataFrame, sample: list[str]) -> float:
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)
+    x = hstack([word.fit_transform(train["text"]), char.fit_transform(train["text"])]).tocsr()
+    model = LogisticRegression(class_weight="balanced", max_iter=1000).fit(x, train["label"])
+    part = sample[:50_000]
+    return rate(lambda: model.predict_proba(hstack([word.transform(part), char.transform(part)]).tocsr()), len(part))
+
+
+if __name__ == "__main__":
+    main()
