@@ -33,13 +33,19 @@ def ray_local():
     ray.shutdown()
 
 
-def alive_actors(class_prefix: str) -> list:
-    """Actors of this test session's cluster (not of any other Ray on the machine) still alive."""
-    import ray
-    from ray.util.state import list_actors
+def actor_pids(class_prefix: str) -> list[int]:
+    """Processes of this session's own Ray cluster running an actor of that class. Ray titles an
+    actor's process "ray::ClassName"; looking among our descendants never finds another cluster's."""
+    import psutil
 
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
-    return [a for a in actors if a.class_name.startswith(class_prefix)]
+    pids = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.cmdline()[:1] and process.cmdline()[0].startswith(f"ray::{class_prefix}"):
+                pids.append(process.pid)
+        except psutil.Error:
+            pass
+    return pids
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, alive_actors, run_cli, write_random_bundle
+from conftest import ROOT, actor_pids, run_cli, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.batch import score_parquet
 from ray_sentiment.errors import ConfigError, DataError
@@ -100,11 +100,11 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
     def kill_the_scorer():
         deadline = time.time() + 120
         while time.time() < deadline:
-            scorers = alive_actors("MapWorker")  # Ray Data's actor holding a _Scorer
+            scorers = actor_pids("MapWorker")  # Ray Data's actor holding a _Scorer
             if scorers:
                 time.sleep(1.0)  # let it score a few batches first
-                os.kill(scorers[0].pid, signal.SIGKILL)
-                killed["pid"] = scorers[0].pid
+                os.kill(scorers[0], signal.SIGKILL)
+                killed["pid"] = scorers[0]
                 return
             time.sleep(0.1)
 
