@@ -7,7 +7,6 @@ With an id column, a rerun after a failure skips the ids already written (resume
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 import ray
 
 from .bundle import ModelBundle, load_bundle
-from .data import _first_line, list_input_files
+from .data import check_columns, list_input_files, resolve_filesystem, user_message
 from .errors import ConfigError, DataError
 from .predictor import Predictor, text_problem
 from .runtime import cpus_per_process, ensure_ray
@@ -84,7 +83,7 @@ def score_parquet(
     keep = [c for c in (columns or schema.names) if c not in RESULT_COLUMNS and not c.startswith("p_")]
     if id_column and id_column not in keep:
         keep.insert(0, id_column)
-    fs, out_dir = _output_dir(output)
+    fs, out_dir = resolve_filesystem(output)
     done = _prepare_output(fs, out_dir, output, overwrite, id_column)
 
     ensure_ray()
@@ -97,7 +96,7 @@ def score_parquet(
                              _actor_pool(concurrency), use_gpu)
         pipeline.write_parquet(output)
     except Exception as exc:
-        raise DataError(f"scoring {input} failed: {_first_line(exc)}") from None
+        raise DataError(f"scoring {input} failed: {user_message(exc)}") from None
     finally:
         context.target_max_block_size = default_block_size
     rows_out, errors = _count_output(fs, out_dir)
@@ -135,7 +134,7 @@ def _check_input(files: list[str], path: str, text_column: str, id_column: str |
     Returns the schema and the number of rows (from the files' footers)."""
     schema, rows = None, 0
     for f in files:
-        fs, inner = (pafs.LocalFileSystem(), f) if "://" not in f else pafs.FileSystem.from_uri(f)
+        fs, inner = resolve_filesystem(f)
         try:
             metadata = pq.read_metadata(inner, filesystem=fs)
         except (pa.ArrowException, OSError) as exc:
@@ -143,16 +142,8 @@ def _check_input(files: list[str], path: str, text_column: str, id_column: str |
         schema = schema or metadata.schema.to_arrow_schema()
         rows += metadata.num_rows
     wanted = [text_column] + ([id_column] if id_column else []) + list(columns or [])
-    missing = [c for c in wanted if c not in schema.names]
-    if missing:
-        raise DataError(f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(schema.names)}")
+    check_columns(schema.names, wanted, path)
     return schema, rows
-
-
-def _output_dir(output: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in output:
-        return pafs.FileSystem.from_uri(output)
-    return pafs.LocalFileSystem(), os.path.abspath(output)
 
 
 def _prepare_output(fs, out_dir: str, output: str, overwrite: bool, id_column: str | None) -> np.ndarray | None:

@@ -56,7 +56,7 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     pattern = target if any(ch in target for ch in "*?[") else None
     root = _glob_base(target) if pattern else target
     try:
-        fs = pafs.FileSystem.from_uri(prefix + root)[0] if prefix else pafs.LocalFileSystem()
+        fs = resolve_filesystem(prefix + root)[0]
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.Directory:
             found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
@@ -83,6 +83,13 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     return formats.pop(), [prefix + f for f in files]
 
 
+def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path within it) for a local path or any URI pyarrow understands."""
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
 def _glob_base(pattern: str) -> str:
     parts = pattern.split("/")
     for i, part in enumerate(parts):
@@ -102,7 +109,13 @@ def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Data
             return ray.data.read_csv(files, convert_options=pacsv.ConvertOptions(column_types=types))
         return ray.data.read_json(files)
     except Exception as exc:  # Ray wraps pyarrow's errors; name the input either way
-        raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
+        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
+
+
+def check_columns(names: list[str], wanted: list[str], path: str) -> None:
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise DataError(f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(names)}")
 
 
 def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_column: str | None = None) -> None:
@@ -110,12 +123,8 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
     try:
         schema = ds.schema()
     except Exception as exc:
-        raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
-    missing = [c for c in columns if c not in schema.names]
-    if missing:
-        raise DataError(
-            f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(schema.names)}"
-        )
+        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
+    check_columns(schema.names, columns, path)
     if text_column is not None:
         kind = schema.base_schema.field(text_column).type if hasattr(schema, "base_schema") else None
         if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
@@ -143,7 +152,7 @@ def read_labelled(path: str, text_column: str = "text", label_column: str | None
         rows_read = ds.count()
         cleaned = ds.map_batches(clean, batch_format="pyarrow").materialize()
     except Exception as exc:
-        raise DataError(f"cannot read {path}: {_first_line(exc)}") from None
+        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
     return Split(cleaned, rows_read, rows_read - cleaned.count())
 
 
@@ -273,7 +282,7 @@ def cooccurrence_matrix(encoded: ray.data.Dataset, vocab_size: int) -> sp.csr_ma
     return total
 
 
-def _first_line(exc: BaseException) -> str:
+def user_message(exc: BaseException) -> str:
     """The message a user needs from an exception that Ray may have wrapped around a traceback."""
     lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines() if line.strip()]
     raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Invalid)\b.*:", line)]
