@@ -65,6 +65,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
     s.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
 
+    st = sub.add_parser("stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
+    st.add_argument("--model", required=True, help="bundle directory")
+    st.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="redis://HOST:PORT/DB (default: local)")
+    st.add_argument("--input-stream", required=True, help="stream whose entries carry the comment text")
+    st.add_argument("--output-stream", required=True, help="stream the scored entries are added to")
+    st.add_argument("--group", default="ray-sentiment", help="consumer group, created if missing (default: ray-sentiment)")
+    st.add_argument("--start", choices=["begin", "new"], default="begin",
+                    help="where a group created now starts: the whole stream or only new entries (default: begin)")
+    st.add_argument("--consumers", type=int, default=1, help="consumer actors holding the model (default: 1)")
+    st.add_argument("--batch-size", type=int, default=256, help="entries read and scored at once (default: 256)")
+    st.add_argument("--block-ms", type=int, default=1000, help="how long a read waits for new entries (default: 1000)")
+    st.add_argument("--dead-letter-stream", help="where unscorable entries go (default: INPUT:dead-letter)")
+    st.add_argument("--max-deliveries", type=int, default=5, help="deliveries before an entry is dead-lettered (default: 5)")
+    st.add_argument("--claim-idle-ms", type=int, default=30_000,
+                    help="take over entries pending this long on a consumer that died (default: 30000)")
+    st.add_argument("--key-field", help="also count per value of this field (e.g. brand)")
+    st.add_argument("--window-s", type=int, default=60, help="counting window in seconds (default: 60)")
+    st.add_argument("--text-field", default="text", help="field holding the comment text (default: text)")
+    st.add_argument("--max-text-chars", type=int, default=100_000, help="longer texts are dead-lettered (default: 100000)")
+    st.add_argument("--use-gpu", action="store_true", help="one GPU per consumer actor")
+
+    ss = sub.add_parser("stream-stats", help="print the live sentiment counts per window (and key)")
+    ss.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="redis://HOST:PORT/DB (default: local)")
+    ss.add_argument("--output-stream", required=True, help="the output stream given to `stream`")
+    ss.add_argument("--last", type=int, default=10, help="windows to show (default: 10)")
+    ss.add_argument("--json", action="store_true", help="one JSON object per window and key")
+
     p = sub.add_parser("predict", help="print one JSON line per text")
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("texts", nargs="+", metavar="TEXT")
@@ -95,6 +122,17 @@ def run(args: argparse.Namespace) -> None:
             concurrency=args.concurrency, use_gpu=args.use_gpu, overwrite=args.overwrite,
         )
         print(summary.line())
+    elif args.command == "stream":
+        from .stream import StreamSettings, run_until_signalled
+
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "model")}
+        print(run_until_signalled(args.model, StreamSettings(**options)).line())
+    elif args.command == "stream-stats":
+        from .redis_broker import window_counts
+        from .stream import format_counts
+
+        rows = window_counts(args.redis, args.output_stream, args.last)
+        print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
     elif args.command == "predict":
         from .predictor import Predictor
 

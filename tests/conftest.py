@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,60 @@ def write_random_bundle(path: Path, seed: int = 0):
                          tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
                          state_dict=model.state_dict(), preset="test", metrics={"note": "unit"})
     return save_bundle(bundle, path), model
+
+
+class RedisServer:
+    """A real redis-server process on a free port, its data in `directory` (append-only file on, so a
+    restart keeps the streams, as a production broker would)."""
+
+    def __init__(self, directory: Path):
+        import shutil
+        import socket
+
+        if not shutil.which("redis-server"):
+            pytest.fail("redis-server not found; install it (apt-get install redis-server)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.directory, self.process = directory, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--save", "", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        pytest.fail(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server flushes its append-only file and exits, as on a redeploy."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

@@ -1,0 +1,273 @@
+"""The Redis Streams consumer against real redis-server processes (each test starts its own) and,
+for the consumer actors, a real local Ray cluster."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, actor_pids, run_cli, write_random_bundle
+from ray_sentiment import Predictor
+from ray_sentiment.errors import ConfigError
+from ray_sentiment.redis_broker import window_counts
+from ray_sentiment.stream import Entry, StreamRunner, StreamSettings, open_broker, score_entries
+
+pytestmark = pytest.mark.integration
+
+WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]
+BRANDS = ["acme", "globex", "initech"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle):
+    return Predictor.load(bundle)
+
+
+def settings(server, **overrides) -> StreamSettings:
+    values = dict(redis=server.url, input_stream="comments", output_stream="scored", key_field="brand",
+                  batch_size=50, block_ms=200, claim_idle_ms=1000)
+    return StreamSettings(**{**values, **overrides})
+
+
+def produce(client, n: int, seed: int = 0, stream: str = "comments") -> dict[str, str]:
+    """Add n comments; returns entry id → text."""
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
+    pipe = client.pipeline(transaction=False)
+    for i, text in enumerate(texts):
+        pipe.xadd(stream, {"text": text, "brand": BRANDS[i % 3], "user": f"u{i}"})
+    return {id_.decode(): text for id_, text in zip(pipe.execute(), texts)}
+
+
+def outputs(client, stream: str = "scored") -> list[dict]:
+    return [{k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()} for _, fields in client.xrange(stream)]
+
+
+def entry(id_: str, deliveries: int = 1, **fields) -> Entry:
+    return Entry(id_, int(id_.split("-")[0]), {k.encode(): v if isinstance(v, bytes) else v.encode()
+                                              for k, v in fields.items()}, deliveries)
+
+
+# -- turning entries into results (no broker) -----------------------------------------------------
+
+def test_entries_that_cannot_be_scored_become_dead_letters_with_a_reason(predictor):
+    s = StreamSettings(max_text_chars=50, max_deliveries=3, key_field="brand")
+    entries = [
+        entry("61000-0", text="love the update", brand="acme", label="mine", user="u1"),
+        entry("61000-1", brand="acme"),
+        entry("61000-2", text=b"\xff\xfe broken"),
+        entry("61000-3", text="   "),
+        entry("61000-4", text="x" * 51),
+        entry("61000-5", deliveries=4, text="love it"),
+    ]
+    results = score_entries(predictor, entries, s)
+    reasons = [dict(r.fields).get("reason") for r in results]
+    assert reasons == [None, "entry has no 'text' field", "text is not valid UTF-8", "text is empty",
+                       "text is 51 characters, more than --max-text-chars 50",
+                       "delivered 4 times, more than --max-deliveries 3"]
+    assert [r.label is None for r in results] == [False] + [True] * 5
+    assert dict(results[2].fields)[b"text"] == b"\xff\xfe broken"  # the original fields, byte for byte
+    good = dict(results[0].fields)
+    expected = predictor.predict_proba(["love the update"])[0]
+    assert good["source_id"] == "61000-0" and good["label"] == predictor.labels[int(expected.argmax())]
+    np.testing.assert_allclose([float(good[f"p_{label}"]) for label in predictor.labels], expected, rtol=1e-6)
+    assert good[b"brand"] == b"acme" and good[b"user"] == b"u1" and good["input_label"] == b"mine"
+    assert results[0].window_ms == 60000 and results[0].key == "acme"
+
+
+def test_settings_refuse_impossible_values():
+    with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
+        StreamSettings(batch_size=0)
+    with pytest.raises(ConfigError, match="three different keys"):
+        StreamSettings(input_stream="a", output_stream="a")
+    with pytest.raises(ConfigError, match="--redis takes redis://"):
+        open_broker(StreamSettings(redis="kafka://broker:9092"), "c")
+
+
+# -- the broker against a real redis-server -------------------------------------------------------
+
+def test_a_commit_retried_after_it_applied_writes_nothing_twice(redis_server, predictor):
+    client = redis_server.client()
+    produce(client, 30)
+    broker = open_broker(settings(redis_server), "a")
+    broker.ensure_group()
+    results = score_entries(predictor, broker.read(100, 100), broker.s)
+    assert broker.commit(results) == 30
+    assert broker.commit(results) == 0  # as after a reply lost on the way back
+    assert client.xlen("scored") == 30 and broker.pending() == 0
+    assert broker.totals()["scored"] == 30
+    assert sum(sum(w["counts"].values()) for w in window_counts(redis_server.url, "scored")) == 30
+
+
+def test_a_slow_consumer_cannot_commit_entries_another_consumer_took_over(redis_server, predictor):
+    client = redis_server.client()
+    produce(client, 20)
+    s = settings(redis_server, claim_idle_ms=300)
+    slow, other = open_broker(s, "slow"), open_broker(s, "other")
+    slow.ensure_group()
+    slow_batch = slow.read(100, 100)
+    time.sleep(0.4)
+    taken = other.read(100, 100)
+    assert [e.id for e in taken] == [e.id for e in slow_batch] and {e.deliveries for e in taken} == {2}
+    assert other.commit(score_entries(predictor, taken, s)) == 20
+    assert slow.commit(score_entries(predictor, slow_batch, s)) == 0
+    assert client.xlen("scored") == 20 and len({o["source_id"] for o in outputs(client)}) == 20
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_and_acknowledged(redis_server, predictor):
+    client = redis_server.client()
+    produce(client, 1)
+    s = settings(redis_server, claim_idle_ms=100, max_deliveries=2)
+    broker = open_broker(s, "a")
+    broker.ensure_group()
+    for expected in (1, 2, 3):  # a consumer that dies before committing, again and again
+        time.sleep(0.2)
+        broker.last_claim = 0.0
+        [delivered] = broker.read(10, 100)
+        assert delivered.deliveries == expected
+    assert broker.commit(score_entries(predictor, [delivered], s)) == 1
+    [dead] = outputs(client, "comments:dead-letter")
+    assert dead["reason"] == "delivered 3 times, more than --max-deliveries 2" and dead["brand"] == "acme"
+    assert broker.pending() == 0 and client.xlen("scored") == 0
+
+
+def test_a_group_started_at_new_skips_what_the_stream_already_holds(redis_server):
+    client = redis_server.client()
+    produce(client, 5)
+    broker = open_broker(settings(redis_server, start="new"), "a")
+    broker.ensure_group()
+    assert broker.read(10, 100) == []
+    [later] = produce(client, 1, seed=1)
+    assert [e.id for e in broker.read(10, 100)] == [later]
+
+
+# -- consumer actors on a real local Ray ----------------------------------------------------------
+
+def run_until(runner: StreamRunner, done, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {timeout}s: {runner.progress()}"
+        runner.poll(timeout=0.2)
+
+
+def check_exactly_once(server, produced: dict[str, str], predictor) -> None:
+    """Every produced entry has exactly one output, with the predictor's probabilities; nothing is
+    pending; the window counts add up to the outputs, per key and label."""
+    client = server.client()
+    out = outputs(client)
+    assert len(out) == len(produced)
+    assert sorted(o["source_id"] for o in out) == sorted(produced)
+    assert client.xpending("comments", "ray-sentiment")["pending"] == 0
+    texts = [produced[o["source_id"]] for o in out]
+    got = np.array([[float(o[f"p_{label}"]) for label in predictor.labels] for o in out])
+    np.testing.assert_allclose(got, predictor.predict_proba(texts), rtol=1e-5, atol=1e-6)
+    counted = {(w["key"], label): n for w in window_counts(server.url, "scored", last=1000)
+               for label, n in w["counts"].items()}
+    expected = {}
+    for o in out:
+        expected[(o["brand"], o["label"])] = expected.get((o["brand"], o["label"]), 0) + 1
+    assert counted == expected and sum(counted.values()) == len(produced)
+
+
+def test_every_entry_yields_exactly_one_output_and_bad_ones_a_dead_letter(ray_local, redis_server, bundle, predictor):
+    client = redis_server.client()
+    produced = produce(client, 5000)
+    bad = [{"brand": "acme"}, {"text": ""}, {"text": b"\xc3\x28"}, {"text": "x" * 200_001}]
+    for fields in bad:
+        client.xadd("comments", fields)
+    runner = StreamRunner(str(bundle), settings(redis_server, consumers=2, batch_size=200))
+    try:
+        run_until(runner, lambda: client.xlen("scored") + client.xlen("comments:dead-letter") >= 5004)
+    finally:
+        summary = runner.stop()
+    check_exactly_once(redis_server, produced, predictor)
+    dead = outputs(client, "comments:dead-letter")
+    assert sorted(d["reason"] for d in dead) == sorted(["entry has no 'text' field", "text is empty",
+                                                        "text is not valid UTF-8",
+                                                        "text is 200,001 characters, more than --max-text-chars 100,000"])
+    assert (summary.scored, summary.dead_lettered, summary.pending, summary.restarts) == (5000, 4, 0, 0)
+
+
+def test_a_consumer_killed_mid_run_loses_and_duplicates_nothing(ray_local, redis_server, bundle, predictor):
+    client = redis_server.client()
+    produced = produce(client, 5000)
+    runner = StreamRunner(str(bundle), settings(redis_server, consumers=2, batch_size=20))
+    try:
+        run_until(runner, lambda: client.xlen("scored") >= 500)
+        victims = actor_pids("StreamConsumer")
+        assert len(victims) == 2
+        os.kill(victims[0], signal.SIGKILL)
+        assert client.xlen("scored") < 5000, "the run ended before the kill; the test proves nothing"
+        run_until(runner, lambda: client.xlen("scored") >= 5000 and client.xpending("comments", "ray-sentiment")["pending"] == 0)
+    finally:
+        summary = runner.stop()
+    check_exactly_once(redis_server, produced, predictor)
+    assert summary.restarts == 1 and summary.scored == 5000
+
+
+def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(ray_local, redis_server, bundle, predictor):
+    client = redis_server.client()
+    produced = produce(client, 5000)
+    runner = StreamRunner(str(bundle), settings(redis_server, consumers=1, batch_size=10))
+    try:
+        run_until(runner, lambda: client.xlen("scored") >= 500)
+        redis_server.stop()
+        time.sleep(2)
+        redis_server.start()
+        assert client.xlen("scored") < 5000, "the run ended before the restart; the test proves nothing"
+        run_until(runner, lambda: client.xlen("scored") >= 5000)
+    finally:
+        summary = runner.stop()
+    check_exactly_once(redis_server, produced, predictor)
+    assert summary.pending == 0
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, bundle):
+    client = redis_server.client()
+    produced = produce(client, 300)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_sentiment.cli", "stream", "--model", str(bundle), "--redis", redis_server.url,
+         "--input-stream", "comments", "--output-stream", "scored", "--key-field", "brand", "--block-ms", "200"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while client.xlen("scored") < 300 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, err
+    assert "scored 300, dead-lettered 0, still pending 0" in out
+    assert sorted(o["source_id"] for o in outputs(client)) == sorted(produced)
+
+    stats = run_cli("stream-stats", "--redis", redis_server.url, "--output-stream", "scored", "--json", timeout=60)
+    rows = [json.loads(line) for line in stats.stdout.splitlines()]
+    assert sum(sum(r["counts"].values()) for r in rows) == 300 and {r["key"] for r in rows} == set(BRANDS)
+    table = run_cli("stream-stats", "--redis", redis_server.url, "--output-stream", "scored", timeout=60)
+    header, *lines = table.stdout.splitlines()
+    assert header.split()[:4] == ["window", "start", "(UTC)", "key"] and header.split()[-1] == "total"
+    assert sum(int(line.split()[-1]) for line in lines) == 300
+
+
+def test_stream_command_reports_an_unreachable_redis_in_one_line(bundle):
+    result = run_cli("stream", "--model", str(bundle), "--redis", "redis://127.0.0.1:1/0",
+                     "--input-stream", "comments", "--output-stream", "scored", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("ray-sentiment: error: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert len(result.stderr.strip().splitlines()) == 1
