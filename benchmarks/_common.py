@@ -1,7 +1,13 @@
-"""Shared by the benchmarks: where the datasets are, and a plain-text table."""
+"""Shared by the benchmarks: where the datasets are, a plain-text table, a model to time."""
 import os
 import statistics
 from pathlib import Path
+
+import torch
+
+from ray_sentiment.bundle import ModelBundle, save_bundle
+from ray_sentiment.model import SentimentLSTM, get_preset
+from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -24,3 +30,15 @@ def _fmt(value) -> str:
 
 
 median = statistics.median
+
+
+def seed_bundle(texts: list[str], path: Path) -> Path:
+    preset = get_preset("seed")
+    vocab = build_vocab(count_tokens(texts), preset.model.vocab_size)
+    torch.manual_seed(0)
+    model = SentimentLSTM(preset.model)
+    save_bundle(ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=preset.model,
+                            tokenizer=TokenizerConfig(len(vocab), preset.max_len), state_dict=model.state_dict(),
+                            preset="seed"), path)
+    return path
+

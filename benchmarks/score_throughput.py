@@ -22,27 +22,14 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, table  # noqa: E402
+from _common import DATASETS, seed_bundle, table  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
 from ray_sentiment.batch import score_parquet  # noqa: E402
-from ray_sentiment.bundle import ModelBundle, save_bundle  # noqa: E402
-from ray_sentiment.model import SentimentLSTM, get_preset  # noqa: E402
 from ray_sentiment.runtime import ensure_ray, quiet_ray_data  # noqa: E402
-from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens, encode_batch, vocab_index  # noqa: E402
+from ray_sentiment.text import encode_batch, vocab_index  # noqa: E402
 
 SAMPLE = 200_000  # rows for the in-process measurements
-
-
-def seed_bundle(texts: list[str], path: Path) -> Path:
-    preset = get_preset("seed")
-    vocab = build_vocab(count_tokens(texts), preset.model.vocab_size)
-    torch.manual_seed(0)
-    model = SentimentLSTM(preset.model)
-    save_bundle(ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=preset.model,
-                            tokenizer=TokenizerConfig(len(vocab), preset.max_len), state_dict=model.state_dict(),
-                            preset="seed"), path)
-    return path
 
 
 def write_rows(texts: np.ndarray, rows: int, directory: Path, files: int = 8) -> Path:

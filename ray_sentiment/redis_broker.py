@@ -29,28 +29,35 @@ log = logging.getLogger(__name__)
 COMMIT = """
 local input, output, dead, windows, totals = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local i, written = 4, 0
+local i, acked, counts, window_of, scored = 4, {}, {}, {}, 0
 while i <= #ARGV do
-  local id, counts, label, window, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local id, key, label, window, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   if #redis.call('XPENDING', input, group, id, id, 1) > 0 then
-    local target = dead
-    if counts ~= '' then target = output end
-    redis.call('XADD', target, '*', unpack(ARGV, i + 5, i + 4 + n))
-    if counts ~= '' then
-      redis.call('HINCRBY', counts, label, 1)
-      redis.call('EXPIRE', counts, ttl)
-      redis.call('ZADD', windows, window, counts)
-      redis.call('HINCRBY', totals, 'scored', 1)
+    if key ~= '' then
+      redis.call('XADD', output, '*', unpack(ARGV, i + 5, i + 4 + n))
+      counts[key] = counts[key] or {}
+      counts[key][label] = (counts[key][label] or 0) + 1
+      window_of[key] = window
+      scored = scored + 1
     else
-      redis.call('HINCRBY', totals, 'dead_lettered', 1)
+      redis.call('XADD', dead, '*', unpack(ARGV, i + 5, i + 4 + n))
     end
-    redis.call('XACK', input, group, id)
-    written = written + 1
+    acked[#acked + 1] = id
   end
   i = i + 5 + n
 end
+for first = 1, #acked, 1000 do
+  redis.call('XACK', input, group, unpack(acked, first, math.min(first + 999, #acked)))
+end
+for key, by_label in pairs(counts) do
+  for label, n in pairs(by_label) do redis.call('HINCRBY', key, label, n) end
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', windows, window_of[key], key)
+end
+redis.call('HINCRBY', totals, 'scored', scored)
+redis.call('HINCRBY', totals, 'dead_lettered', #acked - scored)
 redis.call('ZREMRANGEBYSCORE', windows, '-inf', '(' .. (now - ttl * 1000))
-return written
+return #acked
 """
 
 

@@ -136,7 +136,7 @@ def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSe
     checked = [entry_text(e, settings) for e in entries]
     good = [i for i, (text, _) in enumerate(checked) if text is not None]
     proba = predictor.predict_proba([checked[i][0] for i in good]) if good else np.empty((0, 0))
-    results = [dead_letter(e, why) for e, (_, why) in zip(entries, checked)]
+    results = [dead_letter(e, why) if why else None for e, (_, why) in zip(entries, checked)]
     labels = predictor.labels
     result_names = {"source_id", "label", "confidence", *(f"p_{label}" for label in labels)}
     window = settings.window_s * 1000
@@ -162,8 +162,8 @@ def passed_through(entry: Entry, text_field: bytes, taken: set[str]) -> list[tup
     return out
 
 
-def dead_letter(entry: Entry, reason: str | None) -> Result:
-    return Result(entry.id, [("source_id", entry.id), ("reason", reason or ""), *entry.fields.items()])
+def dead_letter(entry: Entry, reason: str) -> Result:
+    return Result(entry.id, [("source_id", entry.id), ("reason", reason), *entry.fields.items()])
 
 
 # -- Ray: consumer actors and their supervisor ----------------------------------------------------

@@ -1,0 +1,181 @@
+"""Stream scoring against a local redis-server: sustained throughput and end-to-end latency.
+
+One run measures, on tweets resampled from tweets/train:
+  1. the in-process ceiling: `Predictor.predict_proba` on batches of --batch-size, no Ray, no Redis;
+  2. a plain consumer loop in this process, no Ray (read → score → commit, the same broker code),
+     with a producer process adding entries at full speed;
+  3. the Ray consumer actors (`StreamRunner`), same producer at full speed;
+  4. the Ray consumer actors with the producer paced at half of (3)'s rate: latency from the input
+     entry's id time to the output entry's id time (one Redis clock), p50 and p99.
+The model is the `seed` preset with untrained weights: speed does not depend on what they hold.
+redis-server runs with its append-only file on (fsync every second), as an exactly-once feed would.
+
+    python benchmarks/stream_throughput.py [--entries 60000] [--consumers 1] [--batch-size 256]
+"""
+import argparse
+import multiprocessing
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import redis
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATASETS, seed_bundle, table  # noqa: E402
+
+from ray_sentiment import Predictor  # noqa: E402
+from ray_sentiment.stream import StreamRunner, StreamSettings, open_broker, score_entries  # noqa: E402
+
+BRANDS = ["acme", "globex", "initech"]
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+                                "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return process, port
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def produce(port: int, stream: str, texts: list[str], rate: float | None) -> None:
+    """Runs in its own process. Full speed: pipelines of 500 entries. Paced: 10 entries every 10/rate s."""
+    client = redis.Redis(port=port)
+    chunk = 10 if rate else 500
+    started = time.perf_counter()
+    for first in range(0, len(texts), chunk):
+        if rate:
+            time.sleep(max(0.0, started + first / rate - time.perf_counter()))
+        pipe = client.pipeline(transaction=False)
+        for i, text in enumerate(texts[first:first + chunk], first):
+            pipe.xadd(stream, {"text": text, "brand": BRANDS[i % 3]})
+        pipe.execute()
+
+
+def start_producer(port: int, stream: str, texts: list[str], rate: float | None = None):
+    process = multiprocessing.get_context("spawn").Process(target=produce, args=(port, stream, texts, rate))
+    process.start()
+    return process
+
+
+def wait_for_outputs(client: redis.Redis, stream: str, count: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while client.xlen(stream) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{stream}: {client.xlen(stream)} of {count} outputs after {timeout}s")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def plain_loop(settings: StreamSettings, predictor: Predictor, port: int, texts: list[str]) -> float:
+    """What a user would write without Ray: one process reading, scoring and committing."""
+    client = redis.Redis(port=port)
+    broker = open_broker(settings, "plain")
+    broker.ensure_group()
+    producer = start_producer(port, settings.input_stream, texts)
+    started, done = time.perf_counter(), 0
+    while done < len(texts):
+        entries = broker.read(settings.batch_size, settings.block_ms)
+        if entries:
+            done += broker.commit(score_entries(predictor, entries, settings))
+    rate = len(texts) / (time.perf_counter() - started)
+    producer.join()
+    assert client.xlen(settings.output_stream) == len(texts)
+    broker.close()
+    return rate
+
+
+def latencies_ms(client: redis.Redis, stream: str, after: bytes) -> np.ndarray:
+    out = []
+    for id_, fields in client.xrange(stream, min=b"(" + after):
+        out.append(int(id_.split(b"-")[0]) - int(fields[b"source_id"].split(b"-")[0]))
+    return np.array(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=60_000, help="entries per throughput phase")
+    parser.add_argument("--consumers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    train = pd.read_parquet(DATASETS / "tweets/train.parquet")
+    rng = np.random.default_rng(0)
+    texts = [t for t in rng.choice(train["text"].to_numpy(), args.entries) if t.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = seed_bundle(train["text"].tolist(), tmp / "bundle")
+        redis_process, port = start_redis(tmp)
+        client = redis.Redis(port=port)
+        try:
+            rows = measure(args, texts, bundle, port, client)
+        finally:
+            import ray
+
+            ray.shutdown()
+            redis_process.terminate()
+            redis_process.wait()
+    print(f"\nseed preset, batch {args.batch_size}, {args.consumers} Ray consumer(s), {psutil.cpu_count()} CPUs, "
+          f"{len(texts):,} entries per throughput phase")
+    print(table(rows))
+    ceiling, ray_rate = rows[0]["entries/s"], rows[2]["entries/s"]
+    print(f"Ray consumers / in-process ceiling: {ray_rate / ceiling:.2f}; "
+          f"Ray consumers / plain loop: {ray_rate / rows[1]['entries/s']:.2f}")
+
+
+def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis) -> list[dict]:
+    torch.set_num_threads(psutil.cpu_count())
+    predictor = Predictor.load(bundle)
+    predictor.predict_proba(texts[:2048])
+    started = time.perf_counter()
+    predictor.predict_proba(texts, batch_size=args.batch_size)
+    ceiling = len(texts) / (time.perf_counter() - started)
+
+    base = dict(redis=f"redis://127.0.0.1:{port}/0", key_field="brand", batch_size=args.batch_size, block_ms=100)
+    plain = plain_loop(StreamSettings(**base, input_stream="plain", output_stream="plain:scored"), predictor, port, texts)
+
+    settings = StreamSettings(**base, input_stream="comments", output_stream="scored", consumers=args.consumers)
+    runner = StreamRunner(str(bundle), settings)
+    warm_up = texts[:1000]
+    start_producer(port, "comments", warm_up).join()
+    wait_for_outputs(client, "scored", len(warm_up))  # actors built and warm
+
+    producer = start_producer(port, "comments", texts)
+    started = time.perf_counter()
+    sustained = len(texts) / (wait_for_outputs(client, "scored", len(warm_up) + len(texts)) - started)
+    producer.join()
+
+    marker = client.xrevrange("scored", count=1)[0][0]
+    paced = texts[: int(sustained / 2 * args.latency_seconds)]
+    producer = start_producer(port, "comments", paced, rate=sustained / 2)
+    wait_for_outputs(client, "scored", len(warm_up) + len(texts) + len(paced))
+    producer.join()
+    latency = latencies_ms(client, "scored", marker)
+    summary = runner.stop()
+    assert summary.pending == 0 and summary.scored == len(warm_up) + len(texts) + len(paced), summary.line()
+    return [
+        {"measure": "in-process ceiling: Predictor.predict_proba", "entries/s": ceiling, "p50 ms": "", "p99 ms": ""},
+        {"measure": "plain consumer loop, one process, no Ray", "entries/s": plain},
+        {"measure": f"Ray consumers ({args.consumers}), producer at full speed", "entries/s": sustained},
+        {"measure": f"Ray consumers, producer at {sustained / 2:,.0f}/s (half)", "entries/s": len(paced) / args.latency_seconds,
+         "p50 ms": float(np.percentile(latency, 50)), "p99 ms": float(np.percentile(latency, 99))},
+    ]
+
+
+if __name__ == "__main__":
+    main()
