@@ -102,8 +102,11 @@ class RedisBroker:
     def totals(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self._retrying(lambda: self.redis.hgetall(self.keys[4])).items()}
 
-    def pending(self) -> int:
-        return self._retrying(lambda: self.redis.xpending(self.s.input_stream, self.s.group))["pending"]
+    def pending(self) -> int | None:
+        try:
+            return self._retrying(lambda: self.redis.xpending(self.s.input_stream, self.s.group))["pending"]
+        except redis.ResponseError:  # the stream or its group is gone: nothing to count
+            return None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -111,9 +114,10 @@ class RedisBroker:
         try:
             return self._retrying(lambda: self._claim_stale(count) or self._read_new(count, block_ms))
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
-            log.warning("consumer group %s is gone (Redis restarted without its data?); creating it again", self.s.group)
+            log.warning("stream %s or its group %s is gone (deleted, or Redis restarted without its data); "
+                        "creating them again", self.s.input_stream, self.s.group)
             self.ensure_group()
             return []
         except StopRequested:

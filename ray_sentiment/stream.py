@@ -15,21 +15,23 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 from urllib.parse import urlparse
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from .bundle import ModelBundle, load_bundle
-from .errors import ConfigError
+from .data import user_message
+from .errors import ConfigError, RaySentimentError
 from .predictor import Predictor, text_problem
 from .runtime import ensure_ray
 
 log = logging.getLogger(__name__)
+MAX_BATCH = 10_000
 
 
 @dataclass
@@ -59,6 +61,8 @@ class StreamSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.batch_size > MAX_BATCH:
+            raise ConfigError(f"--batch-size must be at most {MAX_BATCH:,} (one commit carries the whole batch)")
         if self.start not in ("begin", "new"):
             raise ConfigError(f"--start takes begin or new, not {self.start!r}")
         streams = {self.input_stream, self.output_stream, self.dead_letter_stream}
@@ -99,8 +103,8 @@ class Broker(Protocol):
     def totals(self) -> dict[str, int]:
         """Entries scored and dead-lettered by this group since it began."""
 
-    def pending(self) -> int:
-        """Entries delivered to a consumer and not yet committed."""
+    def pending(self) -> int | None:
+        """Entries delivered to a consumer and not yet committed; None if the stream is gone."""
 
     def close(self) -> None: ...
 
@@ -177,7 +181,10 @@ class StreamConsumer:
         self.settings, self.name = settings, name
         self.predictor = Predictor(bundle, device="cuda" if settings.use_gpu else "cpu")
         self.stopping = threading.Event()
-        self.counts = {"scored": 0, "dead_lettered": 0, "batches": 0}
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if self.restarted:
+            log.warning("%s restarted; what it held is taken over after --claim-idle-ms", name)
+        self.counts = {"scored": 0, "dead_lettered": 0}
 
     def run(self) -> dict:
         broker = open_broker(self.settings, self.name, self.stopping)
@@ -191,36 +198,35 @@ class StreamConsumer:
                 scored = sum(r.label is not None for r in results)
                 self.counts["scored"] += scored
                 self.counts["dead_lettered"] += len(results) - scored
-                self.counts["batches"] += 1
         finally:
             broker.close()
-        return dict(self.counts)
+        return self.progress()
 
     def stop(self) -> None:
         self.stopping.set()
 
     def progress(self) -> dict:
-        return dict(self.counts)
+        return {**self.counts, "restarted": self.restarted}
 
 
 @dataclass
 class StreamSummary:
     scored: int
     dead_lettered: int
-    pending: int
-    restarts: int
+    pending: int | None
+    restarted_consumers: int
     seconds: float
-    extra: dict = field(default_factory=dict)
 
     def line(self) -> str:
         rate = (self.scored + self.dead_lettered) / self.seconds if self.seconds else 0.0
         return (f"scored {self.scored}, dead-lettered {self.dead_lettered}, still pending {self.pending}, "
-                f"consumer restarts {self.restarts}, {self.seconds:.1f} s, {rate:,.0f} entries/s")
+                f"consumers restarted {self.restarted_consumers}, {self.seconds:.1f} s, {rate:,.0f} entries/s")
 
 
 class StreamRunner:
-    """Starts `consumers` actors on one consumer group and keeps them running: an actor that dies is
-    restarted by Ray (max_restarts=-1) and given its `run` again here."""
+    """Starts `consumers` actors on one consumer group. An actor that dies is restarted by Ray and
+    its `run` retried there (max_restarts and max_task_retries unlimited); the entries it held are
+    taken over by whichever consumer claims them first."""
 
     def __init__(self, model: str, settings: StreamSettings, stop: threading.Event | None = None):
         self.settings = settings
@@ -229,43 +235,51 @@ class StreamRunner:
         self.broker.ensure_group()  # also fails fast, with a clear message, when Redis is unreachable
         self.totals_at_start = self.broker.totals()
         self.started = time.perf_counter()
-        self.restarts = 0
         ensure_ray()
         total_cpus = ray.cluster_resources().get("CPU", 1.0)
         actor = ray.remote(StreamConsumer).options(
-            max_restarts=-1, max_task_retries=0, max_concurrency=3,
+            max_restarts=-1, max_task_retries=-1, max_concurrency=3,
             num_cpus=1.0 if settings.use_gpu else min(1.0, total_cpus / settings.consumers),
             num_gpus=1 if settings.use_gpu else 0,
         )
-        bundle_ref = ray.put(bundle)  # through the object store: no node needs the model directory
-        self.actors = [actor.remote(bundle_ref, settings, f"consumer-{i}") for i in range(settings.consumers)]
-        self.runs = {actor.run.remote(): actor for actor in self.actors}
+        # Through the object store, so no node needs the model directory; held here for as long as
+        # the actors live, since Ray rebuilds a restarted actor from it.
+        self.bundle_ref = ray.put(bundle)
+        self.actors = [actor.remote(self.bundle_ref, settings, f"consumer-{i}") for i in range(settings.consumers)]
+        ray.get([a.progress.remote() for a in self.actors])  # every model loaded: a failure shows here
+        self.runs = [a.run.remote() for a in self.actors]
 
     def poll(self, timeout: float = 1.0) -> None:
-        """Wait up to `timeout` s; give `run` again to any actor that died (Ray restarts it)."""
-        done, _ = ray.wait(list(self.runs), num_returns=1, timeout=timeout)
+        """Wait up to `timeout` s; a consumer that raised, or that Ray could not restart, ends the run."""
+        done, _ = ray.wait(self.runs, num_returns=1, timeout=timeout)
         for ref in done:
-            actor = self.runs.pop(ref)
             try:
                 ray.get(ref)
             except RayActorError as exc:
-                self.restarts += 1
-                log.warning("a stream consumer died (%s); Ray restarts it", type(exc).__name__)
-            self.runs[actor.run.remote()] = actor
+                raise RaySentimentError(f"a stream consumer died and could not be restarted: {user_message(exc)}") from None
+            except RayTaskError as exc:  # the consumer raised: retrying would raise again
+                raise RaySentimentError(f"a stream consumer failed: {user_message(exc)}") from None
+            self.runs.remove(ref)  # returned: only after a stop
 
     def progress(self) -> dict:
         totals = self.broker.totals()
         return {name: totals.get(name, 0) - self.totals_at_start.get(name, 0) for name in ("scored", "dead_lettered")}
 
+    def restarted_consumers(self) -> int:
+        """Consumers now running as a restarted actor (Ray rebuilt them after a failure)."""
+        ready, _ = ray.wait([a.progress.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
+        return sum(ray.get(ref)["restarted"] for ref in ready)
+
     def stop(self, timeout: float = 120.0) -> StreamSummary:
         """Ask every actor to finish its batch in flight, wait for them, and sum up from the broker."""
+        restarted = self.restarted_consumers()
         for actor in self.actors:
             actor.stop.remote()
-        ray.wait(list(self.runs), num_returns=len(self.runs), timeout=timeout)
+        ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout)
         for actor in self.actors:
             ray.kill(actor)
         done = self.progress()
-        summary = StreamSummary(done["scored"], done["dead_lettered"], self.broker.pending(), self.restarts,
+        summary = StreamSummary(done["scored"], done["dead_lettered"], self.broker.pending(), restarted,
                                 time.perf_counter() - self.started)
         self.broker.close()
         return summary
@@ -282,6 +296,14 @@ def run_until_signalled(model: str, settings: StreamSettings, report_every_s: fl
     stop_on_signals()
     runner = StreamRunner(model, settings, stop)
     stop_on_signals()  # again: ray.init replaced the SIGTERM handler with one that exits at once
+    try:
+        watch(runner, stop, settings, report_every_s)
+    finally:
+        summary = runner.stop()
+    return summary
+
+
+def watch(runner: StreamRunner, stop: threading.Event, settings: StreamSettings, report_every_s: float) -> None:
     print(f"scoring {settings.input_stream} → {settings.output_stream} with {settings.consumers} consumer(s) "
           f"in group {settings.group}; SIGTERM or Ctrl-C stops", flush=True)
     last_report = time.monotonic()
@@ -291,7 +313,6 @@ def run_until_signalled(model: str, settings: StreamSettings, report_every_s: fl
             last_report = time.monotonic()
             done = runner.progress()
             print(f"scored {done['scored']}, dead-lettered {done['dead_lettered']}", flush=True)
-    return runner.stop()
 
 
 def format_counts(rows: list[dict]) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, actor_pids, run_cli, write_random_bundle
 from ray_sentiment import Predictor
-from ray_sentiment.errors import ConfigError
+from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.redis_broker import window_counts
 from ray_sentiment.stream import Entry, StreamRunner, StreamSettings, open_broker, score_entries
 
@@ -194,7 +194,7 @@ def test_every_entry_yields_exactly_one_output_and_bad_ones_a_dead_letter(ray_lo
     assert sorted(d["reason"] for d in dead) == sorted(["entry has no 'text' field", "text is empty",
                                                         "text is not valid UTF-8",
                                                         "text is 200,001 characters, more than --max-text-chars 100,000"])
-    assert (summary.scored, summary.dead_lettered, summary.pending, summary.restarts) == (5000, 4, 0, 0)
+    assert (summary.scored, summary.dead_lettered, summary.pending, summary.restarted_consumers) == (5000, 4, 0, 0)
 
 
 def test_a_consumer_killed_mid_run_loses_and_duplicates_nothing(ray_local, redis_server, bundle, predictor):
@@ -207,11 +207,12 @@ def test_a_consumer_killed_mid_run_loses_and_duplicates_nothing(ray_local, redis
         assert len(victims) == 2
         os.kill(victims[0], signal.SIGKILL)
         assert client.xlen("scored") < 5000, "the run ended before the kill; the test proves nothing"
-        run_until(runner, lambda: client.xlen("scored") >= 5000 and client.xpending("comments", "ray-sentiment")["pending"] == 0)
+        run_until(runner, lambda: client.xlen("scored") >= 5000
+                  and client.xpending("comments", "ray-sentiment")["pending"] == 0)
     finally:
         summary = runner.stop()
     check_exactly_once(redis_server, produced, predictor)
-    assert summary.restarts == 1 and summary.scored == 5000
+    assert summary.restarted_consumers == 1 and summary.scored == 5000  # the killed one came back
 
 
 def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(ray_local, redis_server, bundle, predictor):
@@ -229,6 +230,19 @@ def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(ray_local, redis_s
         summary = runner.stop()
     check_exactly_once(redis_server, produced, predictor)
     assert summary.pending == 0
+
+
+def test_a_consumer_that_keeps_failing_is_reported_not_retried_forever(ray_local, redis_server, bundle):
+    client = redis_server.client()
+    produce(client, 10)
+    runner = StreamRunner(str(bundle), settings(redis_server))
+    try:
+        run_until(runner, lambda: client.xlen("scored") >= 10)
+        client.pipeline().delete("comments").set("comments", "not a stream any more").execute()  # atomic
+        with pytest.raises(RaySentimentError, match="a stream consumer failed: .*WRONGTYPE"):
+            run_until(runner, lambda: False, timeout=60)
+    finally:
+        runner.stop()
 
 
 # -- the command line -----------------------------------------------------------------------------
