@@ -45,17 +45,17 @@ class ScoreSummary:
                 f"already done {self.rows_skipped_as_done}, {self.seconds:.1f} s, {self.rows_per_s:,.0f} rows/s")
 
 
-def parse_concurrency(value: str | int | tuple) -> int | tuple[int, int]:
-    """'4' → 4 actors; '1,4' → autoscaling between 1 and 4."""
+def parse_concurrency(value: str | int | tuple, option: str = "--concurrency") -> int | tuple[int, int]:
+    """'4' → 4 actors (or replicas); '1,4' → autoscaling between 1 and 4."""
     if isinstance(value, (int, tuple)):
         return value
     parts = [p.strip() for p in str(value).split(",")]
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"--concurrency takes N or MIN,MAX, not {value!r}") from None
+        raise ConfigError(f"{option} takes N or MIN,MAX, not {value!r}") from None
     if len(numbers) not in (1, 2) or min(numbers) < 1 or (len(numbers) == 2 and numbers[0] > numbers[1]):
-        raise ConfigError(f"--concurrency takes N or MIN,MAX with 1 <= MIN <= MAX, not {value!r}")
+        raise ConfigError(f"{option} takes N or MIN,MAX with 1 <= MIN <= MAX, not {value!r}")
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 

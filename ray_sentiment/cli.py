@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--last", type=int, default=10, help="windows to show (default: 10)")
     ss.add_argument("--json", action="store_true", help="one JSON object per window and key")
 
+    sv = sub.add_parser("serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
+    sv.add_argument("--model", required=True, help="bundle directory")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--replicas", default="1", help="model replicas: N, or MIN,MAX to autoscale (default: 1)")
+    sv.add_argument("--use-gpu", action="store_true", help="one GPU per model replica")
+    sv.add_argument("--max-batch-size", type=int, default=2048, help="texts per model call, across requests (default: 2048)")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default: 5)")
+    sv.add_argument("--no-batching", dest="batching", action="store_false", help="score each request on its own")
+
     p = sub.add_parser("predict", help="print one JSON line per text")
     p.add_argument("--model", required=True, help="bundle directory")
     p.add_argument("texts", nargs="+", metavar="TEXT")
@@ -133,6 +143,13 @@ def run(args: argparse.Namespace) -> None:
 
         rows = window_counts(args.redis, args.output_stream, args.last)
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
+    elif args.command == "serve":
+        from .batch import parse_concurrency
+        from .serve import ServeSettings, serve_until_signalled
+
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "host", "port")}
+        options["replicas"] = parse_concurrency(args.replicas, "--replicas")
+        serve_until_signalled(ServeSettings(**options), args.host, args.port)
     elif args.command == "predict":
         from .predictor import Predictor
 

@@ -1,0 +1,263 @@
+"""HTTP scoring with Ray Serve: a FastAPI ingress that checks requests, and model replicas that
+score the texts of many requests together (`@serve.batch`).
+
+    POST /v1/sentiment  {"texts": [...]}  → {"model": {...}, "results": [{label, confidence, scores}]}
+    GET  /v1/model      labels, preset, training metrics
+    GET  /healthz       200 once the model answers
+    GET  /docs          OpenAPI
+
+Limits: 1 to 1,000 texts of at most 5,000 characters each, a body of at most 1 MiB. Client errors
+are 4xx with {"detail": ...}; a full queue is 503 with Retry-After; a client error is never a 500.
+"""
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from .bundle import ModelBundle, load_bundle
+from .errors import ConfigError
+from .predictor import Predictor, text_problem
+from .runtime import ensure_ray
+
+MAX_TEXTS, MAX_CHARS, MAX_BODY_BYTES = 1000, 5000, 1 << 20
+API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
+MODEL_TIMEOUT_S = 30.0
+QUIET = {"log_level": "WARNING", "enable_access_log": False}  # no log line per request
+RETRY_AFTER_S = "1"
+
+
+@dataclass
+class ServeSettings:
+    model: str
+    replicas: int | tuple[int, int] = 1  # fixed, or (min, max) to autoscale
+    use_gpu: bool = False
+    max_batch_size: int = 2048  # texts per model call, from however many requests
+    batch_wait_ms: float = 5.0
+    batching: bool = True
+    max_ongoing_requests: int = 64  # per model replica: a batch is built from these
+    max_queued_requests: int = 256  # beyond this, 503
+
+    def __post_init__(self):
+        if self.max_batch_size < MAX_TEXTS:
+            raise ConfigError(f"--max-batch-size counts texts and must be at least {MAX_TEXTS:,} "
+                              f"(one request may carry that many), not {self.max_batch_size}")
+        if self.batch_wait_ms < 0:
+            raise ConfigError("--batch-wait-ms must be 0 or more")
+
+
+def count_texts(requests: list[list[str]]) -> int:
+    return sum(len(texts) for texts in requests)
+
+
+@serve.deployment
+class SentimentModel:
+    """A replica holding the model; `score` gathers the texts of concurrent requests into one call."""
+
+    def __init__(self, bundle: ModelBundle, use_gpu: bool, max_batch_size: int, batch_wait_s: float):
+        self.predictor = Predictor(bundle, device="cuda" if use_gpu else "cpu")
+        self.score_batched.set_max_batch_size(max_batch_size)
+        self.score_batched.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=2048, batch_wait_timeout_s=0.005, batch_size_fn=count_texts)
+    async def score_batched(self, requests: list[list[str]]) -> list[np.ndarray]:
+        proba = self.predictor.predict_proba([t for texts in requests for t in texts])
+        return np.split(proba, np.cumsum([len(texts) for texts in requests])[:-1])
+
+    async def score(self, texts: list[str]) -> np.ndarray:
+        return self.predictor.predict_proba(texts)
+
+    def labels(self) -> list[str]:
+        return self.predictor.labels
+
+
+class SentimentRequest(BaseModel):  # for the OpenAPI docs; `parse_texts` does the checking
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS,
+                             description=f"1 to {MAX_TEXTS:,} comments, each at most {MAX_CHARS:,} characters")
+
+
+def parse_texts(body: bytes) -> list[str]:
+    """The texts of a request body, or an HTTPException saying exactly what is wrong with it."""
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+    if not isinstance(request, dict) or "texts" not in request:
+        raise HTTPException(422, 'body must be a JSON object with a "texts" list')
+    texts = request["texts"]
+    if not isinstance(texts, list) or not texts:
+        raise HTTPException(422, '"texts" must be a list of 1 to 1,000 strings')
+    if len(texts) > MAX_TEXTS:
+        raise HTTPException(413, f"{len(texts):,} texts in one request; at most {MAX_TEXTS:,}")
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and len(text) > MAX_CHARS:
+            raise HTTPException(422, f"texts[{i}] has {len(text):,} characters; at most {MAX_CHARS:,}")
+        if problem := text_problem(text):
+            raise HTTPException(422, f"texts[{i}]: {problem}")
+    return texts
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by its Content-Length or, for a chunked
+    body, as soon as the bytes read pass the limit. The body is read here (at most `limit` bytes
+    kept) and handed on whole."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await too_large(self.limit)(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await too_large(self.limit)(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body over {limit:,} bytes"}, status_code=413)
+
+
+def model_summary(bundle: ModelBundle, path: str) -> dict:
+    """What /v1/model says: name and version (a hash of the weights file), labels, preset, metrics."""
+    with open(os.path.join(path, "model.safetensors"), "rb") as f:
+        version = hashlib.sha256(f.read()).hexdigest()[:12]
+    metrics = {k: v for k, v in bundle.metrics.get("validation", {}).items()
+               if k in ("rows", "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_ovr")}
+    return {"name": os.path.basename(os.path.normpath(path)), "version": version, "labels": bundle.labels,
+            "preset": bundle.preset, "validation": metrics}
+
+
+REQUEST_DOC = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": SentimentRequest.model_json_schema()}}}}
+app = FastAPI(title="ray-sentiment", description="Sentiment of social-media comments.")
+app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+
+def require_api_key(request: Request) -> None:
+    expected = os.environ.get(API_KEY_ENV)
+    if not expected:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        raise HTTPException(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+@serve.deployment
+@serve.ingress(app)
+class SentimentAPI:
+    def __init__(self, model, summary: dict, batching: bool):
+        self.model, self.summary, self.batching = model, summary, batching
+        self.labels = summary["labels"]
+
+    @app.post("/v1/sentiment", dependencies=[Depends(require_api_key)], openapi_extra=REQUEST_DOC)
+    async def sentiment(self, request: Request) -> dict:
+        texts = parse_texts(await request.body())
+        method = self.model.score_batched if self.batching else self.model.score
+        try:
+            proba = await asyncio.wait_for(method.remote(texts), MODEL_TIMEOUT_S)
+        except (BackPressureError, DeploymentUnavailableError, RayActorError):  # full, or a replica died
+            raise HTTPException(503, "busy: too many requests queued; retry shortly",
+                                headers={"Retry-After": RETRY_AFTER_S}) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"the model did not answer within {MODEL_TIMEOUT_S:.0f} s",
+                                headers={"Retry-After": RETRY_AFTER_S}) from None
+        return {"model": {"name": self.summary["name"], "version": self.summary["version"]},
+                "results": [self.result(row) for row in proba]}
+
+    def result(self, row: np.ndarray) -> dict:
+        best = int(row.argmax())
+        return {"label": self.labels[best], "confidence": float(row[best]),
+                "scores": {label: float(p) for label, p in zip(self.labels, row)}}
+
+    @app.get("/v1/model", dependencies=[Depends(require_api_key)])
+    async def model_info(self) -> dict:
+        return self.summary
+
+    @app.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        try:
+            await asyncio.wait_for(self.model.labels.remote(), 5)
+        except Exception as exc:  # any reason the model cannot answer is "not ready"
+            return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+
+def build(settings: ServeSettings) -> serve.Application:
+    bundle = load_bundle(settings.model)
+    replicas = settings.replicas
+    scaling = ({"num_replicas": replicas} if isinstance(replicas, int) else
+               {"autoscaling_config": {"min_replicas": replicas[0], "max_replicas": replicas[1]}})
+    model = SentimentModel.options(
+        ray_actor_options={"num_gpus": 1 if settings.use_gpu else 0, "num_cpus": 0 if settings.use_gpu else 1},
+        max_ongoing_requests=settings.max_ongoing_requests, max_queued_requests=settings.max_queued_requests,
+        logging_config=QUIET, **scaling,
+    ).bind(bundle, settings.use_gpu, settings.max_batch_size, settings.batch_wait_ms / 1000)
+    env = {API_KEY_ENV: os.environ[API_KEY_ENV]} if os.environ.get(API_KEY_ENV) else {}
+    # The ingress only checks and awaits, so it takes many requests at once; load is shed where the
+    # model replicas' queues are full, with a 503 and Retry-After.
+    api = SentimentAPI.options(
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
+        max_ongoing_requests=1000, logging_config=QUIET,
+    )
+    return api.bind(model, model_summary(bundle, settings.model), settings.batching)
+
+
+def app_builder(args: dict) -> serve.Application:
+    """For Serve config files: `import_path: ray_sentiment.serve:app_builder`, `args: {model: DIR, ...}`."""
+    return build(ServeSettings(**args))
+
+
+def start(application: serve.Application, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Start Serve on the running Ray with the app (see `build`); returns its URL."""
+    ensure_ray()
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": 2 * MODEL_TIMEOUT_S})
+    serve.run(application, name="sentiment", route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None:
+    """The `serve` command: run until SIGTERM or SIGINT, then shut Serve down."""
+    application = build(settings)  # a broken bundle or option fails here, before Ray starts
+    ensure_ray()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
+        signal.signal(signum, lambda *_: stop.set())
+    url = start(application, host, port)
+    print(f"serving {settings.model} at {url} (POST {url}/v1/sentiment, docs at {url}/docs); "
+          "SIGTERM or Ctrl-C stops", flush=True)
+    while not stop.wait(0.5):
+        pass
+    serve.shutdown()
+    print("stopped", flush=True)
