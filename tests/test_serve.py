@@ -16,7 +16,7 @@ import requests
 from conftest import ROOT, SAMPLE_TEXTS, actor_pids, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
-from ray_sentiment.serve import API_KEY_ENV, ServeSettings, build, start
+from ray_sentiment.serve import API_KEY_ENV, ServeSettings, app_builder, build, start
 
 pytestmark = pytest.mark.integration
 
@@ -189,6 +189,20 @@ def test_a_model_replica_killed_under_traffic_is_replaced(server):
     assert set(statuses) <= {200, 503}, statuses  # never a 500, never a client-side timeout
     assert statuses[-1] == 200 and statuses.count(200) > 10
     assert max(seconds for _, seconds in outcomes) < 65  # none past the model timeout (30 s) by much
+
+
+def test_the_serve_config_file_is_valid_and_its_builder_takes_its_args(bundle):
+    import yaml
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "jobs" / "serve.yaml").read_text()))
+    [application] = config.applications
+    assert application.import_path == "ray_sentiment.serve:app_builder"
+    app = app_builder({**application.args, "model": str(bundle), "replicas": [1, 2]})
+    assert isinstance(app, serve.Application)
+    with pytest.raises(ConfigError, match="unknown args .*: colour"):
+        app_builder({"model": str(bundle), "colour": "red"})
 
 
 def test_settings_refuse_a_batch_smaller_than_a_request(bundle):
