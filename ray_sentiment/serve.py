@@ -256,8 +256,8 @@ def start(application: serve.Application, host: str = "127.0.0.1", port: int = 8
 def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None:
     """The `serve` command: run until SIGTERM or SIGINT, then shut Serve down."""
     application = build(settings)  # a broken bundle or option fails here, before Ray starts
-    # Serve's throughput-optimized mode (requests reach the ingress replica directly, no per-request
-    # thread hop, buffered request logs): 1.3x the requests/s of the default here (benchmarks/serve_load.py).
+    # Serve's throughput-optimized mode (direct ingress, user code on the replica's event loop,
+    # buffered request logs): 1.3x the requests/s of the default here (benchmarks/serve_load.py).
     # It applies to the Serve processes of the local Ray started next; on a cluster, set it in its env.
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     ensure_ray()
