@@ -1,5 +1,6 @@
 """Shared by the benchmarks: where the datasets are, a plain-text table, a model to time."""
 import os
+import socket
 import statistics
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def table(rows: list[dict]) -> str:

@@ -15,7 +15,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,9 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, seed_bundle, table  # noqa: E402
+from _common import DATASETS, free_port, seed_bundle, table  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout: float = 180) -> None:

@@ -14,7 +14,6 @@ redis-server runs with its append-only file on (fsync every second), as an exact
 """
 import argparse
 import multiprocessing
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import redis
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, seed_bundle, table  # noqa: E402
+from _common import DATASETS, free_port, seed_bundle, table  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
 from ray_sentiment.stream import StreamRunner, StreamSettings, open_broker, score_entries  # noqa: E402
@@ -37,9 +36,7 @@ BRANDS = ["acme", "globex", "initech"]
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
                                 "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
     client = redis.Redis(port=port)

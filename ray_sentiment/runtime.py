@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 import ray
 
@@ -23,6 +25,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
     )
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop`, for commands that finish their work in flight before exiting.
+    Call it after Ray starts: ray.init installs a SIGTERM handler that exits at once."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
 
 
 def quiet_ray_data() -> None:

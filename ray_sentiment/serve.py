@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import threading
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from .bundle import ModelBundle, load_bundle
 from .errors import ConfigError
 from .predictor import Predictor, text_problem
-from .runtime import ensure_ray
+from .runtime import ensure_ray, stop_on_signals
 
 MAX_TEXTS, MAX_CHARS, MAX_BODY_BYTES = 1000, 5000, 1 << 20
 API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
@@ -257,13 +256,12 @@ def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None
     """The `serve` command: run until SIGTERM or SIGINT, then shut Serve down."""
     application = build(settings)  # a broken bundle or option fails here, before Ray starts
     # Serve's throughput-optimized mode (direct ingress, user code on the replica's event loop,
-    # buffered request logs): 1.3x the requests/s of the default here (benchmarks/serve_load.py).
+    # buffered request logs): more requests/s here than the default (see README, Speed).
     # It applies to the Serve processes of the local Ray started next; on a cluster, set it in its env.
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     ensure_ray()
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
-        signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop)
     url = start(application, host, port)
     print(f"serving {settings.model} at {url} (POST {url}/v1/sentiment, docs at {url}/docs); "
           "SIGTERM or Ctrl-C stops", flush=True)

@@ -12,7 +12,6 @@ broker sits behind `Broker` so that another log (Kafka) can follow without touch
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from .bundle import ModelBundle, load_bundle
 from .data import user_message
 from .errors import ConfigError, RaySentimentError
 from .predictor import Predictor, text_problem
-from .runtime import ensure_ray
+from .runtime import ensure_ray, stop_on_signals
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 10_000
@@ -174,7 +173,7 @@ def dead_letter(entry: Entry, reason: str) -> Result:
 
 class StreamConsumer:
     """A Ray actor holding the model. `run` loops until `stop`; the actor is threaded so that
-    `stop` and `progress` are answered while `run` works."""
+    `stop` is answered while `run` works."""
 
     def __init__(self, bundle: ModelBundle, settings: StreamSettings, name: str):
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -184,29 +183,24 @@ class StreamConsumer:
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if self.restarted:
             log.warning("%s restarted; what it held is taken over after --claim-idle-ms", name)
-        self.counts = {"scored": 0, "dead_lettered": 0}
 
-    def run(self) -> dict:
+    def run(self) -> None:
         broker = open_broker(self.settings, self.name, self.stopping)
         try:
             while not self.stopping.is_set():
                 entries = broker.read(self.settings.batch_size, self.settings.block_ms)
                 if not entries:
                     continue
-                results = score_entries(self.predictor, entries, self.settings)
-                broker.commit(results)  # also when stopping: the batch in flight is finished
-                scored = sum(r.label is not None for r in results)
-                self.counts["scored"] += scored
-                self.counts["dead_lettered"] += len(results) - scored
+                # Committed also when stopping: the batch in flight is finished.
+                broker.commit(score_entries(self.predictor, entries, self.settings))
         finally:
             broker.close()
-        return self.progress()
 
     def stop(self) -> None:
         self.stopping.set()
 
-    def progress(self) -> dict:
-        return {**self.counts, "restarted": self.restarted}
+    def was_restarted(self) -> bool:
+        return self.restarted
 
 
 @dataclass
@@ -246,7 +240,7 @@ class StreamRunner:
         # the actors live, since Ray rebuilds a restarted actor from it.
         self.bundle_ref = ray.put(bundle)
         self.actors = [actor.remote(self.bundle_ref, settings, f"consumer-{i}") for i in range(settings.consumers)]
-        ray.get([a.progress.remote() for a in self.actors])  # every model loaded: a failure shows here
+        ray.get([a.was_restarted.remote() for a in self.actors])  # every model loaded: a failure shows here
         self.runs = [a.run.remote() for a in self.actors]
 
     def poll(self, timeout: float = 1.0) -> None:
@@ -267,8 +261,8 @@ class StreamRunner:
 
     def restarted_consumers(self) -> int:
         """Consumers now running as a restarted actor (Ray rebuilt them after a failure)."""
-        ready, _ = ray.wait([a.progress.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
-        return sum(ray.get(ref)["restarted"] for ref in ready)
+        ready, _ = ray.wait([a.was_restarted.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
+        return sum(ray.get(ready))
 
     def stop(self, timeout: float = 120.0) -> StreamSummary:
         """Ask every actor to finish its batch in flight, wait for them, and sum up from the broker."""
@@ -288,14 +282,9 @@ class StreamRunner:
 def run_until_signalled(model: str, settings: StreamSettings, report_every_s: float = 10.0) -> StreamSummary:
     """The `stream` command: run until SIGTERM or SIGINT, then finish the batches in flight."""
     stop = threading.Event()
-
-    def stop_on_signals():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-
-    stop_on_signals()
+    stop_on_signals(stop)  # while connecting to Redis and loading the model
     runner = StreamRunner(model, settings, stop)
-    stop_on_signals()  # again: ray.init replaced the SIGTERM handler with one that exits at once
+    stop_on_signals(stop)  # again: ray.init replaced the SIGTERM handler
     try:
         watch(runner, stop, settings, report_every_s)
     finally:

@@ -1,5 +1,7 @@
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +49,27 @@ def actor_pids(class_prefix: str) -> list[int]:
         except psutil.Error:
             pass
     return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def cli_process(*args: str, env: dict | None = None):
+    """`ray-sentiment ARGS` running in its own process group, for tests that signal it; the whole
+    group (Ray's daemons included) is killed on the way out."""
+    proc = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -98,13 +121,10 @@ class RedisServer:
 
     def __init__(self, directory: Path):
         import shutil
-        import socket
 
         if not shutil.which("redis-server"):
             pytest.fail("redis-server not found; install it (apt-get install redis-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.directory, self.process = directory, None
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.start()

@@ -2,9 +2,6 @@
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import types
@@ -13,18 +10,12 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import ROOT, SAMPLE_TEXTS, actor_pids, write_random_bundle
+from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.serve import API_KEY_ENV, ServeSettings, app_builder, build, start
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout: float = 120) -> None:
@@ -212,18 +203,11 @@ def test_settings_refuse_a_batch_smaller_than_a_request(bundle):
 
 def test_serve_command_prints_the_url_answers_and_stops_on_sigterm(bundle):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", "serve", "--model", str(bundle), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_KEY_ENV)})
-    try:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_KEY_ENV)}
+    with cli_process("serve", "--model", str(bundle), "--port", str(port), env=env) as proc:
         wait_healthy(f"http://127.0.0.1:{port}")
         assert post(f"http://127.0.0.1:{port}", {"texts": ["hello"]}).status_code == 200
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert proc.returncode == 0, err
     assert f"at http://127.0.0.1:{port}" in out and out.strip().endswith("stopped")

@@ -3,14 +3,12 @@ for the consumer actors, a real local Ray cluster."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, actor_pids, run_cli, write_random_bundle
+from conftest import actor_pids, cli_process, run_cli, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.redis_broker import window_counts
@@ -250,22 +248,13 @@ def test_a_consumer_that_keeps_failing_is_reported_not_retried_forever(ray_local
 def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, bundle):
     client = redis_server.client()
     produced = produce(client, 300)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_sentiment.cli", "stream", "--model", str(bundle), "--redis", redis_server.url,
-         "--input-stream", "comments", "--output-stream", "scored", "--key-field", "brand", "--block-ms", "200"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
+    with cli_process("stream", "--model", str(bundle), "--redis", redis_server.url, "--input-stream", "comments",
+                     "--output-stream", "scored", "--key-field", "brand", "--block-ms", "200") as proc:
         deadline = time.monotonic() + 120
         while client.xlen("scored") < 300 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert proc.returncode == 0, err
     assert "scored 300, dead-lettered 0, still pending 0" in out
     assert sorted(o["source_id"] for o in outputs(client)) == sorted(produced)
