@@ -4,6 +4,8 @@ import socket
 import statistics
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from ray_sentiment.bundle import ModelBundle, save_bundle
@@ -21,7 +23,7 @@ def free_port() -> int:
 
 
 def table(rows: list[dict]) -> str:
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(c for r in rows for c in r))  # every row's columns, in first-seen order
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
@@ -49,3 +51,14 @@ def seed_bundle(texts: list[str], path: Path) -> Path:
                             preset="seed"), path)
     return path
 
+
+def write_rows(texts: np.ndarray, rows: int, directory: Path, files: int = 8) -> Path:
+    """`rows` rows (id, text) resampled from `texts`, in `files` Parquet files."""
+    rng = np.random.default_rng(rows)
+    directory.mkdir(parents=True)
+    per_file = -(-rows // files)
+    for i in range(files):
+        n = min(per_file, rows - i * per_file)
+        pd.DataFrame({"id": np.arange(i * per_file, i * per_file + n), "text": rng.choice(texts, n)}) \
+            .to_parquet(directory / f"part-{i:02d}.parquet", index=False)
+    return directory

@@ -22,7 +22,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, seed_bundle, table  # noqa: E402
+from _common import DATASETS, seed_bundle, table, write_rows  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
 from ray_sentiment.batch import score_parquet  # noqa: E402
@@ -30,17 +30,6 @@ from ray_sentiment.runtime import ensure_ray, quiet_ray_data  # noqa: E402
 from ray_sentiment.text import encode_batch, vocab_index  # noqa: E402
 
 SAMPLE = 200_000  # rows for the in-process measurements
-
-
-def write_rows(texts: np.ndarray, rows: int, directory: Path, files: int = 8) -> Path:
-    rng = np.random.default_rng(rows)
-    directory.mkdir(parents=True)
-    per_file = -(-rows // files)
-    for i in range(files):
-        n = min(per_file, rows - i * per_file)
-        pd.DataFrame({"id": np.arange(i * per_file, i * per_file + n), "text": rng.choice(texts, n)}) \
-            .to_parquet(directory / f"part-{i:02d}.parquet", index=False)
-    return directory
 
 
 class PeakMemory:

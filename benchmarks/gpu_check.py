@@ -1,0 +1,148 @@
+"""GPU check: every `--use-gpu` path on one machine, with throughput and GPU memory, in one table.
+
+(1) trains one epoch of the default preset on tweets/train with one GPU Train worker; (2) scores
+N rows (default 1,000,000, tweets resampled into Parquet) with a GPU model actor; (3) serves the
+model from a GPU replica under HTTP load (100-text requests from 16 clients, then 1-text requests
+from 64); (4) checks that the GPU gives the CPU's probabilities. GPU memory is the peak of
+`nvidia-smi`'s memory.used, sampled every 0.2 s (all processes on the card). Sized to finish
+within 8 minutes on one GPU. `--cpu` runs the same steps without a GPU (default 100,000 rows).
+
+    python benchmarks/gpu_check.py [--cpu] [--rows N] [--serve-seconds 15]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATASETS, free_port, table, write_rows  # noqa: E402
+from serve_load import drive, wait_healthy  # noqa: E402
+
+from ray_sentiment import Predictor  # noqa: E402
+from ray_sentiment.batch import score_parquet  # noqa: E402
+from ray_sentiment.runtime import ensure_ray, quiet_ray_data  # noqa: E402
+from ray_sentiment.serve import ServeSettings, build, start  # noqa: E402
+from ray_sentiment.train import TrainConfig, train  # noqa: E402
+
+
+class GpuMemory:
+    """Peak memory.used (MiB) and utilisation (%) of GPU 0 while the block runs; nothing without nvidia-smi."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+
+    def __init__(self):
+        self.peak_mib, self.peak_util, self._stop = None, None, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        while not self._stop.wait(0.2):
+            try:
+                used, util = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout.split(",")
+            except (OSError, ValueError, subprocess.SubprocessError):
+                return
+            self.peak_mib = max(self.peak_mib or 0, int(used))
+            self.peak_util = max(self.peak_util or 0, int(util))
+
+    def columns(self) -> dict:
+        return {"peak GPU MiB": "-" if self.peak_mib is None else f"{self.peak_mib:,}",
+                "peak GPU util %": "-" if self.peak_util is None else str(self.peak_util)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="run every step without a GPU")
+    parser.add_argument("--rows", type=int, help="rows to score (default: 1,000,000; 100,000 with --cpu)")
+    parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call when scoring")
+    parser.add_argument("--serve-seconds", type=float, default=15.0, help="seconds of load per serve step")
+    args = parser.parse_args()
+    gpu = not args.cpu
+    rows_to_score = args.rows or (100_000 if args.cpu else 1_000_000)
+    started = time.perf_counter()
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as `ray-sentiment serve` does
+    results = []
+    import ray
+    from ray import serve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = str(tmp / "model")
+        ensure_ray()
+        quiet_ray_data()
+        try:
+            with GpuMemory() as memory:
+                train(TrainConfig(train_path=str(DATASETS / "tweets/train.parquet"),
+                                  val_path=str(DATASETS / "tweets/val.parquet"), output=bundle,
+                                  epochs=1, use_gpu=gpu, storage_path=str(tmp / "checkpoints")))
+            epoch = Predictor.load(bundle).bundle.metrics["history"][0]
+            results.append({"step": "train 1 epoch, default preset, 1 worker", "throughput": epoch["samples_per_s"],
+                            "unit": "rows/s", "seconds": epoch["seconds"], **memory.columns()})
+
+            texts = pd.read_parquet(DATASETS / "tweets/train.parquet")["text"].to_numpy()
+            data = write_rows(texts, rows_to_score, tmp / "to-score")
+            with GpuMemory() as memory:
+                summary = score_parquet(bundle, str(data), str(tmp / "scored"), batch_size=args.batch_size,
+                                        concurrency="1", use_gpu=gpu)
+            assert summary.rows_out == rows_to_score, summary.line()
+            results.append({"step": f"score {rows_to_score:,} rows, 1 model actor", "throughput": summary.rows_per_s,
+                            "unit": "rows/s", "seconds": summary.seconds, **memory.columns()})
+
+            results += serve_under_load(bundle, texts, gpu, args.serve_seconds)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        results.append(agreement(bundle, texts, gpu))
+    total = time.perf_counter() - started
+    where = "CPU only" if args.cpu else gpu_name()
+    print(f"\nGPU check on {where}, {psutil.cpu_count()} CPUs; {total:.0f} s in all (budget 480 s)")
+    print(table(results))
+
+
+def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) -> list[dict]:
+    url = start(build(ServeSettings(model=bundle, use_gpu=gpu)), port=free_port())
+    wait_healthy(url)
+    sample = [t for t in texts[:5000] if t.strip()]
+    drive(url, sample[:1], 2, concurrency=4)  # warm-up
+    rows = []
+    for size, clients in ((100, 16), (1, 64)):
+        with GpuMemory() as memory:
+            load = drive(url, sample[:size], seconds, concurrency=clients)
+        rows.append({"step": f"serve, {size}-text requests, {clients} clients", "throughput": load["texts/s"],
+                     "unit": "texts/s", "seconds": seconds, "p50 ms": load["p50 ms"], "p99 ms": load["p99 ms"],
+                     "non-2xx": load["non-2xx"], **memory.columns()})
+    return rows
+
+
+def agreement(bundle: str, texts: np.ndarray, gpu: bool) -> dict:
+    """The largest difference between the GPU's probabilities and the CPU's on 2,000 texts."""
+    device = "cuda" if gpu else "cpu"
+    sample = [t for t in texts[:2100] if t.strip()][:2000]
+    cpu = Predictor.load(bundle, device="cpu").predict_proba(sample)
+    other = Predictor.load(bundle, device=device).predict_proba(sample)
+    return {"step": f"{device} vs cpu probabilities, 2,000 texts", "throughput": f"{np.abs(cpu - other).max():.1e}",
+            "unit": "max abs diff"}
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible"
+
+
+if __name__ == "__main__":
+    main()
