@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import ray
 
 from .bundle import ModelBundle, load_bundle
-from .data import check_columns, list_input_files, resolve_filesystem, user_message
+from .data import check_columns, list_input_files, user_message
 from .errors import ConfigError, DataError
 from .predictor import Predictor, text_problem
 from .runtime import cpus_per_process, ensure_ray
+from .storage import resolve_filesystem
 from .text import encode_batch, vocab_index
 
 RESULT_COLUMNS = ("sentiment", "confidence", "error")

@@ -4,20 +4,26 @@
     vocab.json         tokens in id order
     model.safetensors  weights
     metrics.json       final validation metrics, per-epoch history, row counts
+
+A bundle path is a local directory or a URI (s3://bucket/models/v1): training writes there,
+every runtime reads from there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from .errors import BundleError, ConfigError
 from .model import ModelConfig, SentimentLSTM, model_config_from_dict, model_config_to_dict
+from .storage import download_dir, is_uri, upload_dir
 from .text import SPECIALS, TokenizerConfig
 
 FORMAT_VERSION = 1
@@ -34,6 +40,7 @@ class ModelBundle:
     preset: str = "custom"
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    version: str = ""  # the first 12 hex digits of the weights file's SHA-256, once saved or loaded
 
     def build_model(self) -> SentimentLSTM:
         model = SentimentLSTM(self.model_config)
@@ -53,8 +60,17 @@ def _versions() -> dict:
     return {"ray_sentiment": __version__, "torch": torch.__version__, "ray": ray.__version__}
 
 
-def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> Path:
-    path = Path(path)
+def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> str:
+    """Write the bundle to a local directory or a URI; returns where it went."""
+    if is_uri(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            _write(bundle, Path(tmp))
+            upload_dir(tmp, str(path))
+        return str(path)
+    return str(_write(bundle, Path(path)))
+
+
+def _write(bundle: ModelBundle, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
@@ -69,52 +85,66 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     _write_json(path / METRICS, bundle.metrics)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.state_dict.items()}
     save_file(tensors, str(path / WEIGHTS))
+    bundle.version = _digest((path / WEIGHTS).read_bytes())
     return path
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Load and check every part; a problem is reported as a BundleError naming the part."""
-    path = Path(path)
+    if is_uri(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            download_dir(str(path), tmp)
+            return _read(Path(tmp), str(path).rstrip("/"))
+    return _read(Path(path), str(path))
+
+
+def _read(path: Path, name: str) -> ModelBundle:
+    """`path` is where the files are; `name` is what messages call the bundle (its URI, say)."""
     if not path.is_dir():
-        raise BundleError(f"model bundle {path} is not a directory")
+        raise BundleError(f"model bundle {name} is not a directory")
     missing = [p for p in (CONFIG, VOCAB, WEIGHTS) if not (path / p).is_file()]
     if missing:
-        raise BundleError(f"model bundle {path} is missing {', '.join(missing)}")
-    config = _read_json(path / CONFIG, dict)
-    vocab = _read_json(path / VOCAB, list)
-    metrics = _read_json(path / METRICS, dict) if (path / METRICS).is_file() else {}
+        raise BundleError(f"model bundle {name} is missing {', '.join(missing)}")
+
+    def shown(part: str) -> str:
+        return f"{name.rstrip('/')}/{part}"
+
+    config = _read_json(path / CONFIG, dict, shown(CONFIG))
+    vocab = _read_json(path / VOCAB, list, shown(VOCAB))
+    metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
 
     for key in ("format_version", "labels", "model", "tokenizer"):
         if key not in config:
-            raise BundleError(f"{path / CONFIG} has no {key!r}")
+            raise BundleError(f"{shown(CONFIG)} has no {key!r}")
     if config["format_version"] != FORMAT_VERSION:
         raise BundleError(
-            f"{path / CONFIG} has format version {config['format_version']}, this ray-sentiment "
+            f"{shown(CONFIG)} has format version {config['format_version']}, this ray-sentiment "
             f"reads version {FORMAT_VERSION}"
         )
     labels = config["labels"]
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
-        raise BundleError(f"{path / CONFIG}: 'labels' must be a list of at least two strings")
+        raise BundleError(f"{shown(CONFIG)}: 'labels' must be a list of at least two strings")
     try:
         model_config = model_config_from_dict(config["model"])
         tokenizer = TokenizerConfig(**config["tokenizer"])
     except (TypeError, ConfigError) as exc:
-        raise BundleError(f"{path / CONFIG}: {exc}") from None
+        raise BundleError(f"{shown(CONFIG)}: {exc}") from None
     if model_config.num_classes != len(labels):
-        raise BundleError(f"{path / CONFIG}: {len(labels)} labels but the model has {model_config.num_classes} outputs")
+        raise BundleError(f"{shown(CONFIG)}: {len(labels)} labels but the model has {model_config.num_classes} outputs")
     if not all(isinstance(t, str) for t in vocab) or tuple(vocab[: len(SPECIALS)]) != SPECIALS:
-        raise BundleError(f"{path / VOCAB} must be a list of strings starting with {list(SPECIALS)}")
+        raise BundleError(f"{shown(VOCAB)} must be a list of strings starting with {list(SPECIALS)}")
     if len(vocab) > model_config.vocab_size:
-        raise BundleError(f"{path / VOCAB} has {len(vocab)} tokens, more than the model's {model_config.vocab_size} embeddings")
+        raise BundleError(f"{shown(VOCAB)} has {len(vocab)} tokens, more than the model's {model_config.vocab_size} embeddings")
+    weights = (path / WEIGHTS).read_bytes()
     try:
-        state_dict = load_file(str(path / WEIGHTS))
+        state_dict = load(weights)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{path / WEIGHTS} is corrupt: {exc}") from None
+        raise BundleError(f"{shown(WEIGHTS)} is corrupt: {exc}") from None
 
     bundle = ModelBundle(
         labels=labels, vocab=vocab, model_config=model_config, tokenizer=tokenizer,
         state_dict=state_dict, preset=config.get("preset", "custom"), metrics=metrics,
-        versions=config.get("versions", {}),
+        versions=config.get("versions", {}), version=_digest(weights),
     )
     bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
     return bundle
@@ -124,11 +154,15 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path, kind: type):
+def _digest(weights: bytes) -> str:
+    return hashlib.sha256(weights).hexdigest()[:12]
+
+
+def _read_json(path: Path, kind: type, shown: str):
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from None
+        raise BundleError(f"{shown} is not valid JSON: {exc}") from None
     if not isinstance(data, kind):
-        raise BundleError(f"{path} should hold a JSON {'object' if kind is dict else 'array'}")
+        raise BundleError(f"{shown} should hold a JSON {'object' if kind is dict else 'array'}")
     return data

@@ -21,6 +21,7 @@ import ray
 import scipy.sparse as sp
 
 from .errors import DataError
+from .storage import is_uri, resolve_filesystem
 from .embeddings import cooccurrence_counts
 from .text import build_vocab, count_tokens, encode_batch, vocab_index
 
@@ -48,7 +49,7 @@ class LabelledData:
 
 def list_input_files(path: str) -> tuple[str, list[str]]:
     """A file, a directory or a glob, local or any URI pyarrow understands → (format, files)."""
-    if "://" in path:
+    if is_uri(path):
         prefix = path[: path.index("://") + 3]
         target = path[len(prefix):]
     else:
@@ -81,13 +82,6 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     if len(formats) > 1:
         raise DataError(f"{path} mixes file types ({', '.join(sorted(formats))}); give one type per input")
     return formats.pop(), [prefix + f for f in files]
-
-
-def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path within it) for a local path or any URI pyarrow understands."""
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
 def _glob_base(pattern: str) -> str:

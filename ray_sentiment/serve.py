@@ -11,7 +11,6 @@ are 4xx with {"detail": ...}; a full queue is 503 with Retry-After; a client err
 """
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 import asyncio
-import hashlib
 import hmac
 import json
 import os
@@ -149,11 +148,9 @@ def too_large(limit: int) -> JSONResponse:
 
 def model_summary(bundle: ModelBundle, path: str) -> dict:
     """What /v1/model says: name and version (a hash of the weights file), labels, preset, metrics."""
-    with open(os.path.join(path, "model.safetensors"), "rb") as f:
-        version = hashlib.sha256(f.read()).hexdigest()[:12]
     metrics = {k: v for k, v in bundle.metrics.get("validation", {}).items()
                if k in ("rows", "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_ovr")}
-    return {"name": os.path.basename(os.path.normpath(path)), "version": version, "labels": bundle.labels,
+    return {"name": os.path.basename(os.path.normpath(path)), "version": bundle.version, "labels": bundle.labels,
             "preset": bundle.preset, "validation": metrics}
 
 

@@ -33,6 +33,7 @@ from .errors import ConfigError, DataError
 from .evaluate import classification_report
 from .model import ModelConfig, SentimentLSTM, get_preset
 from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
+from .storage import is_uri
 from .text import TokenizerConfig
 
 STATE_FILE = "state.pt"
@@ -189,7 +190,7 @@ def word_vectors(train_ds, vocab: list[str], dim: int, max_len: int, config: Tra
 
 
 def _absolute(path: str | None) -> str | None:
-    return path if path is None or "://" in path else os.path.abspath(path)
+    return path if path is None or is_uri(path) else os.path.abspath(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def train_loop(cfg: dict) -> None:
     model = SentimentLSTM(ModelConfig(**cfg["model"]))
     if cfg["embedding"] is not None:
         with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(cfg["embedding"]))
+            model.embedding.weight.copy_(torch.tensor(cfg["embedding"]))
     state = _restore(ray.train.get_checkpoint())
     if "model" in state:
         model.load_state_dict(state.pop("model"))

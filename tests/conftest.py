@@ -112,7 +112,7 @@ def write_random_bundle(path: Path, seed: int = 0):
     bundle = ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=config,
                          tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
                          state_dict=model.state_dict(), preset="test", metrics={"note": "unit"})
-    return save_bundle(bundle, path), model
+    return Path(save_bundle(bundle, path)), model
 
 
 class RedisServer:
@@ -165,5 +165,59 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path):
     server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+class S3Server:
+    """A real S3-compatible HTTP server (moto's) on a free port, standing in for a cloud bucket.
+    `env` is what clients (pyarrow, so Ray Data and Ray Train too) need to reach it."""
+
+    BUCKET = "ray-sentiment-test"
+
+    def __init__(self):
+        import requests
+
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+        for _ in range(200):
+            try:
+                requests.get(self.endpoint, timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            pytest.fail(f"moto_server did not answer on port {self.port}")
+        self.filesystem().create_dir(self.BUCKET)
+
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                                 endpoint_override=self.endpoint, allow_bucket_creation=True)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.BUCKET}/{key}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3 server for this test, its endpoint and credentials in this process's environment."""
+    server = S3Server()
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
     yield server
     server.stop()

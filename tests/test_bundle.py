@@ -1,12 +1,13 @@
 import json
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import torch
 
 from ray_sentiment import Predictor
 from conftest import SAMPLE_TEXTS, write_random_bundle
-from ray_sentiment.bundle import load_bundle
+from ray_sentiment.bundle import load_bundle, save_bundle
 from ray_sentiment.errors import BundleError, InvalidTextError
 
 TEXTS = SAMPLE_TEXTS
@@ -92,3 +93,32 @@ def _edit_config(path, **changes):
     config = json.loads((path / "config.json").read_text())
     config.update(changes)
     (path / "config.json").write_text(json.dumps(config))
+
+
+def test_bundle_written_to_and_read_from_s3(bundle_dir, s3_server):
+    local = load_bundle(bundle_dir[0])
+    uri = s3_server.uri("models/v1")
+    assert save_bundle(local, uri) == uri
+    listing = s3_server.filesystem().get_file_info(pafs.FileSelector(f"{s3_server.BUCKET}/models/v1"))
+    stored = {f.base_name for f in listing}
+    assert stored == {"config.json", "vocab.json", "model.safetensors", "metrics.json"}
+    remote = load_bundle(uri)
+    assert remote.version == local.version and len(local.version) == 12
+    np.testing.assert_array_equal(Predictor.load(uri).predict_proba(TEXTS), Predictor.load(bundle_dir[0]).predict_proba(TEXTS))
+
+
+def test_bundle_uri_errors_name_the_uri(bundle_dir, s3_server):
+    with pytest.raises(BundleError, match=r"model bundle s3://ray-sentiment-test/nope is not a directory"):
+        load_bundle(s3_server.uri("nope"))
+    s3_server.filesystem().open_output_stream(f"{s3_server.BUCKET}/broken/config.json").close()
+    with pytest.raises(BundleError, match=r"s3://ray-sentiment-test/broken is missing vocab.json, model.safetensors"):
+        load_bundle(s3_server.uri("broken"))
+    with pytest.raises(BundleError, match=r"cannot write the model bundle to s3://no-such-bucket/m"):
+        save_bundle(load_bundle(bundle_dir[0]), "s3://no-such-bucket/m")
+
+
+def test_bundle_file_uri_round_trip(bundle_dir, tmp_path):
+    uri = f"file://{tmp_path}/copy"
+    save_bundle(load_bundle(bundle_dir[0]), uri)
+    assert (tmp_path / "copy" / "model.safetensors").is_file()
+    assert load_bundle(uri).version == load_bundle(bundle_dir[0]).version

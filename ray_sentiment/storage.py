@@ -1,0 +1,45 @@
+"""Local paths and cloud URIs (s3://, gs://, file:// and whatever else pyarrow understands).
+
+Credentials and endpoints come from the usual environment of each store (AWS_* for S3,
+GOOGLE_APPLICATION_CREDENTIALS for GCS), so nothing here names a cloud."""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .errors import BundleError
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path within it) for a local path or any URI pyarrow understands."""
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a local directory's files to `uri` (a bundle: a handful of small files)."""
+    try:
+        fs, target = resolve_filesystem(uri)
+        fs.create_dir(target, recursive=True)
+        pafs.copy_files(local_dir, target, destination_filesystem=fs)
+    except (pa.ArrowException, OSError) as exc:
+        raise BundleError(f"cannot write the model bundle to {uri}: {exc}") from None
+
+
+def download_dir(uri: str, local_dir: str) -> None:
+    """Copy the files under `uri` into a local directory; a missing or non-directory URI is a BundleError."""
+    try:
+        fs, source = resolve_filesystem(uri)
+        kind = fs.get_file_info(source).type
+        if kind != pafs.FileType.Directory:
+            raise BundleError(f"model bundle {uri} is not a directory")
+        pafs.copy_files(source, local_dir, source_filesystem=fs)
+    except (pa.ArrowException, OSError) as exc:
+        raise BundleError(f"cannot read the model bundle at {uri}: {exc}") from None

@@ -1,0 +1,208 @@
+"""End to end on a real Ray cluster started with `ray start --head`, driven as a user drives one:
+`ray job submit` for training and scoring, `serve deploy` for the endpoint, outputs in a bucket
+(an S3-compatible server), token authentication on. The cluster and the server are ended, by
+process group, whatever happens."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import requests
+import yaml
+
+from conftest import EXAMPLES_TEST, ROOT, S3Server, free_port
+from ray_sentiment import Predictor
+
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 300
+
+
+class HeadNode:
+    """A one-node cluster in its own process group, its own temp folder and free ports, listening on
+    127.0.0.1, with token authentication. `env` is what `ray job submit` and `serve deploy` need."""
+
+    def __init__(self, extra_env: dict):
+        self.temp_dir = tempfile.mkdtemp(prefix="rs-head-", dir="/tmp")  # short: Ray's socket paths
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        self.env = {**os.environ, **extra_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+                    # the cluster runs this virtualenv's python for `python jobs/...`
+                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        self.env.pop("RAY_ADDRESS", None)
+        ports = {flag: str(free_port()) for flag in (
+            "--port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
+            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+            "--runtime-env-agent-port")}
+        command = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host",
+                   "127.0.0.1", "--dashboard-port", self.dashboard.rsplit(":", 1)[1], "--num-cpus", "2",
+                   "--temp-dir", self.temp_dir, "--disable-usage-stats", *(x for kv in ports.items() for x in kv)]
+        # A new session: every daemon `ray start` leaves behind stays in this process group.
+        self.process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
+        out, _ = self.process.communicate(timeout=TIMEOUT_S)
+        if self.process.returncode != 0:
+            self.stop()
+            pytest.fail(f"ray start failed:\n{out[-3000:]}")
+
+    def run(self, *command: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"{' '.join(command)} ran past {timeout}s\n{exc.stdout}\n{exc.stderr}")
+
+    def submit(self, submission_id: str, *entrypoint: str) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", ".",
+                        "--submission-id", submission_id, "--", *entrypoint)
+
+    def job_status(self, submission_id: str) -> str:
+        """From the jobs REST API, which wants the cluster's token like every client."""
+        answer = requests.get(f"{self.dashboard}/api/jobs/{submission_id}", timeout=30,
+                              headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        answer.raise_for_status()
+        return answer.json()["status"]
+
+    def job_logs(self, submission_id: str) -> str:
+        result = self.run(str(BIN / "ray"), "job", "logs", "--address", self.dashboard, submission_id)
+        return result.stdout + result.stderr
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # The address file of this (now dead) cluster lives in its own temp folder, so no later
+        # address-less ray.init() can try to join it.
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server()
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)  # this process reads the bucket too
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def head(s3):
+    node = HeadNode(s3.env)
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(head, s3):
+    """`jobs/train.py` on the example comments (shipped in the working dir), bundle and checkpoints to the bucket."""
+    model, checkpoints = s3.uri("models/example"), s3.uri("checkpoints")
+    result = head.submit("train-example", "python", "jobs/train.py", "--train", "examples/train.csv",
+                         "--output", model, "--storage-path", checkpoints, "--epochs", "2")
+    return result, model, checkpoints
+
+
+def test_train_job_writes_bundle_and_checkpoints_to_the_bucket(head, s3, trained):
+    result, model, checkpoints = trained
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert head.job_status("train-example") == "SUCCEEDED"
+    assert "bundle written to " + model in head.job_logs("train-example")
+    predictor = Predictor.load(model)
+    assert predictor.labels == ["negative", "neutral", "positive"]
+    assert predictor.bundle.metrics["epochs_run"] == 2
+    import pyarrow.fs as pafs
+
+    stored = s3.filesystem().get_file_info(pafs.FileSelector(f"{s3.BUCKET}/checkpoints", recursive=True))
+    assert any(f.base_name == "state.pt" for f in stored), [f.path for f in stored]
+
+
+def test_score_job_scores_every_row_of_the_bucket(head, s3, trained):
+    model = trained[1]
+    assert trained[0].returncode == 0, "the training job failed; see the test above"
+    texts = pd.read_csv(EXAMPLES_TEST)["text"].tolist()
+    frame = pd.DataFrame({"id": np.arange(len(texts)), "text": texts})
+    with s3.filesystem().open_output_stream(f"{s3.BUCKET}/comments/part-0.parquet") as f:
+        frame.to_parquet(f, index=False)
+
+    result = head.submit("score-example", "python", "jobs/score.py", "--model", model,
+                         "--input", s3.uri("comments"), "--output", s3.uri("scored"), "--id-column", "id")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert head.job_status("score-example") == "SUCCEEDED"
+    scored = pads.dataset(f"{s3.BUCKET}/scored", filesystem=s3.filesystem(), format="parquet").to_table()
+    scored = scored.to_pandas().sort_values("id")
+    assert scored["id"].tolist() == frame["id"].tolist()
+    predictor = Predictor.load(model)
+    expected = predictor.predict_proba(texts)
+    got = scored[[f"p_{label}" for label in predictor.labels]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert scored["sentiment"].tolist() == predictor.predict(texts)
+    assert scored["error"].isna().all()
+
+
+def test_serve_deploy_answers_over_http(head, s3, trained, tmp_path):
+    model = trained[1]
+    assert trained[0].returncode == 0, "the training job failed; see the test above"
+    config = yaml.safe_load((ROOT / "jobs" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["model"] = model
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    deployed = head.run(str(BIN / "serve"), "deploy", str(path), "--address", head.dashboard)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        else:
+            status = head.run(str(BIN / "serve"), "status", "--address", head.dashboard)
+            pytest.fail(f"the deployed app never became healthy:\n{status.stdout}{status.stderr}")
+        texts = ["I love the new update 😍", "the app keeps crashing, fix it 😡"]
+        answer = requests.post(f"{url}/v1/sentiment", json={"texts": texts}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        predictor = Predictor.load(model)
+        for result, row in zip(answer.json()["results"], predictor.predict_proba(texts)):
+            np.testing.assert_allclose([result["scores"][label] for label in predictor.labels], row, atol=1e-6)
+        assert requests.get(f"{url}/v1/model", timeout=10).json()["name"] == "example"
+    finally:
+        head.run(str(BIN / "serve"), "shutdown", "--address", head.dashboard, "-y")
+
+
+@pytest.mark.parametrize("submission_id, entrypoint, message", [
+    ("bad-model", ["python", "jobs/score.py", "--model", "s3://ray-sentiment-test/no-such-model",
+                   "--input", "s3://ray-sentiment-test/comments", "--output", "s3://ray-sentiment-test/out"],
+     "ray-sentiment: error: model bundle s3://ray-sentiment-test/no-such-model is not a directory"),
+    ("bad-option", ["python", "jobs/train.py", "--output", "runs/x"],
+     "error: the following arguments are required: --train"),
+])
+def test_job_given_bad_arguments_fails_with_its_message(head, submission_id, entrypoint, message):
+    result = head.submit(submission_id, *entrypoint)
+    assert result.returncode != 0
+    assert head.job_status(submission_id) == "FAILED"
+    logs = head.job_logs(submission_id)
+    assert message in logs
+    assert "Traceback" not in logs
+
+
+def test_jobs_api_refuses_a_wrong_token(head):
+    wrong = {**head.env, "RAY_AUTH_TOKEN": "0" * 32}
+    result = subprocess.run([str(BIN / "ray"), "job", "list", "--address", head.dashboard], env=wrong,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "token" in (result.stdout + result.stderr).lower()
