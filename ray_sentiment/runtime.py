@@ -16,13 +16,16 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return
+    # Ray (2.59 and later) turns token authentication on for a local cluster, and that token is
+    # what keeps other machines out: Ray's own gRPC servers listen on every interface, and Ray
+    # replaces a node address of 127.0.0.1 with the machine's own. The dashboard (jobs API) stays
+    # on loopback. A test checks both.
     # "local" always starts a fresh instance: an address-less init would try to join whatever
     # cluster Ray's temp folder remembers, even one whose head was killed.
     ray.init(
         address="local",
         num_cpus=num_cpus,
         dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
-        _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
     )
 
