@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model bundle on labelled comments (Ray Train)")
     t.add_argument("--train", required=True, help="Parquet/CSV/JSONL file, directory or glob; local or s3:// gs://")
     t.add_argument("--val", help="validation data; default: a seeded, stratified 10%% of --train")
-    t.add_argument("--output", required=True, help="bundle directory to write")
+    t.add_argument("--output", required=True, help="bundle directory to write; local or s3:// gs://")
     _add_columns(t)
     t.add_argument("--preset", default="default", choices=sorted(PRESETS), help="architecture and recipe (default: default)")
     t.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (default: 1)")
@@ -47,16 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
 
     e = sub.add_parser("evaluate", help="score labelled data and print the metrics as JSON")
-    e.add_argument("--model", required=True, help="bundle directory")
+    e.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
     e.add_argument("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
     _add_columns(e)
     e.add_argument("--output", help="also write the report to this JSON file")
     e.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
     s = sub.add_parser("score", help="score Parquet files into Parquet files (Ray Data)")
-    s.add_argument("--model", required=True, help="bundle directory")
+    s.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
     s.add_argument("--input", required=True, help="Parquet file, directory or glob; local or s3:// gs://")
-    s.add_argument("--output", required=True, help="directory for the scored Parquet files")
+    s.add_argument("--output", required=True, help="directory for the scored Parquet files; local or s3:// gs://")
     s.add_argument("--text-column", default="text", help="column holding the comment text (default: text)")
     s.add_argument("--id-column", help="unique row id; a rerun then resumes, skipping ids already written")
     s.add_argument("--columns", help="input columns to keep, comma-separated (default: all)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
 
     st = sub.add_parser("stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
-    st.add_argument("--model", required=True, help="bundle directory")
+    st.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
     st.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="redis://HOST:PORT/DB (default: local)")
     st.add_argument("--input-stream", required=True, help="stream whose entries carry the comment text")
     st.add_argument("--output-stream", required=True, help="stream the scored entries are added to")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--json", action="store_true", help="one JSON object per window and key")
 
     sv = sub.add_parser("serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
-    sv.add_argument("--model", required=True, help="bundle directory")
+    sv.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     sv.add_argument("--replicas", default="1", help="model replicas: N, or MIN,MAX to autoscale (default: 1)")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-batching", dest="batching", action="store_false", help="score each request on its own")
 
     p = sub.add_parser("predict", help="print one JSON line per text")
-    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     return parser
 
