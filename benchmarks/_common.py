@@ -2,6 +2,7 @@
 import os
 import socket
 import statistics
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,27 @@ def write_rows(texts: np.ndarray, rows: int, directory: Path, files: int = 8) ->
         pd.DataFrame({"id": np.arange(i * per_file, i * per_file + n), "text": rng.choice(texts, n)}) \
             .to_parquet(directory / f"part-{i:02d}.parquet", index=False)
     return directory
+
+
+class Sampler:
+    """Calls `sample()` every `interval` seconds in a thread while the `with` block runs; a
+    `sample()` that returns False stops the sampling."""
+
+    interval = 0.25
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.wait(self.interval) and self.sample() is not False:
+            pass
+
+    def sample(self):
+        raise NotImplementedError

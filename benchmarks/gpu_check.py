@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pandas as pd
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, free_port, table, write_rows  # noqa: E402
+from _common import DATASETS, Sampler, free_port, table, write_rows  # noqa: E402
 from serve_load import drive, wait_healthy  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
@@ -33,31 +32,20 @@ from ray_sentiment.serve import ServeSettings, build, start  # noqa: E402
 from ray_sentiment.train import TrainConfig, train  # noqa: E402
 
 
-class GpuMemory:
+class GpuMemory(Sampler):
     """Peak memory.used (MiB) and utilisation (%) of GPU 0 while the block runs; nothing without nvidia-smi."""
 
     QUERY = ["nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+    interval = 0.2
+    peak_mib = peak_util = None
 
-    def __init__(self):
-        self.peak_mib, self.peak_util, self._stop = None, None, threading.Event()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self):
-        while not self._stop.wait(0.2):
-            try:
-                used, util = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout.split(",")
-            except (OSError, ValueError, subprocess.SubprocessError):
-                return
-            self.peak_mib = max(self.peak_mib or 0, int(used))
-            self.peak_util = max(self.peak_util or 0, int(util))
+    def sample(self):
+        try:
+            used, util = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout.split(",")
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return False
+        self.peak_mib = max(self.peak_mib or 0, int(used))
+        self.peak_util = max(self.peak_util or 0, int(util))
 
     def columns(self) -> dict:
         return {"peak GPU MiB": "-" if self.peak_mib is None else f"{self.peak_mib:,}",
@@ -129,13 +117,14 @@ def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) 
 
 
 def agreement(bundle: str, texts: np.ndarray, gpu: bool) -> dict:
-    """The largest difference between the GPU's probabilities and the CPU's on 2,000 texts."""
+    """How far the GPU's probabilities are from the CPU's on 2,000 texts, and how often the labels agree."""
     device = "cuda" if gpu else "cpu"
     sample = [t for t in texts[:2100] if t.strip()][:2000]
     cpu = Predictor.load(bundle, device="cpu").predict_proba(sample)
     other = Predictor.load(bundle, device=device).predict_proba(sample)
+    same = float((cpu.argmax(axis=1) == other.argmax(axis=1)).mean())
     return {"step": f"{device} vs cpu probabilities, 2,000 texts", "throughput": f"{np.abs(cpu - other).max():.1e}",
-            "unit": "max abs diff"}
+            "unit": "max abs diff", "same label": f"{same:.2%}"}
 
 
 def gpu_name() -> str:

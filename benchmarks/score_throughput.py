@@ -12,7 +12,6 @@ on what the weights hold.
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, seed_bundle, table, write_rows  # noqa: E402
+from _common import DATASETS, Sampler, seed_bundle, table, write_rows  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
 from ray_sentiment.batch import score_parquet  # noqa: E402
@@ -32,31 +31,20 @@ from ray_sentiment.text import encode_batch, vocab_index  # noqa: E402
 SAMPLE = 200_000  # rows for the in-process measurements
 
 
-class PeakMemory:
-    """Samples the resident memory of this process and all its descendants (Ray's daemons and workers)."""
+class PeakMemory(Sampler):
+    """The peak resident memory of this process and all its descendants (Ray's daemons and workers)."""
 
-    def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+    peak = 0
 
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self):
+    def sample(self):
         me = psutil.Process()
-        while not self._stop.wait(0.25):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
 
 
 def rate(fn, rows: int) -> float:

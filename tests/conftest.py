@@ -93,6 +93,21 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def wait_healthy(url: str, timeout: float = 120, explain=lambda: "") -> None:
+    """Until GET url/healthz answers 200; else the test fails, with `explain()` appended."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} not healthy after {timeout}s{explain()}")
+
+
 SAMPLE_TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "soooo good!!! #win", "meh " * 300]
 
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import EXAMPLES_TEST, ROOT, S3Server, free_port
+from conftest import EXAMPLES_TEST, ROOT, RedisServer, S3Server, free_port, wait_healthy
 from ray_sentiment import Predictor
 
 BIN = Path(sys.executable).parent
@@ -57,9 +57,9 @@ class HeadNode:
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"{' '.join(command)} ran past {timeout}s\n{exc.stdout}\n{exc.stderr}")
 
-    def submit(self, submission_id: str, *entrypoint: str) -> subprocess.CompletedProcess:
+    def submit(self, submission_id: str, *entrypoint: str, options: tuple = ()) -> subprocess.CompletedProcess:
         return self.run(str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", ".",
-                        "--submission-id", submission_id, "--", *entrypoint)
+                        "--submission-id", submission_id, *options, "--", *entrypoint)
 
     def job_status(self, submission_id: str) -> str:
         """From the jobs REST API, which wants the cluster's token like every client."""
@@ -162,17 +162,12 @@ def test_serve_deploy_answers_over_http(head, s3, trained, tmp_path):
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        else:
+
+        def serve_status() -> str:
             status = head.run(str(BIN / "serve"), "status", "--address", head.dashboard)
-            pytest.fail(f"the deployed app never became healthy:\n{status.stdout}{status.stderr}")
+            return f"\n{status.stdout}{status.stderr}"
+
+        wait_healthy(url, TIMEOUT_S, serve_status)
         texts = ["I love the new update 😍", "the app keeps crashing, fix it 😡"]
         answer = requests.post(f"{url}/v1/sentiment", json={"texts": texts}, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -182,6 +177,34 @@ def test_serve_deploy_answers_over_http(head, s3, trained, tmp_path):
         assert requests.get(f"{url}/v1/model", timeout=10).json()["name"] == "example"
     finally:
         head.run(str(BIN / "serve"), "shutdown", "--address", head.dashboard, "-y")
+
+
+def test_stream_job_scores_until_ray_job_stop_then_reports(head, trained, tmp_path):
+    model = trained[1]
+    assert trained[0].returncode == 0, "the training job failed; see the test above"
+    redis = RedisServer(tmp_path)
+    try:
+        client = redis.client()
+        texts = pd.read_csv(EXAMPLES_TEST)["text"].tolist()
+        for text in texts:
+            client.xadd("comments", {"text": text})
+        # Ray gives a stopped job 3 s before SIGKILL; the README says to allow the consumers more.
+        wait = '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"}}'
+        submitted = head.submit("stream-example", "python", "jobs/stream.py", "--model", model, "--redis", redis.url,
+                                "--input-stream", "comments", "--output-stream", "comments:scored",
+                                options=("--no-wait", "--runtime-env-json", wait))
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        deadline = time.monotonic() + TIMEOUT_S
+        while client.xlen("comments:scored") < len(texts) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert client.xlen("comments:scored") == len(texts), head.job_logs("stream-example")[-3000:]
+        stopped = head.run(str(BIN / "ray"), "job", "stop", "--address", head.dashboard, "stream-example")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert head.job_status("stream-example") == "STOPPED"
+        logs = head.job_logs("stream-example")
+        assert f"scored {len(texts)}, dead-lettered 0, still pending 0" in logs, logs[-3000:]
+    finally:
+        redis.stop()
 
 
 @pytest.mark.parametrize("submission_id, entrypoint, message", [

@@ -10,24 +10,12 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, write_random_bundle
+from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, wait_healthy, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.serve import API_KEY_ENV, ServeSettings, app_builder, build, start
 
 pytestmark = pytest.mark.integration
-
-
-def wait_healthy(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not healthy after {timeout}s")
 
 
 @pytest.fixture(scope="module")
