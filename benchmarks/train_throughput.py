@@ -52,7 +52,7 @@ def ray_train(path: Path, preset: str, workers: int, epochs: int, cpus: float) -
             val_fraction=0.05, storage_path=f"{tmp}/ckpt", cpus_per_worker=cpus,
         ))
         wall = time.perf_counter() - started
-        history = json.loads((bundle / "metrics.json").read_text())["history"]
+        history = json.loads((Path(bundle) / "metrics.json").read_text())["history"]
     return [h["samples_per_s"] for h in history], wall
 
 

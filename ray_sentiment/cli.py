@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
     e.add_argument("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
     _add_columns(e)
-    e.add_argument("--output", help="also write the report to this JSON file")
+    e.add_argument("--output", help="also write the report to this JSON file; local or s3:// gs://")
     e.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
     s = sub.add_parser("score", help="score Parquet files into Parquet files (Ray Data)")
@@ -117,11 +117,12 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "evaluate":
         from .evaluate import evaluate_path
 
+        from .storage import write_text
+
         report = evaluate_path(args.model, args.data, args.text_column, args.label_column, args.device)
         text = json.dumps(report, indent=2)
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+            write_text(args.output, text + "\n")
         print(text)
     elif args.command == "score":
         from .batch import score_parquet

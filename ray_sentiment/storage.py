@@ -9,7 +9,7 @@ import os
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import BundleError
+from .errors import BundleError, DataError
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -43,3 +43,14 @@ def download_dir(uri: str, local_dir: str) -> None:
         pafs.copy_files(source, local_dir, source_filesystem=fs)
     except (pa.ArrowException, OSError) as exc:
         raise BundleError(f"cannot read the model bundle at {uri}: {exc}") from None
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small text file (a report) to a local path or a URI."""
+    try:
+        fs, target = resolve_filesystem(path)
+        fs.create_dir(os.path.dirname(target), recursive=True)
+        with fs.open_output_stream(target) as f:
+            f.write(text.encode("utf-8"))
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"cannot write {path}: {exc}") from None

@@ -93,7 +93,7 @@ def resolved_settings(config: TrainConfig) -> dict:
     return s
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig) -> str:
     """Run the whole job; returns the bundle directory."""
     settings = resolved_settings(config)
     for path in filter(None, (config.train_path, config.val_path, config.unlabelled_path)):

@@ -44,7 +44,7 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert report["accuracy"] > majority_accuracy + 0.05, report
     assert min(report["per_class"][c]["recall"] for c in predictor.labels) > 0.1
 
-    metrics = json.loads((bundle / "metrics.json").read_text())
+    metrics = json.loads((Path(bundle) / "metrics.json").read_text())
     history = metrics["history"]
     assert [h["epoch"] for h in history] == list(range(1, metrics["epochs_run"] + 1))
     assert metrics["best_epoch"] == min(history, key=lambda h: h["val_loss"])["epoch"]
