@@ -7,7 +7,12 @@ from 64); (4) checks that the GPU gives the CPU's probabilities. GPU memory is t
 `nvidia-smi`'s memory.used, sampled every 0.2 s (all processes on the card). Sized to finish
 within 8 minutes on one GPU. `--cpu` runs the same steps without a GPU (default 100,000 rows).
 
-    python benchmarks/gpu_check.py [--cpu] [--rows N] [--serve-seconds 15]
+Baselines, in the same run and on the same device, measured after Ray has shut down (so they do
+not share the card): for (1) a plain PyTorch loop of the same `train_epoch` in this process, one
+thread like the Train worker; for (2) and (3) `Predictor.predict_proba` in this process, no Ray,
+no files, no HTTP (the in-process ceiling).
+
+    python benchmarks/gpu_check.py [--cpu] [--rows N] [--serve-seconds 15] [--baseline-rows 16000]
 """
 import argparse
 import os
@@ -20,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATASETS, Sampler, free_port, table, write_rows  # noqa: E402
 from serve_load import drive, wait_healthy  # noqa: E402
+from train_throughput import plain_loop  # noqa: E402
 
 from ray_sentiment import Predictor  # noqa: E402
 from ray_sentiment.batch import score_parquet  # noqa: E402
@@ -58,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="rows to score (default: 1,000,000; 100,000 with --cpu)")
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call when scoring")
     parser.add_argument("--serve-seconds", type=float, default=15.0, help="seconds of load per serve step")
+    parser.add_argument("--baseline-rows", type=int, default=16_000, help="rows for the baselines")
     args = parser.parse_args()
     gpu = not args.cpu
     rows_to_score = args.rows or (100_000 if args.cpu else 1_000_000)
@@ -65,7 +73,6 @@ def main() -> None:
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as `ray-sentiment serve` does
     results = []
     import ray
-    from ray import serve
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -92,13 +99,15 @@ def main() -> None:
 
             results += serve_under_load(bundle, texts, gpu, args.serve_seconds)
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            ray.shutdown()  # Serve, its replicas and every actor go with the local cluster
+        compare(results, baselines(bundle, args, gpu))
         results.append(agreement(bundle, texts, gpu))
     total = time.perf_counter() - started
     where = "CPU only" if args.cpu else gpu_name()
     print(f"\nGPU check on {where}, {psutil.cpu_count()} CPUs; {total:.0f} s in all (budget 480 s)")
     print(table(results))
+    print(f"baseline: train, a plain PyTorch loop on {'cuda' if gpu else 'cpu'} ({args.baseline_rows:,} rows, 1 thread); "
+          "score and serve, Predictor.predict_proba in one process (no Ray, no I/O, no HTTP)")
 
 
 def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) -> list[dict]:
@@ -114,6 +123,28 @@ def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) 
                      "unit": "texts/s", "seconds": seconds, "p50 ms": load["p50 ms"], "p99 ms": load["p99 ms"],
                      "non-2xx": load["non-2xx"], **memory.columns()})
     return rows
+
+
+def baselines(bundle: str, args, gpu: bool) -> dict:
+    """rows/s of the plain training loop and of the in-process ceiling, on the same device."""
+    train_rows = pd.read_parquet(DATASETS / "tweets/train.parquet").sample(args.baseline_rows, random_state=0)
+    device = "cuda" if gpu else "cpu"
+    plain = plain_loop(train_rows["text"].tolist(), train_rows["label"].tolist(), "default", 1, 1, device)[0]
+    torch.set_num_threads(psutil.cpu_count())
+    predictor = Predictor.load(bundle, device=device)
+    texts = train_rows["text"].tolist() * max(1, 100_000 // len(train_rows))
+    predictor.predict_proba(texts[:args.batch_size], batch_size=args.batch_size)  # warm-up
+    started = time.perf_counter()
+    predictor.predict_proba(texts, batch_size=args.batch_size)
+    return {"train": plain, "predict": len(texts) / (time.perf_counter() - started)}
+
+
+def compare(results: list[dict], base: dict) -> None:
+    """Each throughput row gets its baseline and the ratio to it."""
+    for row in results:
+        kind = "train" if row["step"].startswith("train") else "predict"
+        row["baseline /s"] = base[kind]
+        row["vs baseline"] = row["throughput"] / base[kind]
 
 
 def agreement(bundle: str, texts: np.ndarray, gpu: bool) -> dict:

@@ -25,21 +25,22 @@ from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_in
 from ray_sentiment.train import TrainConfig, train, train_epoch  # noqa: E402
 
 
-def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int) -> list[float]:
+def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, device: str = "cpu") -> list[float]:
+    """Samples/s of each epoch of `train_epoch` in this process: no Ray, no data pipeline."""
     preset = get_preset(preset_name)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vocab = vocab_index(build_vocab(count_tokens(texts), preset.model.vocab_size))
     ids, lengths = encode_batch(texts, vocab, preset.max_len)
     y = np.array([sorted(set(labels)).index(x) for x in labels], dtype=np.int64)
-    model = SentimentLSTM(preset.model)
+    model = SentimentLSTM(preset.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss()
     steps, rates = len(y) // preset.batch_size, []
     for epoch in range(epochs):
         order = np.random.default_rng(epoch).permutation(len(y))
         started = time.perf_counter()
-        train_epoch(model, optimizer, loss_fn, (ids, lengths, y), order, preset.batch_size, steps, "cpu")
+        train_epoch(model, optimizer, loss_fn, (ids, lengths, y), order, preset.batch_size, steps, device)
         rates.append(steps * preset.batch_size / (time.perf_counter() - started))
     return rates
 

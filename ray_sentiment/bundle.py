@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from .errors import BundleError, ConfigError
 from .model import ModelConfig, SentimentLSTM, model_config_from_dict, model_config_to_dict
@@ -84,8 +84,9 @@ def _write(bundle: ModelBundle, path: Path) -> Path:
     _write_json(path / VOCAB, bundle.vocab)
     _write_json(path / METRICS, bundle.metrics)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.state_dict.items()}
-    save_file(tensors, str(path / WEIGHTS))
-    bundle.version = _digest((path / WEIGHTS).read_bytes())
+    weights = save(tensors)
+    (path / WEIGHTS).write_bytes(weights)
+    bundle.version = _digest(weights)
     return path
 
 

@@ -20,9 +20,9 @@ import pyarrow.fs as pafs
 import ray
 import scipy.sparse as sp
 
+from .embeddings import cooccurrence_counts
 from .errors import DataError
 from .storage import is_uri, resolve_filesystem
-from .embeddings import cooccurrence_counts
 from .text import build_vocab, count_tokens, encode_batch, vocab_index
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}

@@ -4,6 +4,7 @@ Credentials and endpoints come from the usual environment of each store (AWS_* f
 GOOGLE_APPLICATION_CREDENTIALS for GCS), so nothing here names a cloud."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pyarrow as pa
@@ -25,32 +26,34 @@ def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local directory's files to `uri` (a bundle: a handful of small files)."""
-    try:
+    with _failing_as(BundleError, f"cannot write the model bundle to {uri}"):
         fs, target = resolve_filesystem(uri)
         fs.create_dir(target, recursive=True)
         pafs.copy_files(local_dir, target, destination_filesystem=fs)
-    except (pa.ArrowException, OSError) as exc:
-        raise BundleError(f"cannot write the model bundle to {uri}: {exc}") from None
 
 
 def download_dir(uri: str, local_dir: str) -> None:
     """Copy the files under `uri` into a local directory; a missing or non-directory URI is a BundleError."""
-    try:
+    with _failing_as(BundleError, f"cannot read the model bundle at {uri}"):
         fs, source = resolve_filesystem(uri)
-        kind = fs.get_file_info(source).type
-        if kind != pafs.FileType.Directory:
+        if fs.get_file_info(source).type != pafs.FileType.Directory:
             raise BundleError(f"model bundle {uri} is not a directory")
         pafs.copy_files(source, local_dir, source_filesystem=fs)
-    except (pa.ArrowException, OSError) as exc:
-        raise BundleError(f"cannot read the model bundle at {uri}: {exc}") from None
 
 
 def write_text(path: str, text: str) -> None:
     """Write a small text file (a report) to a local path or a URI."""
-    try:
+    with _failing_as(DataError, f"cannot write {path}"):
         fs, target = resolve_filesystem(path)
         fs.create_dir(os.path.dirname(target), recursive=True)
         with fs.open_output_stream(target) as f:
             f.write(text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def _failing_as(error: type[Exception], message: str):
+    """pyarrow's and the OS's errors (no such bucket, no permission) as `error`, after `message`."""
+    try:
+        yield
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"cannot write {path}: {exc}") from None
+        raise error(f"{message}: {exc}") from None

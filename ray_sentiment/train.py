@@ -94,7 +94,7 @@ def resolved_settings(config: TrainConfig) -> dict:
 
 
 def train(config: TrainConfig) -> str:
-    """Run the whole job; returns the bundle directory."""
+    """Run the whole job; returns where the bundle went (a directory or a URI)."""
     settings = resolved_settings(config)
     for path in filter(None, (config.train_path, config.val_path, config.unlabelled_path)):
         list_input_files(path)  # a wrong path fails now, before Ray starts

@@ -73,23 +73,15 @@ def cli_process(*args: str, env: dict | None = None):
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `ray-sentiment ARGS` in its own process group; the whole group is killed on timeout."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_sentiment.cli", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"ray-sentiment {' '.join(args)} ran past {timeout}s\n{out}\n{err}")
-    finally:
-        try:  # anything the command left behind in its group (Ray daemons) goes too
+    """Run `ray-sentiment ARGS` to its end; on timeout the test fails. Its process group (Ray's
+    daemons included) is killed either way."""
+    with cli_process(*args, env={**os.environ, **(env or {})}) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            out, err = proc.communicate()
+            pytest.fail(f"ray-sentiment {' '.join(args)} ran past {timeout}s\n{out}\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

@@ -85,15 +85,13 @@ class HeadNode:
 @pytest.fixture(scope="module")
 def s3():
     server = S3Server()
-    saved = {key: os.environ.get(key) for key in server.env}
-    os.environ.update(server.env)  # this process reads the bucket too
-    yield server
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
+    try:
+        with pytest.MonkeyPatch.context() as env:  # this process reads the bucket too
+            for key, value in server.env.items():
+                env.setenv(key, value)
+            yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
