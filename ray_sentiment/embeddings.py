@@ -12,6 +12,8 @@ from sklearn.decomposition import TruncatedSVD
 
 from .text import PAD_ID, UNK_ID
 
+RELATIVE_RANK_TOLERANCE = 1e-6  # float64 SVD noise is ~1e-15 of the largest singular value
+
 
 def cooccurrence_counts(ids: np.ndarray, lengths: np.ndarray, vocab_size: int, window: int = 5) -> sp.csr_matrix:
     """Symmetric counts of token pairs at most `window` apart, weighted 1/distance."""
@@ -49,8 +51,15 @@ def ppmi_vectors(counts: sp.csr_matrix, dim: int, seed: int = 0, alpha: float = 
     keep = pmi > 0
     ppmi = sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
     svd = TruncatedSVD(n_components=components, random_state=seed)
-    reduced = svd.fit_transform(ppmi) / np.sqrt(svd.singular_values_)  # U·√S: symmetric weighting
-    reduced /= reduced[word > 0].std() or 1.0
+    reduced = svd.fit_transform(ppmi)  # U·S
+    singular = svd.singular_values_
+    # A rank-deficient matrix has components with no signal; whether their singular value comes out
+    # exactly 0 or as rounding noise depends on the BLAS kernel. Leave them at zero on every one.
+    real = singular > RELATIVE_RANK_TOLERANCE * singular.max(initial=0.0)
+    reduced[:, real] /= np.sqrt(singular[real])  # U·√S: symmetric weighting
+    reduced[:, ~real] = 0.0
+    scale = reduced[word > 0].std() if (word > 0).any() else 0.0
+    reduced /= scale if scale > 0 else 1.0
     vectors[:, :components] = reduced
     vectors[[PAD_ID, UNK_ID]] = 0.0
     return vectors

@@ -19,3 +19,7 @@ class InvalidTextError(RaySentimentError, ValueError):
 
 class ConfigError(RaySentimentError, ValueError):
     """An option has an impossible value."""
+
+
+class TrainingError(RaySentimentError):
+    """Training cannot produce a usable model (non-finite weights or loss)."""

@@ -106,6 +106,11 @@ class SentimentLSTM(nn.Module):
         return self.head(features)
 
 
+def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity: such weights make every prediction NaN."""
+    return [name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def model_config_from_dict(data: dict) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
     unknown = set(data) - known

@@ -29,9 +29,9 @@ from ray.train.torch import TorchTrainer
 from .bundle import ModelBundle, save_bundle
 from .data import cooccurrence_matrix, encode_dataset, fit_vocab, list_input_files, load_labelled, read_labelled
 from .embeddings import ppmi_vectors
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingError
 from .evaluate import classification_report
-from .model import ModelConfig, SentimentLSTM, get_preset
+from .model import ModelConfig, SentimentLSTM, get_preset, nonfinite_tensors
 from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
 from .storage import is_uri
 from .text import TokenizerConfig
@@ -86,6 +86,8 @@ def resolved_settings(config: TrainConfig) -> dict:
         raise ConfigError(f"--batch-size {s['batch_size']} is smaller than --num-workers {config.num_workers}")
     if s["epochs"] < 1 or s["max_len"] < 1 or s["vocab_size"] < 3:
         raise ConfigError("--epochs and --max-len must be at least 1, --vocab-size at least 3")
+    if not 0 < s["learning_rate"] < float("inf"):
+        raise ConfigError("--learning-rate must be a positive number")
     if not 0 < config.val_fraction < 1:
         raise ConfigError("the validation fraction must be between 0 and 1")
     if config.max_failures < 0:
@@ -123,6 +125,9 @@ def train(config: TrainConfig) -> str:
     embedding = None
     if settings["embedding_init"] == "ppmi":
         embedding = word_vectors(train_ds, vocab, model_config.embed_dim, settings["max_len"], config, data.counts)
+        if not np.isfinite(embedding).all():
+            raise TrainingError("the PPMI word vectors hold non-finite values, so training would learn nothing; "
+                                "train with --embedding-init random")
 
     trainer = TorchTrainer(
         train_loop,
@@ -151,6 +156,8 @@ def train(config: TrainConfig) -> str:
         datasets={"train": train_ds, "val": val_ds},
     )
     result = trainer.fit()
+    if result.metrics and result.metrics.get("error"):
+        raise TrainingError(result.metrics["error"])
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
@@ -214,6 +221,9 @@ def train_loop(cfg: dict) -> None:
     state = _restore(ray.train.get_checkpoint())
     if "model" in state:
         model.load_state_dict(state.pop("model"))
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # every worker starts from the same weights, so all of them stop here together
+        return _stop(f"initial weights are not finite in {', '.join(bad)}; nothing was trained", rank)
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
     # Created after the move, so a restored optimizer state lands on the parameters' device.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"])
@@ -235,6 +245,9 @@ def train_loop(cfg: dict) -> None:
         loss = train_epoch(model, optimizer, loss_fn, (train_ids, train_len, train_y), order, batch, steps, device)
         seconds = time.perf_counter() - started
         train_loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / world
+        if not np.isfinite(train_loss):  # all-reduced: every worker sees it and stops
+            return _stop(f"the training loss became {train_loss} in epoch {epoch}, so no bundle was written; "
+                         "lower --learning-rate, or check the data", rank)
 
         proba = _predict(model, val_ids, val_len, device)
         proba, y_val = _gather(proba), _gather(val_y)
@@ -323,6 +336,17 @@ def _report(record: dict, state: dict, model, optimizer, rank: int) -> None:
                    Path(directory) / STATE_FILE)
         (Path(directory) / "history.json").write_text(json.dumps(state["history"], indent=2))
         ray.train.report(record, checkpoint=Checkpoint.from_directory(directory))
+
+
+def _stop(message: str, rank: int) -> None:
+    """End training with a message for the driver's one-line error. Not an exception: Ray would
+    print a worker traceback and retry. Only a checkpoint's metrics reach the driver's result."""
+    if rank != 0:
+        ray.train.report({"error": message})
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "error.txt").write_text(message + "\n")
+        ray.train.report({"error": message}, checkpoint=Checkpoint.from_directory(directory))
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:

@@ -93,3 +93,24 @@ def test_evaluate_with_labels_the_model_does_not_know(example_bundle, tmp_path):
     pd.DataFrame({"text": ["a", "b"], "label": ["positive", "angry"]}).to_csv(tmp_path / "d.csv", index=False)
     result = run_cli("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "d.csv"))
     _one_line_error(result, "labels the model does not know: angry")
+
+
+def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
+    # Few distinct texts: a rank-deficient co-occurrence matrix, which once gave NaN word vectors.
+    rows = [("good good good", "pos"), ("bad bad bad", "neg"), ("good bad", "pos"), ("bad good", "neg")] * 40
+    pd.DataFrame(rows, columns=["text", "label"]).to_parquet(tmp_path / "d.parquet")
+    result = run_cli("train", "--train", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "b"),
+                     "--epochs", "2", "--storage-path", str(tmp_path / "ckpt"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.numpy import load_file
+    import numpy as np
+
+    weights = load_file(tmp_path / "b" / "model.safetensors")
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
+    result = run_cli("train", "--train", str(EXAMPLES), "--output", str(tmp_path / "b"), "--epochs", "2",
+                     "--preset", "seed", "--learning-rate", "1e20", "--storage-path", str(tmp_path / "ckpt"))
+    _one_line_error(result, "the training loss became nan in epoch 1", "lower --learning-rate")
+    assert not (tmp_path / "b").exists()

@@ -1,4 +1,5 @@
 import numpy as np
+import scipy.sparse as sp
 
 from ray_sentiment.embeddings import cooccurrence_counts, ppmi_vectors
 from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index
@@ -32,3 +33,16 @@ def test_a_vocabulary_smaller_than_the_vectors_fills_the_first_columns():
     ids = np.array([[2, 3, 2, 3]], dtype=np.int32)
     vectors = ppmi_vectors(cooccurrence_counts(ids, np.array([4]), vocab_size=4), dim=16)
     assert vectors.shape == (4, 16) and np.isfinite(vectors).all() and not vectors[:, 3:].any()
+
+
+def test_a_rank_deficient_matrix_gives_finite_vectors_with_the_empty_components_at_zero():
+    # Four words whose co-occurrence rows come in identical pairs: rank 2, so of 5 components only
+    # 2 carry signal. The others must be exactly 0, never NaN, whatever the BLAS computes.
+    block = np.array([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 3],
+                      [0, 0, 0, 0, 3, 3], [0, 0, 3, 3, 0, 0], [0, 0, 3, 3, 0, 0]], dtype=np.float64)
+    vectors = ppmi_vectors(sp.csr_matrix(block), dim=5)
+    assert np.isfinite(vectors).all()
+    columns_used = np.flatnonzero(np.abs(vectors).sum(axis=0) > 0)
+    assert len(columns_used) <= 2 and len(columns_used) >= 1
+    assert not vectors[:2].any()
+    np.testing.assert_allclose(vectors[2], vectors[3], atol=1e-6)  # identical rows, identical vectors
