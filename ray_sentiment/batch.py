@@ -7,8 +7,9 @@ With an id column, a rerun after a failure skips the ids already written (resume
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -16,16 +17,21 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
+from ray.data.datasource import FilenameProvider
 
 from .bundle import ModelBundle, load_bundle
 from .data import check_columns, list_input_files, user_message
 from .errors import ConfigError, DataError
+from .outputs import OutputDir, check_apart, open_output
 from .predictor import Predictor, text_problem
 from .runtime import cpus_per_process, ensure_ray
 from .storage import resolve_filesystem
 from .text import encode_batch, vocab_index
 
 RESULT_COLUMNS = ("sentiment", "confidence", "error")
+# Input columns with these names (or p_*) are kept as input_<name>. `label` too: it is the
+# labelled data's column, and the name results will take.
+RESERVED = (*RESULT_COLUMNS, "label", "_ids", "_length")
 BLOCK_BYTES = 1 << 20
 
 
@@ -36,14 +42,16 @@ class ScoreSummary:
     rows_with_errors: int
     rows_skipped_as_done: int
     seconds: float
+    renamed: dict = field(default_factory=dict)  # input column → its name in the output
 
     @property
     def rows_per_s(self) -> float:
         return (self.rows_in - self.rows_skipped_as_done) / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
+        note = "".join(f"; input column {a!r} written as {b!r}" for a, b in self.renamed.items())
         return (f"rows in {self.rows_in}, rows out {self.rows_out}, rows with errors {self.rows_with_errors}, "
-                f"already done {self.rows_skipped_as_done}, {self.seconds:.1f} s, {self.rows_per_s:,.0f} rows/s")
+                f"already done {self.rows_skipped_as_done}, {self.seconds:.1f} s, {self.rows_per_s:,.0f} rows/s{note}")
 
 
 def parse_concurrency(value: str | int | tuple, option: str = "--concurrency") -> int | tuple[int, int]:
@@ -71,40 +79,77 @@ def score_parquet(
     concurrency: int | tuple[int, int] | str = 1,
     use_gpu: bool = False,
     overwrite: bool = False,
+    allow_duplicate_ids: bool = False,
 ) -> ScoreSummary:
+    """Every check (bundle, files, schemas, ids, output directory) runs before Ray starts."""
     started = time.perf_counter()
-    bundle = load_bundle(model)  # a broken bundle fails here, before any Ray work
+    bundle = load_bundle(model)
     concurrency = parse_concurrency(concurrency)
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     fmt, files = list_input_files(input)
     if fmt != "parquet":
         raise DataError(f"{input} holds {fmt} files; score reads Parquet")
-    schema, rows_in = _check_input(files, input, text_column, id_column, columns)
-    keep = [c for c in (columns or schema.names) if c not in RESULT_COLUMNS and not c.startswith("p_")]
-    if id_column and id_column not in keep:
-        keep.insert(0, id_column)
-    fs, out_dir = resolve_filesystem(output)
-    done = _prepare_output(fs, out_dir, output, overwrite, id_column)
+    check_apart(input, files, output)
+    schema, rows_in, keep = _check_input(files, input, text_column, id_column, columns)
+    resume_by = id_column if id_column and not allow_duplicate_ids else None
+    if id_column:
+        _check_ids(files, id_column, allow_duplicate_ids)
+    renamed = renamed_columns(keep)
+    out = open_output(output)
+    done = None
+    if out.files and overwrite:
+        out.delete_previous()
+    elif out.files and resume_by:
+        done = _done_ids(out, renamed.get(resume_by, resume_by))
+    elif out.files:
+        raise DataError(f"output {output} already holds a previous run's output; pass --overwrite to replace it, "
+                        "or --id-column to resume a run that stopped halfway")
+    out.claim(keep_previous=done is not None)
+    if rows_in == 0:
+        _write_empty(out, schema, keep, renamed, bundle.labels)
+    else:
+        _run(files, keep, renamed, text_column, id_column, done, bundle, batch_size, concurrency, use_gpu, out, input)
+    rows_out, errors = _count_output(out)
+    return ScoreSummary(rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started,
+                        renamed)
 
+
+def _run(files, keep, renamed, text_column, id_column, done, bundle, batch_size, concurrency, use_gpu, out, input):
     ensure_ray()
     # Small blocks: every actor gets work, and output files (the unit of resume) are written as
     # the run goes, not all at its end. Ray packs small files into one read task otherwise.
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        pipeline = _pipeline(files, keep, text_column, id_column, done, bundle, batch_size,
+        pipeline = _pipeline(files, keep, renamed, text_column, id_column, done, bundle, batch_size,
                              _actor_pool(concurrency), use_gpu)
-        pipeline.write_parquet(output)
+        pipeline.write_parquet(out.shown, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
         raise DataError(f"scoring {input} failed: {user_message(exc)}") from None
     finally:
         context.target_max_block_size = default_block_size
-    rows_out, errors = _count_output(fs, out_dir)
-    return ScoreSummary(rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started)
 
 
-def _pipeline(files, keep, text_column, id_column, done, bundle, batch_size, pool, use_gpu) -> ray.data.Dataset:
+def renamed_columns(keep: list[str]) -> dict[str, str]:
+    """Input columns whose names the results take (`sentiment`, `p_positive`, ...) → `input_<name>`."""
+    renamed, taken = {}, set(keep)
+    for name in keep:
+        if name in RESERVED or name.startswith("p_"):
+            new = f"input_{name}"
+            while new in taken:
+                new = f"input_{new}"
+            renamed[name] = new
+            taken.add(new)
+    return renamed
+
+
+def _local(path: str) -> tuple[str, pafs.FileSystem]:
+    fs, inner = resolve_filesystem(path)
+    return inner, fs
+
+
+def _pipeline(files, keep, renamed, text_column, id_column, done, bundle, batch_size, pool, use_gpu) -> ray.data.Dataset:
     """read → drop ids already done → tokenise (tasks) → score (actor pool).
 
     The bundle travels to the actors through Ray's object store, so on a cluster no node needs
@@ -113,7 +158,7 @@ def _pipeline(files, keep, text_column, id_column, done, bundle, batch_size, poo
     if done is not None and len(done):
         ds = ds.map_batches(_drop_done, fn_args=(id_column, done), batch_format="pyarrow")
     tokenised = ds.map_batches(
-        _tokenise, fn_args=(text_column, keep, vocab_index(bundle.vocab), bundle.tokenizer.max_len),
+        _tokenise, fn_args=(text_column, keep, renamed, vocab_index(bundle.vocab), bundle.tokenizer.max_len),
         batch_format="pyarrow", batch_size=batch_size,
     )
     return tokenised.map_batches(
@@ -130,46 +175,77 @@ def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrateg
 
 
 def _check_input(files: list[str], path: str, text_column: str, id_column: str | None,
-                 columns: list[str] | None) -> tuple[pa.Schema, int]:
-    """Every file readable, every asked-for column present, checked before any work starts.
-    Returns the schema and the number of rows (from the files' footers)."""
-    schema, rows = None, 0
+                 columns: list[str] | None) -> tuple[pa.Schema, int, list[str]]:
+    """Every file readable, holding every column used, with the same types as the first file.
+    Returns the first file's schema, the number of rows (from the files' footers) and the columns
+    to keep (`columns`, or all of the first file's, with the id column first)."""
+    first, rows, keep = None, 0, None
     for f in files:
-        fs, inner = resolve_filesystem(f)
         try:
-            metadata = pq.read_metadata(inner, filesystem=fs)
+            metadata = pq.read_metadata(*_local(f))
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{f} is not a readable Parquet file: {exc}") from None
-        schema = schema or metadata.schema.to_arrow_schema()
+        schema = metadata.schema.to_arrow_schema()
+        if keep is None:
+            keep = list(columns or schema.names)
+            if id_column and id_column not in keep:
+                keep.insert(0, id_column)
+            used = list(dict.fromkeys([text_column, *keep]))
+        check_columns(schema.names, used, f if len(files) > 1 else path)
+        first = first or (f, schema)
+        for name in used:
+            a, b = first[1].field(name).type, schema.field(name).type
+            if _kind(a) != _kind(b) and not (pa.types.is_null(a) or pa.types.is_null(b)):  # all-null fits any
+                raise DataError(f"column {name!r} is {a} in {first[0]} but {b} in {f}; make the files agree")
         rows += metadata.num_rows
-    wanted = [text_column] + ([id_column] if id_column else []) + list(columns or [])
-    check_columns(schema.names, wanted, path)
-    return schema, rows
+    return first[1], rows, keep
 
 
-def _prepare_output(fs, out_dir: str, output: str, overwrite: bool, id_column: str | None) -> np.ndarray | None:
-    """Refuse to mix two runs' outputs; with an id column, collect the ids a failed run already wrote."""
-    info = fs.get_file_info(out_dir)
-    if info.type == pafs.FileType.File:
-        raise DataError(f"output {output} is a file; give a directory")
-    if info.type == pafs.FileType.NotFound:
-        return None
-    existing = [f for f in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True)) if f.type == pafs.FileType.File]
-    if not existing:
-        return None
-    if overwrite:
-        fs.delete_dir_contents(out_dir)
-        return None
-    if not id_column:
-        raise DataError(f"output {output} already holds files; pass --overwrite to replace them, "
-                        "or --id-column to resume a run that stopped halfway")
+def _kind(type_: pa.DataType) -> pa.DataType:
+    """Types that Ray Data reads together: large and plain strings (or binaries) are one kind."""
+    return {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}.get(type_, type_)
+
+
+def _check_ids(files: list[str], id_column: str, allow_duplicates: bool) -> None:
+    """Resume needs every row to have an id, and each id once."""
+    parts = [pq.read_table(inner, columns=[id_column], filesystem=fs)[id_column] for inner, fs in map(_local, files)]
+    nulls = [(f, int(i)) for f, part in zip(files, parts) if part.null_count
+             for i in np.flatnonzero(part.is_null().to_numpy(zero_copy_only=False))]
+    if nulls:
+        where = ", ".join(f"{os.path.basename(f)} row {i}" for f, i in nulls[:3])
+        raise DataError(f"--id-column {id_column!r} is null in {len(nulls):,} rows (first: {where}); "
+                        "give every row an id")
+    if allow_duplicates or not parts:
+        return
+    counts = pc.value_counts(pa.chunked_array([c for part in parts for c in part.chunks]))
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        shown = ", ".join(f"{v['values']!r} ×{v['counts']}" for v in repeated[:3].to_pylist())
+        raise DataError(f"--id-column {id_column!r} is not unique: {len(repeated):,} ids appear more than once "
+                        f"(e.g. {shown}); resume needs unique ids: fix them, or pass --allow-duplicate-ids "
+                        "to score without resume")
+
+
+def _done_ids(out: OutputDir, id_column: str) -> np.ndarray:
+    """The ids a stopped run already wrote. Its files cut short by the failure are deleted (they are
+    this tool's own) and their rows scored again."""
     done = []
-    for f in existing:
+    for path in list(out.files):
         try:
-            done.append(pq.read_table(f.path, columns=[id_column], filesystem=fs)[id_column])
+            done.append(pq.read_table(path, columns=[id_column], filesystem=out.fs)[id_column])
         except (pa.ArrowException, OSError, KeyError):
-            fs.delete_file(f.path)  # cut short by the failure: its rows are scored again
-    return np.unique(pa.chunked_array([c for t in done for c in t.chunks]).to_numpy(zero_copy_only=False)) if done else None
+            out.fs.delete_file(path)
+            out.files.remove(path)
+    chunks = [c for t in done for c in t.chunks]
+    return np.unique(pa.chunked_array(chunks).to_numpy(zero_copy_only=False)) if chunks else np.array([])
+
+
+def _write_empty(out: OutputDir, schema: pa.Schema, keep: list[str], renamed: dict, labels: list[str]) -> None:
+    """0 rows in: one empty file with the columns a non-empty run would write, so readers still work."""
+    fields = [pa.field(renamed.get(c, c), schema.field(c).type) for c in keep]
+    fields += [pa.field("sentiment", pa.string()), pa.field("confidence", pa.float32())]
+    fields += [pa.field(f"p_{label}", pa.float32()) for label in labels] + [pa.field("error", pa.string())]
+    pq.write_table(pa.schema(fields).empty_table(), f"{out.path}/{out.file_prefix}_empty.parquet", filesystem=out.fs)
 
 
 def _drop_done(batch: pa.Table, id_column: str, done) -> pa.Table:
@@ -196,7 +272,7 @@ def _decode(value: bytes | None):
         return value
 
 
-def _tokenise(batch: pa.Table, text_column: str, keep: list[str], vocab: dict, max_len: int) -> pa.Table:
+def _tokenise(batch: pa.Table, text_column: str, keep: list[str], renamed: dict, vocab: dict, max_len: int) -> pa.Table:
     texts = _texts(batch[text_column])
     problems = [text_problem(t) if not isinstance(t, bytes) else "text is not valid UTF-8" for t in texts]
     ok = np.array([p is None for p in problems], dtype=bool)
@@ -204,7 +280,7 @@ def _tokenise(batch: pa.Table, text_column: str, keep: list[str], vocab: dict, m
     lengths = np.zeros(len(texts), dtype=np.int32)
     if ok.any():
         ids[ok], lengths[ok] = encode_batch([t for t, good in zip(texts, ok) if good], vocab, max_len)
-    out = batch.select(keep)
+    out = batch.select(keep).rename_columns([renamed.get(c, c) for c in keep])
     out = out.append_column("_ids", pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), max_len))
     out = out.append_column("_length", pa.array(lengths))
     return out.append_column("error", pa.array(problems, pa.string()))
@@ -233,11 +309,12 @@ class _Scorer:
         return out.append_column("error", batch["error"])
 
 
-def _count_output(fs, out_dir: str) -> tuple[int, int]:
+def _count_output(out: OutputDir) -> tuple[int, int]:
+    """Rows and rows with errors in this run's files and those of the runs it resumed."""
     rows = errors = 0
-    for f in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True, allow_not_found=True)):
-        if f.type == pafs.FileType.File and f.path.endswith(".parquet"):
-            error = pq.read_table(f.path, columns=["error"], filesystem=fs)["error"]
+    for f in out.fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True)):
+        if f.type == pafs.FileType.File and out.owned(os.path.basename(f.path)):
+            error = pq.read_table(f.path, columns=["error"], filesystem=out.fs)["error"]
             rows += len(error)
             errors += len(error) - error.null_count
     return rows, errors

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=1024, help="rows per model call (default: 1024)")
     s.add_argument("--concurrency", default="1", help="model actors: N, or MIN,MAX to autoscale (default: 1)")
     s.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
-    s.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
+    s.add_argument("--overwrite", action="store_true", help="replace the output of an earlier run (only files it wrote)")
+    s.add_argument("--allow-duplicate-ids", action="store_true",
+                   help="accept an --id-column whose ids repeat; resume is then off")
 
     st = sub.add_parser("stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
     st.add_argument("--model", required=True, help="bundle directory; local or s3:// gs://")
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> None:
             args.model, args.input, args.output, text_column=args.text_column, id_column=args.id_column,
             columns=args.columns.split(",") if args.columns else None, batch_size=args.batch_size,
             concurrency=args.concurrency, use_gpu=args.use_gpu, overwrite=args.overwrite,
+            allow_duplicate_ids=args.allow_duplicate_ids,
         )
         print(summary.line())
     elif args.command == "stream":

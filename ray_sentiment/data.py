@@ -55,7 +55,7 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     else:
         prefix, target = "", os.path.abspath(path)
     pattern = target if any(ch in target for ch in "*?[") else None
-    root = _glob_base(target) if pattern else target
+    root = glob_base(target) if pattern else target
     try:
         fs = resolve_filesystem(prefix + root)[0]
         info = fs.get_file_info(root)
@@ -84,7 +84,8 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     return formats.pop(), [prefix + f for f in files]
 
 
-def _glob_base(pattern: str) -> str:
+def glob_base(pattern: str) -> str:
+    """The directory a glob starts from; a path without wildcards is its own base."""
     parts = pattern.split("/")
     for i, part in enumerate(parts):
         if any(ch in part for ch in "*?["):

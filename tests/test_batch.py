@@ -135,7 +135,7 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_
     assert written >= 3, "the first run wrote nothing before the deadline"
 
     refused = run_cli(*[a for a in args if a not in ("--id-column", "id")])
-    assert refused.returncode == 2 and "already holds files" in refused.stderr
+    assert refused.returncode == 2 and "already holds a previous run's output" in refused.stderr
 
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -160,14 +160,109 @@ def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
         score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "o4"), concurrency="4,1")
 
 
-def test_output_with_files_is_refused_unless_overwrite(ray_local, bundle, tmp_path):
+def test_a_previous_output_is_refused_unless_overwrite_which_removes_only_its_files(ray_local, bundle, tmp_path):
     comments(100).to_parquet(tmp_path / "in.parquet")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.parquet").write_bytes(b"from another run")
-    with pytest.raises(DataError, match="already holds files; pass --overwrite"):
+    first = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert first.rows_out == 100 and "_ray_sentiment_score.json" in before
+    with pytest.raises(DataError, match="already holds a previous run's output; pass --overwrite"):
         score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
-    summary = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), overwrite=True)
-    assert summary.rows_out == 100 and not (tmp_path / "out" / "old.parquet").exists()
+    second = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), overwrite=True)
+    after = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert second.rows_out == 100 and len(read_output(tmp_path / "out")) == 100
+    assert not set(before) & set(after) - {"_ray_sentiment_score.json"}  # the first run's files are gone
+
+
+def test_files_the_tool_did_not_write_are_never_deleted(ray_local, bundle, tmp_path):
+    comments(100).to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "NOTES.md").write_text("mine")
+    comments(5).to_parquet(out / "sub" / "important.parquet")
+    for options in ({"id_column": "id"}, {"overwrite": True}, {}):
+        with pytest.raises(DataError, match=r"holds files that ray-sentiment score did not write \(NOTES.md, sub/important.parquet\)"):
+            score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(out), **options)
+    # A real run's output with a user's file added later: still refused, and nothing deleted.
+    score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out2"))
+    (tmp_path / "out2" / "analysis.parquet").write_bytes(b"the user's")
+    ours = sorted((tmp_path / "out2").iterdir())
+    for options in ({"id_column": "id"}, {"overwrite": True}):
+        with pytest.raises(DataError, match=r"did not write \(analysis.parquet\)"):
+            score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out2"), **options)
+    assert sorted((tmp_path / "out2").iterdir()) == ours
+    assert (out / "NOTES.md").read_text() == "mine" and len(pd.read_parquet(out / "sub" / "important.parquet")) == 5
+
+
+def test_an_output_overlapping_the_input_is_refused_before_anything_is_touched(bundle, tmp_path):
+    data = tmp_path / "d"
+    write_parts(comments(50), data, 2)
+    (tmp_path / "link").symlink_to(data)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    cases = [(data, data), (data, data / "scored"), (data / "part-000.parquet", data), (tmp_path / "link", data),
+             (data, tmp_path / "link" / "x"), (data, tmp_path / "d" / ".." / "d"), (data / "*.parquet", data),
+             (data / "sub", data)]
+    (data / "sub").mkdir()
+    comments(5).to_parquet(data / "sub" / "s.parquet")
+    for source, target in cases:
+        with pytest.raises(DataError, match="overlaps the input"):
+            score_parquet(str(bundle), str(source), str(target), overwrite=True)
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+
+
+def test_every_input_file_is_checked_for_columns_and_types_before_ray_starts(bundle, tmp_path):
+    missing = write_parts(comments(20), tmp_path / "missing", 2)
+    comments(5).rename(columns={"text": "body"}).to_parquet(missing / "part-002.parquet")
+    with pytest.raises(DataError, match=r"part-002.parquet has no column 'text'; columns are: id, body, brand"):
+        score_parquet(str(bundle), str(missing), str(tmp_path / "o1"))
+    clash = write_parts(comments(20), tmp_path / "clash", 2)
+    comments(5).assign(brand=7).to_parquet(clash / "part-002.parquet")
+    with pytest.raises(DataError, match=r"column 'brand' is (large_)?string in .*part-000.parquet but int64 in .*part-002.parquet"):
+        score_parquet(str(bundle), str(clash), str(tmp_path / "o2"))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_input_columns_named_like_results_are_kept_under_input_names(ray_local, bundle, tmp_path):
+    df = comments(30).assign(label="pos", sentiment="x", confidence=0.5, error="e", p_positive=1.0)
+    df.to_parquet(tmp_path / "in.parquet")
+    summary = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    out = read_output(tmp_path / "out")
+    for name in ("label", "sentiment", "confidence", "error", "p_positive"):
+        assert out[f"input_{name}"].tolist() == df[name].tolist()
+    assert out["sentiment"].isin(["negative", "neutral", "positive"]).all() and out["error"].isna().all()
+    assert summary.renamed["label"] == "input_label" and "'label' written as 'input_label'" in summary.line()
+
+
+def test_null_or_duplicate_ids_are_refused_with_counts_before_any_work(bundle, tmp_path):
+    nulls = comments(10).astype({"id": "Int64"})
+    nulls.loc[[3, 7], "id"] = pd.NA
+    nulls.to_parquet(tmp_path / "nulls.parquet")
+    with pytest.raises(DataError, match=r"'id' is null in 2 rows \(first: nulls.parquet row 3, nulls.parquet row 7\)"):
+        score_parquet(str(bundle), str(tmp_path / "nulls.parquet"), str(tmp_path / "o1"), id_column="id")
+    dups = comments(10)
+    dups.loc[[4, 5, 6], "id"] = 1
+    dups.to_parquet(tmp_path / "dups.parquet")
+    with pytest.raises(DataError, match=r"'id' is not unique: 1 ids appear more than once \(e.g. 1 ×4\).*--allow-duplicate-ids"):
+        score_parquet(str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "o2"), id_column="id")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_duplicate_ids_are_scored_when_allowed(ray_local, bundle, tmp_path):
+    dups = comments(10)
+    dups["id"] = 1
+    dups.to_parquet(tmp_path / "dups.parquet")
+    summary = score_parquet(str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "out"), id_column="id",
+                            allow_duplicate_ids=True)
+    assert summary.rows_out == 10 and read_output(tmp_path / "out")["id"].tolist() == [1] * 10
+
+
+def test_an_empty_input_writes_an_empty_output_with_the_result_columns(bundle, tmp_path):
+    comments(0).to_parquet(tmp_path / "empty.parquet")
+    summary = score_parquet(str(bundle), str(tmp_path / "empty.parquet"), str(tmp_path / "out"))
+    assert summary.rows_in == summary.rows_out == 0 and "rows in 0, rows out 0" in summary.line()
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == 0
+    assert table.schema.names == ["id", "text", "brand", "sentiment", "confidence",
+                                  "p_negative", "p_neutral", "p_positive", "error"]
 
 
 def test_cli_prints_the_summary_line(bundle, tmp_path):

@@ -1,0 +1,115 @@
+"""The `score` output directory: which files a run wrote, so that no other file is ever deleted.
+
+A run first writes a marker file (`_ray_sentiment_score.json`, listing its run id) and then only
+files named `scored-<run id>_*.parquet`. A later run with --overwrite deletes exactly those files;
+a resume (an id column) reads them. A directory holding anything else is refused, with the
+foreign files named: they are the user's, and no option makes the tool touch them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+
+from .data import glob_base
+from .errors import DataError
+from .storage import is_uri, resolve_filesystem
+
+MARKER = "_ray_sentiment_score.json"
+FILE_PREFIX = "scored-"
+
+
+@dataclass
+class OutputDir:
+    fs: pafs.FileSystem
+    path: str  # within fs
+    shown: str  # as the user wrote it
+    runs: list[str] = field(default_factory=list)  # run ids whose files are in the directory
+    files: list[str] = field(default_factory=list)  # those files (within fs)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def file_prefix(self) -> str:
+        """Ray Data's write names each file `<this>_<write uuid>_<task>.parquet`."""
+        return f"{FILE_PREFIX}{self.run_id}"
+
+    def claim(self, keep_previous: bool) -> None:
+        """Write the marker before any output, naming this run (and the previous ones if kept)."""
+        self.runs = (self.runs if keep_previous else []) + [self.run_id]
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(f"{self.path}/{MARKER}") as f:
+            f.write(json.dumps({"written_by": "ray-sentiment score", "runs": self.runs}).encode())
+
+    def delete_previous(self) -> None:
+        for path in self.files:
+            self.fs.delete_file(path)
+        self.files = []
+
+    def owned(self, name: str) -> bool:
+        match = re.fullmatch(rf"{FILE_PREFIX}([0-9a-f]+)_.*\.parquet", name)
+        return bool(match) and match.group(1) in self.runs
+
+
+def open_output(output: str) -> OutputDir:
+    """What the output directory holds; refused if it is a file or holds files this tool did not write."""
+    fs, path = resolve_filesystem(output)
+    out = OutputDir(fs, path.rstrip("/"), output)
+    info = fs.get_file_info(out.path)
+    if info.type == pafs.FileType.File:
+        raise DataError(f"output {output} is a file; give a directory")
+    if info.type == pafs.FileType.NotFound:
+        return out
+    entries = fs.get_file_info(pafs.FileSelector(out.path, recursive=True))
+    files = [e.path for e in entries if e.type == pafs.FileType.File]
+    if not files:
+        return out
+    marker = f"{out.path}/{MARKER}"
+    if marker not in files:
+        raise DataError(f"output {output} holds files that ray-sentiment score did not write "
+                        f"({_listed(out.path, files)}); give a new or empty directory")
+    try:
+        with fs.open_input_stream(marker) as f:
+            out.runs = [str(r) for r in json.loads(f.read())["runs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{output}/{MARKER} is damaged ({exc}); give a new or empty directory") from None
+    mine = [p for p in files if os.path.dirname(p) == out.path and out.owned(os.path.basename(p))]
+    foreign = [p for p in files if p != marker and p not in mine]
+    if foreign:
+        raise DataError(f"output {output} holds files that ray-sentiment score did not write "
+                        f"({_listed(out.path, foreign)}); move them away or give another directory")
+    out.files = mine
+    return out
+
+
+def _listed(base: str, paths: list[str], shown: int = 3) -> str:
+    names = [os.path.relpath(p, base) for p in sorted(paths)]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def check_apart(input_root: str, input_files: list[str], output: str) -> None:
+    """Refuse an output that equals, contains or lies inside the input (after resolving symlinks
+    and `..`): scoring would delete the input, or read its own output."""
+    out = _canonical(output)
+    roots = [_canonical(glob_base(input_root))] + [_canonical(f) for f in input_files]
+    for root in roots:
+        if _within(out, root) or _within(root, out):
+            raise DataError(f"output {output} overlaps the input {input_root}: give an output directory "
+                            "outside the input, and not containing it")
+
+
+def _canonical(path: str) -> str:
+    if is_uri(path):
+        scheme, rest = path.split("://", 1)
+        if scheme != "file":
+            return f"{scheme}://{os.path.normpath('/' + rest.lstrip('/'))}"
+        path = rest
+    return os.path.realpath(path)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
