@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from .errors import BundleError, ConfigError
-from .model import ModelConfig, SentimentLSTM, model_config_from_dict, model_config_to_dict
+from .model import ModelConfig, SentimentLSTM, model_config_from_dict, model_config_to_dict, nonfinite_tensors
 from .storage import download_dir, is_uri, upload_dir
 from .text import SPECIALS, TokenizerConfig
 
@@ -125,7 +126,13 @@ def _read(path: Path, name: str) -> ModelBundle:
     labels = config["labels"]
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
         raise BundleError(f"{shown(CONFIG)}: 'labels' must be a list of at least two strings")
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{shown(CONFIG)}: 'labels' repeats a label: {labels}")
     try:
+        if not isinstance(config["model"], dict) or not isinstance(config["tokenizer"], dict):
+            raise ConfigError("'model' and 'tokenizer' must be JSON objects")
+        _check_fields(config["model"], "model", MODEL_FIELDS)
+        _check_fields(config["tokenizer"], "tokenizer", TOKENIZER_FIELDS)
         model_config = model_config_from_dict(config["model"])
         tokenizer = TokenizerConfig(**config["tokenizer"])
     except (TypeError, ConfigError) as exc:
@@ -141,6 +148,12 @@ def _read(path: Path, name: str) -> ModelBundle:
         state_dict = load(weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{shown(WEIGHTS)} is corrupt: {exc}") from None
+    mismatch = _shape_mismatch(model_config, state_dict)  # before building: a wrong size could ask for petabytes
+    if mismatch:
+        raise BundleError(f"{shown(CONFIG)} does not describe {shown(WEIGHTS)}: {mismatch}")
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise BundleError(f"{shown(WEIGHTS)} holds NaN or infinite values in {', '.join(bad)}")
 
     bundle = ModelBundle(
         labels=labels, vocab=vocab, model_config=model_config, tokenizer=tokenizer,
@@ -149,6 +162,55 @@ def _read(path: Path, name: str) -> ModelBundle:
     )
     bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
     return bundle
+
+
+# Field → (type, smallest, largest). Types are exact: 3.0 or "3" is not a count.
+MODEL_FIELDS = {
+    "num_classes": (int, 2, 10_000), "vocab_size": (int, 3, 10_000_000), "embed_dim": (int, 1, 65_536),
+    "hidden_dim": (int, 1, 65_536), "num_layers": (int, 1, 64), "dense_dim": (int, 1, 65_536),
+    "bidirectional": (bool, None, None), "dropout": ((int, float), 0, 1), "pooling": (str, None, None),
+}
+MAX_LEN_LIMIT = 10_000  # tokens per text; a larger value makes every batch a huge allocation
+TOKENIZER_FIELDS = {"vocab_size": (int, 3, 10_000_000), "max_len": (int, 1, MAX_LEN_LIMIT)}
+
+
+def _check_fields(values: dict, section: str, spec: dict) -> None:
+    for name, value in values.items():
+        if name not in spec:
+            continue  # unknown names are reported by the dataclass
+        kind, low, high = spec[name]
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, kind) or (is_bool and kind is not bool):
+            raise ConfigError(f"'{section}.{name}' must be {_kind_name(kind)}, not {json.dumps(value)[:40]}")
+        if low is not None and not (low <= value <= high):
+            raise ConfigError(f"'{section}.{name}' is {value}; it must be between {low:,} and {high:,}")
+
+
+def _kind_name(kind) -> str:
+    return {int: "an integer", bool: "true or false", str: "a string"}.get(kind, "a number")
+
+
+def _shape_mismatch(config: ModelConfig, state: dict[str, torch.Tensor]) -> str | None:
+    """What the weights' shapes say that the config contradicts, or None."""
+    directions = 2 if config.bidirectional else 1
+    features = config.hidden_dim * directions * (2 if config.pooling == "last+max" else 1)
+    expected = {
+        "embedding.weight": (config.vocab_size, config.embed_dim),
+        "lstm.weight_ih_l0": (4 * config.hidden_dim, config.embed_dim),
+        "head.1.weight": (config.dense_dim, features),
+        "head.4.weight": (config.num_classes, config.dense_dim),
+    }
+    for name, shape in expected.items():
+        if name not in state:
+            return f"it has no tensor {name}"
+        if tuple(state[name].shape) != shape:
+            return f"{name} has shape {list(state[name].shape)}, the config implies {list(shape)}"
+    layers = sum(1 for k in state if re.fullmatch(r"lstm\.weight_ih_l\d+", k))
+    if layers != config.num_layers:
+        return f"the LSTM has {layers} layers, the config says {config.num_layers}"
+    if ("lstm.weight_ih_l0_reverse" in state) != config.bidirectional:
+        return f"the LSTM {'is' if directions == 1 else 'is not'} bidirectional, the config says otherwise"
+    return None
 
 
 def _write_json(path: Path, data) -> None:
@@ -164,6 +226,8 @@ def _read_json(path: Path, kind: type, shown: str):
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{shown} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{shown} is nested too deeply to be a bundle file") from None
     if not isinstance(data, kind):
         raise BundleError(f"{shown} should hold a JSON {'object' if kind is dict else 'array'}")
     return data

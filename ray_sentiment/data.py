@@ -5,6 +5,7 @@ the small partial results are merged on the driver; texts never travel to the dr
 """
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import os
 import re
@@ -81,7 +82,34 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     formats = {FORMATS[os.path.splitext(f)[1].lower()] for f in files}
     if len(formats) > 1:
         raise DataError(f"{path} mixes file types ({', '.join(sorted(formats))}); give one type per input")
-    return formats.pop(), [prefix + f for f in files]
+    fmt, files = formats.pop(), [prefix + f for f in files]
+    if fmt != "parquet":  # Parquet stores UTF-8 by definition; text files may be in any encoding
+        for f in files:
+            check_utf8(f)
+    return fmt, files
+
+
+NEWLINE = b"\n"
+
+
+def check_utf8(path: str, chunk: int = 1 << 20) -> None:
+    """A CSV or JSONL file that is not UTF-8 (say, saved as latin-1 by a spreadsheet) is refused
+    here, with the place of the first bad byte, instead of failing deep inside a Ray read task."""
+    fs, inner = resolve_filesystem(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with fs.open_input_stream(inner) as stream:
+        while True:
+            data = stream.read(chunk)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                line = f", line {data.count(NEWLINE, 0, exc.start) + 1}" if not offset else ""
+                raise DataError(f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                                f"{offset + exc.start:,}{line}; save it as UTF-8 (it may be latin-1 or cp1252)") from None
+            if not data:
+                return
+            offset += len(data)
 
 
 def glob_base(pattern: str) -> str:

@@ -73,8 +73,23 @@ def _corrupt(path, name, content: bytes):
         (lambda p: _edit_config(p, format_version=99), "format version 99"),
         (lambda p: _edit_config(p, labels=["only"]), "at least two strings"),
         (lambda p: _edit_config(p, labels=["a", "b"]), "2 labels but the model has 3 outputs"),
-        (lambda p: _edit_config(p, model={"hidden_dim": 32, "num_classes": 3, "vocab_size": 40}), "weights do not fit"),
+        (lambda p: _edit_config(p, model={"hidden_dim": 32, "num_classes": 3, "vocab_size": 40}), "does not describe"),
         (lambda p: _edit_config(p, model={"colour": "blue"}), "unknown model settings: colour"),
+        (lambda p: _edit_config(p, labels=["negative", "positive", "negative"]), "'labels' repeats a label"),
+        (lambda p: _edit_section(p, "tokenizer", max_len=0), r"'tokenizer.max_len' is 0; it must be between 1 and 10,000"),
+        (lambda p: _edit_section(p, "tokenizer", max_len=-5), r"'tokenizer.max_len' is -5"),
+        (lambda p: _edit_section(p, "tokenizer", max_len="100"), r"'tokenizer.max_len' must be an integer, not \"100\""),
+        (lambda p: _edit_section(p, "tokenizer", max_len=1.5), r"'tokenizer.max_len' must be an integer, not 1.5"),
+        (lambda p: _edit_section(p, "tokenizer", max_len=10**9), r"'tokenizer.max_len' is 1000000000"),
+        (lambda p: _edit_section(p, "model", hidden_dim=10**7), r"'model.hidden_dim' is 10000000; it must be between"),
+        (lambda p: _edit_section(p, "model", hidden_dim=64), r"lstm.weight_ih_l0 has shape \[64, 8\], the config implies \[256, 8\]"),
+        (lambda p: _edit_section(p, "model", num_classes="3"), r"'model.num_classes' must be an integer, not \"3\""),
+        (lambda p: _edit_section(p, "model", bidirectional=1), r"'model.bidirectional' must be true or false"),
+        (lambda p: _edit_section(p, "model", num_layers=2), "the LSTM has 1 layers, the config says 2"),
+        (lambda p: _edit_config(p, model=[1]), "'model' and 'tokenizer' must be JSON objects"),
+        (lambda p: _corrupt(p, "config.json", b"[" * 100_000 + b"]" * 100_000), "config.json is nested too deeply"),
+        (lambda p: _poison_weights(p, "lstm.bias_hh_l0", float("nan")), "NaN or infinite values in lstm.bias_hh_l0"),
+        (lambda p: _poison_weights(p, "head.4.weight", float("inf")), "NaN or infinite values in head.4.weight"),
     ],
 )
 def test_corrupt_bundles_say_what_is_wrong(bundle_dir, damage, message):
@@ -93,6 +108,20 @@ def _edit_config(path, **changes):
     config = json.loads((path / "config.json").read_text())
     config.update(changes)
     (path / "config.json").write_text(json.dumps(config))
+
+
+def _edit_section(path, section, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config[section].update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def _poison_weights(path, name, value):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path / "model.safetensors")
+    weights[name].view(-1)[0] = value
+    save_file(weights, path / "model.safetensors")
 
 
 def test_bundle_written_to_and_read_from_s3(bundle_dir, s3_server):

@@ -114,3 +114,10 @@ def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
                      "--preset", "seed", "--learning-rate", "1e20", "--storage-path", str(tmp_path / "ckpt"))
     _one_line_error(result, "the training loss became nan in epoch 1", "lower --learning-rate")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_latin1_csv_is_refused_with_one_line_naming_the_file_and_the_encoding(tmp_path, example_bundle):
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncafé au lait,positive\nmauvais,negative\n".encode("latin-1"))
+    for command in (("train", "--train", str(tmp_path / "latin1.csv"), "--output", str(tmp_path / "b")),
+                    ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "latin1.csv"))):
+        _one_line_error(run_cli(*command), "latin1.csv is not UTF-8 text: byte 0xe9 at offset 14, line 2")
