@@ -22,11 +22,15 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # on loopback. A test checks both.
     # "local" always starts a fresh instance: an address-less init would try to join whatever
     # cluster Ray's temp folder remembers, even one whose head was killed.
+    # Metrics collection is off: its Prometheus endpoint would listen, unauthenticated, on every
+    # interface (Ray binds it to loopback only when the node address is loopback, which it never is
+    # here) and tell anyone session names, process ids and the machine's address.
     ray.init(
         address="local",
         num_cpus=num_cpus,
         dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
         logging_level=logging.WARNING,
+        _system_config={"enable_metrics_collection": False},
     )
 
 

@@ -11,16 +11,23 @@ are 4xx with {"detail": ...}; a full queue is 503 with Retry-After; a client err
 """
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 import asyncio
+import hashlib
 import hmac
 import json
+import ipaddress
 import os
+import secrets
+import socket
+import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+import ray
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -34,7 +41,10 @@ MAX_TEXTS, MAX_CHARS, MAX_BODY_BYTES = 1000, 5000, 1 << 20
 API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
 MODEL_TIMEOUT_S = 30.0
 QUIET = {"log_level": "WARNING", "enable_access_log": False}  # no log line per request
+# A replica that is stopping checks this often whether its requests in flight are done.
+SHUTDOWN_POLL = {"graceful_shutdown_wait_loop_s": 0.2}
 RETRY_AFTER_S = "1"
+DRAIN_GRACE_S = 0.2  # after the last request in flight: for the 503s of late arrivals to go out
 
 
 @dataclass
@@ -92,6 +102,8 @@ def parse_texts(body: bytes) -> list[str]:
         request = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise HTTPException(422, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(422, "body is nested too deeply") from None
     if not isinstance(request, dict) or "texts" not in request:
         raise HTTPException(422, 'body must be a JSON object with a "texts" list')
     texts = request["texts"]
@@ -154,32 +166,104 @@ def model_summary(bundle: ModelBundle, path: str) -> dict:
             "preset": bundle.preset, "validation": metrics}
 
 
+@dataclass(frozen=True)
+class KeyDigest:
+    """A salted SHA-256 of the API key: what the replicas hold. The key itself never leaves the
+    process that read it, so no runtime_env, deployment config or Ray log can carry it."""
+
+    salt: str
+    sha256: str
+
+    @classmethod
+    def of(cls, key: str) -> "KeyDigest":
+        salt = secrets.token_hex(16)
+        return cls(salt, _sha256(salt, key))
+
+    def matches(self, key: str) -> bool:
+        return hmac.compare_digest(_sha256(self.salt, key), self.sha256)
+
+
+def _sha256(salt: str, key: str) -> str:
+    return hashlib.sha256(f"{salt}:{key}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def api_key_digest() -> KeyDigest | None:
+    """From RAY_SENTIMENT_API_KEY where it is set; an empty value is refused, not taken as 'no key'."""
+    key = os.environ.get(API_KEY_ENV)
+    if key is None:
+        return None
+    if not key.strip():
+        raise ConfigError(f"{API_KEY_ENV} is set but empty; set a key, or unset it to serve without one")
+    return KeyDigest.of(key)
+
+
+class ApiKeyGuard:
+    """ASGI middleware: with a key, /v1/*, /docs and /openapi.json need `Authorization: Bearer <key>`
+    (the scheme in any case, RFC 7235); /healthz stays open for load balancers."""
+
+    OPEN = ("/healthz",)
+    # Set by the ingress replica's constructor (one ingress per replica process). A class attribute,
+    # not a module-level dict: Ray pickles the deployment's functions with copies of such globals,
+    # but classes by reference, so this is the one object both sides see.
+    digest: KeyDigest | None = None
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        digest = ApiKeyGuard.digest
+        if scope["type"] == "http" and digest and _route(scope) not in self.OPEN:
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not digest.matches(given.strip()):
+                response = JSONResponse({"detail": "missing or wrong API key: send Authorization: Bearer <key>"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _route(scope) -> str:
+    """The path within the app, without the route prefix it is mounted at."""
+    path, prefix = scope["path"], scope.get("root_path", "")
+    return path[len(prefix):] if prefix and path.startswith(prefix) else path
+
+
 REQUEST_DOC = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": SentimentRequest.model_json_schema()}}}}
 app = FastAPI(title="ray-sentiment", description="Sentiment of social-media comments.")
 app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-
-
-def require_api_key(request: Request) -> None:
-    expected = os.environ.get(API_KEY_ENV)
-    if not expected:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        raise HTTPException(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                            headers={"WWW-Authenticate": "Bearer"})
+app.add_middleware(ApiKeyGuard)  # added last, so it runs first: a request without the key reads no body
 
 
 @serve.deployment
 @serve.ingress(app)
 class SentimentAPI:
-    def __init__(self, model, summary: dict, batching: bool):
+    def __init__(self, model, summary: dict, batching: bool, key: KeyDigest | None):
         self.model, self.summary, self.batching = model, summary, batching
         self.labels = summary["labels"]
+        self.in_flight, self.draining = 0, False
+        ApiKeyGuard.digest = key
 
-    @app.post("/v1/sentiment", dependencies=[Depends(require_api_key)], openapi_extra=REQUEST_DOC)
+    @app.post("/v1/sentiment", openapi_extra=REQUEST_DOC)
     async def sentiment(self, request: Request) -> JSONResponse:
-        texts = parse_texts(await request.body())
+        if self.draining:
+            raise HTTPException(503, "shutting down; retry on another server", headers={"Retry-After": RETRY_AFTER_S})
+        self.in_flight += 1
+        try:
+            return await self.score(await request.body())
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout_s: float) -> int:
+        """Before a shutdown: refuse new requests (503, and /healthz 503) and wait for those in
+        flight, since Serve's shutdown kills the proxy at once. Returns how many were still running."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        return self.in_flight
+
+    async def score(self, body: bytes) -> JSONResponse:
+        texts = parse_texts(body)
         method = self.model.score_batched if self.batching else self.model.score
         try:
             proba = await asyncio.wait_for(method.remote(texts), MODEL_TIMEOUT_S)
@@ -198,12 +282,14 @@ class SentimentAPI:
         return {"label": self.labels[best], "confidence": float(row[best]),
                 "scores": {label: float(p) for label, p in zip(self.labels, row)}}
 
-    @app.get("/v1/model", dependencies=[Depends(require_api_key)])
+    @app.get("/v1/model")
     async def model_info(self) -> dict:
         return self.summary
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
+        if self.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
         try:
             await asyncio.wait_for(self.model.labels.remote(), 5)
         except Exception as exc:  # any reason the model cannot answer is "not ready"
@@ -219,16 +305,14 @@ def build(settings: ServeSettings) -> serve.Application:
     model = SentimentModel.options(
         ray_actor_options={"num_gpus": 1 if settings.use_gpu else 0, "num_cpus": 0 if settings.use_gpu else 1},
         max_ongoing_requests=settings.max_ongoing_requests, max_queued_requests=settings.max_queued_requests,
-        logging_config=QUIET, **scaling,
+        logging_config=QUIET, **SHUTDOWN_POLL, **scaling,
     ).bind(bundle, settings.use_gpu, settings.max_batch_size, settings.batch_wait_ms / 1000)
-    env = {API_KEY_ENV: os.environ[API_KEY_ENV]} if os.environ.get(API_KEY_ENV) else {}
     # The ingress only checks and awaits, so it takes many requests at once; load is shed where the
     # model replicas' queues are full, with a 503 and Retry-After.
     api = SentimentAPI.options(
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
-        max_ongoing_requests=1000, logging_config=QUIET,
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, logging_config=QUIET, **SHUTDOWN_POLL,
     )
-    return api.bind(model, model_summary(bundle, settings.model), settings.batching)
+    return api.bind(model, model_summary(bundle, settings.model), settings.batching, api_key_digest())
 
 
 def app_builder(args: dict) -> serve.Application:
@@ -246,23 +330,67 @@ def start(application: serve.Application, host: str = "127.0.0.1", port: int = 8
     ensure_ray()
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": 2 * MODEL_TIMEOUT_S})
     serve.run(application, name="sentiment", route_prefix="/", blocking=False)
-    return f"http://{host}:{port}"
+    return f"http://{_url_host(host)}:{port}"
+
+
+def direct_ingress_ports() -> list[int]:
+    """The ports of Serve's direct ingress (each ingress replica's own HTTP server, opened on the
+    same host as the proxy when throughput-optimized mode is on); empty when it is off."""
+    controller = serve.context._get_global_client()._controller
+    groups = ray.get(controller.get_target_groups.remote())
+    return sorted({t.port for g in groups if g.app_name == "sentiment" for t in g.targets if t.port})
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A busy port is refused in one line before Ray starts, not in a traceback from Serve's proxy."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
 
 
 def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None:
     """The `serve` command: run until SIGTERM or SIGINT, then shut Serve down."""
-    application = build(settings)  # a broken bundle or option fails here, before Ray starts
+    application = build(settings)  # a broken bundle, option or API key fails here, before Ray starts
+    if not _is_loopback(host) and os.environ.get(API_KEY_ENV) is None:
+        print(f"warning: serving on {host} without an API key: anyone who reaches this machine can use it; "
+              f"set {API_KEY_ENV}", file=sys.stderr, flush=True)
+    check_port_free(host, port)
     # Serve's throughput-optimized mode (direct ingress, user code on the replica's event loop,
     # buffered request logs): more requests/s here than the default (see README, Speed).
-    # It applies to the Serve processes of the local Ray started next; on a cluster, set it in its env.
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # Short draining periods: a local server has no load balancer to deregister from, so SIGTERM
+    # stops it in seconds (requests in flight still finish). These apply to the Serve processes of
+    # the local Ray started next; on a cluster, set them in its environment.
+    for name, value in (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"), ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0.5"),
+                        ("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "0.5")):
+        os.environ.setdefault(name, value)
     ensure_ray()
     stop = threading.Event()
     stop_on_signals(stop)
     url = start(application, host, port)
+    direct = ", ".join(f"{_url_host(host)}:{p}" for p in direct_ingress_ports()) or "off"
     print(f"serving {settings.model} at {url} (POST {url}/v1/sentiment, docs at {url}/docs); "
-          "SIGTERM or Ctrl-C stops", flush=True)
+          f"direct ingress: {direct}; SIGTERM or Ctrl-C stops", flush=True)
     while not stop.wait(0.5):
         pass
+    still_running = serve.get_app_handle("sentiment").drain.remote(MODEL_TIMEOUT_S).result()
+    time.sleep(DRAIN_GRACE_S)
     serve.shutdown()
-    print("stopped", flush=True)
+    print("stopped" if not still_running else f"stopped; {still_running} requests were cut short", flush=True)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (socket.gaierror, ValueError):
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -15,6 +15,27 @@ def test_local_cluster_requires_the_token_and_keeps_its_dashboard_on_loopback(ra
     assert requests.get(f"http://127.0.0.1:{port}/api/jobs/", timeout=10).status_code == 401  # no token
 
 
+# The autoscaler's and the dashboard head's: Ray 2.60 offers no way to move or stop them for a
+# local node; README, Security, says so.
+DOCUMENTED_METRICS_PORTS = {44217, 44227}
+
+
+def test_local_cluster_serves_no_metrics_on_other_interfaces_but_the_documented_ones(ray_local):
+    """Ray's Prometheus endpoints (no authentication) must not answer on the machine's address."""
+    address = ray_local.util.get_node_ip_address()
+    answering = []
+    for process in [psutil.Process()] + psutil.Process().children(recursive=True):
+        for c in _connections(process):
+            if c.status == psutil.CONN_LISTEN and not c.laddr.ip.startswith("127."):
+                try:
+                    response = requests.get(f"http://{address}:{c.laddr.port}/metrics", timeout=2)
+                except requests.RequestException:
+                    continue  # not HTTP: one of Ray's gRPC servers, which the token guards
+                if response.status_code == 200 and "# TYPE" in response.text and c.laddr.port not in DOCUMENTED_METRICS_PORTS:
+                    answering.append((process.name(), c.laddr.port))
+    assert answering == []
+
+
 def _connections(process: psutil.Process) -> list:
     try:
         return process.net_connections(kind="inet")

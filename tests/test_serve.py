@@ -1,16 +1,20 @@
 """The Serve app over real HTTP, on a real local Ray, on a free port."""
 import json
 import os
+import re
 import signal
+import socket
+import tempfile
 import threading
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, wait_healthy, write_random_bundle
+from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.serve import API_KEY_ENV, ServeSettings, app_builder, build, start
@@ -77,6 +81,8 @@ BAD_REQUESTS = {
     "1,001 texts": ({"texts": ["a"] * 1001}, 413, "1,001 texts in one request; at most 1,000"),
     "body over 1 MiB": ({"texts": ["a" * 4000] * 300}, 413, "request body over 1,048,576 bytes"),
     "chunked body over 1 MiB": (chunks(2 << 20), 413, "request body over 1,048,576 bytes"),
+    "100,000 nested lists": (b"[" * 100_000, 422, "body is nested too deeply"),
+    "100,000 nested objects": (b'{"texts": ' + b'{"a": ' * 100_000, 422, "body is nested too deeply"),
 }
 
 
@@ -97,7 +103,7 @@ def test_health_model_and_docs(server):
     assert "/v1/sentiment" in requests.get(f"{server}/openapi.json", timeout=10).json()["paths"]
 
 
-def test_api_key_guards_v1_but_not_healthz(server, bundle, monkeypatch):
+def test_api_key_guards_v1_and_the_docs_but_not_healthz(server, bundle, monkeypatch):
     from ray import serve
 
     monkeypatch.setenv(API_KEY_ENV, "s3cret")
@@ -107,10 +113,20 @@ def test_api_key_guards_v1_but_not_healthz(server, bundle, monkeypatch):
         wait_healthy(url)
         assert post(url, {"texts": ["hi"]}).status_code == 401
         assert post(url, {"texts": ["hi"]}, headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
-        assert post(url, {"texts": ["hi"]}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert post(url, {"texts": ["hi"]}, headers={"Authorization": "Basic s3cret"}).status_code == 401
+        for path in ("/v1/model", "/docs", "/openapi.json"):
+            assert requests.get(f"{url}{path}", timeout=10).status_code == 401, path
+            assert requests.get(f"{url}{path}", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+        for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: the scheme is case-insensitive
+            assert post(url, {"texts": ["hi"]}, headers={"Authorization": f"{scheme} s3cret"}).status_code == 200
     finally:
         serve.delete("secured")
+
+
+def test_an_empty_api_key_is_refused_not_taken_as_no_key(bundle, monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "")
+    with pytest.raises(ConfigError, match=f"{API_KEY_ENV} is set but empty"):
+        build(ServeSettings(model=str(bundle)))
 
 
 def test_a_full_queue_sheds_load_with_503_and_retry_after(server, bundle):
@@ -189,13 +205,83 @@ def test_settings_refuse_a_batch_smaller_than_a_request(bundle):
         ServeSettings(model=str(bundle), max_batch_size=100)
 
 
-def test_serve_command_prints_the_url_answers_and_stops_on_sigterm(bundle):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_KEY_ENV)}
+def test_serve_command_keeps_the_key_out_of_ray_logs_binds_every_port_to_host_and_stops_fast(bundle):
+    """The whole command: API key, both ports on --host, a request in flight at SIGTERM, a fast stop,
+    and afterwards no file Ray wrote holds the key."""
+    port, key = free_port(), "k3y-" + os.urandom(12).hex()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[API_KEY_ENV] = key
+    auth = {"Authorization": f"Bearer {key}"}
+    started = time.time()
     with cli_process("serve", "--model", str(bundle), "--port", str(port), env=env) as proc:
         wait_healthy(f"http://127.0.0.1:{port}")
-        assert post(f"http://127.0.0.1:{port}", {"texts": ["hello"]}).status_code == 200
+        banner = proc.stdout.readline()
+        assert f"at http://127.0.0.1:{port}" in banner, banner
+        [direct] = [int(p) for p in re.findall(r"direct ingress: 127\.0\.0\.1:(\d+)", banner)]
+        for p in (port, direct):
+            url = f"http://127.0.0.1:{p}"
+            assert post(url, {"texts": ["hello"]}).status_code == 401
+            assert post(url, {"texts": ["hello"]}, headers=auth).status_code == 200
+            assert post(url, b"[" * 100_000, headers=auth).status_code == 422
+            assert _listening_addresses(proc.pid, p) == {"127.0.0.1"}, p
+        # Eight large requests at once (the replica scores them in turn), then SIGTERM while they
+        # are in flight; as behind a load balancer that has deregistered the server, none follow.
+        outcomes = []
+        clients = [threading.Thread(target=_one_large_request, args=(port, auth, outcomes)) for _ in range(8)]
+        [c.start() for c in clients]
+        time.sleep(0.3)
+        signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
+        stop_seconds = time.monotonic() - signalled
+        [c.join(timeout=60) for c in clients]
     assert proc.returncode == 0, err
-    assert f"at http://127.0.0.1:{port}" in out and out.strip().endswith("stopped")
+    assert out.strip().endswith("stopped")
+    assert [status for status, _ in outcomes] == [200] * 8, outcomes  # every request accepted was answered
+    assert any(ended > signalled for _, ended in outcomes), "no request was still in flight at SIGTERM"
+    assert stop_seconds < 20, stop_seconds  # was 37-38 s; a loose bound, the figure is in the README
+    leaks = [str(p) for p in Path(tempfile.gettempdir(), "ray").rglob("*")
+             if p.is_file() and p.stat().st_mtime >= started - 1 and key.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_serve_command_refuses_a_busy_port_and_warns_on_an_open_host_without_a_key(bundle):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_KEY_ENV)}
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--model", str(bundle), "--host", "0.0.0.0", "--port", str(port), env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: serving on 0.0.0.0 without an API key")
+    assert lines[1] == f"ray-sentiment: error: cannot listen on 0.0.0.0:{port}: Address already in use; choose another --port"
+    assert len(lines) == 2
+
+
+def test_serve_command_refuses_an_empty_api_key(bundle):
+    result = run_cli("serve", "--model", str(bundle), "--port", str(free_port()), env={API_KEY_ENV: ""})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"ray-sentiment: error: {API_KEY_ENV} is set but empty; set a key, or unset it to serve without one"
+
+
+def _one_large_request(port: int, auth: dict, outcomes: list) -> None:
+    texts = ["a long comment about the new update " * 20] * 1000  # about 700 KB
+    try:
+        status = post(f"http://127.0.0.1:{port}", {"texts": texts}, headers=auth).status_code
+    except requests.RequestException as exc:
+        status = repr(exc)
+    outcomes.append((status, time.monotonic()))
+
+
+def _listening_addresses(root_pid: int, port: int) -> set[str]:
+    import psutil
+
+    addresses = set()
+    for process in [psutil.Process(root_pid)] + psutil.Process(root_pid).children(recursive=True):
+        try:
+            addresses |= {c.laddr.ip for c in process.net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        except psutil.Error:
+            pass
+    return addresses
