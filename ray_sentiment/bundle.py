@@ -120,12 +120,14 @@ def _read(path: Path, name: str) -> ModelBundle:
             raise BundleError(f"{shown(CONFIG)} has no {key!r}")
     if config["format_version"] != FORMAT_VERSION:
         raise BundleError(
-            f"{shown(CONFIG)} has format version {config['format_version']}, this ray-sentiment "
+            f"{shown(CONFIG)} has format version {json.dumps(config['format_version'])[:40]}, this ray-sentiment "
             f"reads version {FORMAT_VERSION}"
         )
     labels = config["labels"]
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
-        raise BundleError(f"{shown(CONFIG)}: 'labels' must be a list of at least two strings")
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x.strip() for x in labels)):
+        raise BundleError(f"{shown(CONFIG)}: 'labels' must be a list of at least two non-empty strings")
+    if not isinstance(config.get("preset", ""), str):
+        raise BundleError(f"{shown(CONFIG)}: 'preset' must be a string")
     if len(set(labels)) != len(labels):
         raise BundleError(f"{shown(CONFIG)}: 'labels' repeats a label: {labels}")
     try:
@@ -141,6 +143,11 @@ def _read(path: Path, name: str) -> ModelBundle:
         raise BundleError(f"{shown(CONFIG)}: {len(labels)} labels but the model has {model_config.num_classes} outputs")
     if not all(isinstance(t, str) for t in vocab) or tuple(vocab[: len(SPECIALS)]) != SPECIALS:
         raise BundleError(f"{shown(VOCAB)} must be a list of strings starting with {list(SPECIALS)}")
+    if len(set(vocab)) != len(vocab):
+        raise BundleError(f"{shown(VOCAB)} lists a token more than once, so its ids are ambiguous")
+    if tokenizer.vocab_size != len(vocab):
+        raise BundleError(f"{shown(CONFIG)}: 'tokenizer.vocab_size' is {tokenizer.vocab_size} but {VOCAB} "
+                          f"holds {len(vocab)} tokens")
     if len(vocab) > model_config.vocab_size:
         raise BundleError(f"{shown(VOCAB)} has {len(vocab)} tokens, more than the model's {model_config.vocab_size} embeddings")
     weights = (path / WEIGHTS).read_bytes()

@@ -364,12 +364,8 @@ def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None
     check_port_free(host, port)
     # Serve's throughput-optimized mode (direct ingress, user code on the replica's event loop,
     # buffered request logs): more requests/s here than the default (see README, Speed).
-    # Short draining periods: a local server has no load balancer to deregister from, so SIGTERM
-    # stops it in seconds (requests in flight still finish). These apply to the Serve processes of
-    # the local Ray started next; on a cluster, set them in its environment.
-    for name, value in (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"), ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0.5"),
-                        ("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "0.5")):
-        os.environ.setdefault(name, value)
+    # It applies to the Serve processes of the local Ray started next; on a cluster, set it in its env.
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     ensure_ray()
     stop = threading.Event()
     stop_on_signals(stop)
@@ -381,7 +377,9 @@ def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None
         pass
     still_running = serve.get_app_handle("sentiment").drain.remote(MODEL_TIMEOUT_S).result()
     time.sleep(DRAIN_GRACE_S)
-    serve.shutdown()
+    if os.environ.get("RAY_ADDRESS"):
+        serve.shutdown()  # on a cluster the application would outlive this command
+    ray.shutdown()  # a local Ray ends with its processes, Serve's included: seconds faster than serve.shutdown()
     print("stopped" if not still_running else f"stopped; {still_running} requests were cut short", flush=True)
 
 

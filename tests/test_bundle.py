@@ -71,7 +71,12 @@ def _corrupt(path, name, content: bytes):
         (lambda p: _corrupt(p, "model.safetensors", b"\x00" * 40), "model.safetensors is corrupt"),
         (lambda p: _corrupt(p, "model.safetensors", (p / "model.safetensors").read_bytes()[:-100]), "model.safetensors is corrupt"),
         (lambda p: _edit_config(p, format_version=99), "format version 99"),
-        (lambda p: _edit_config(p, labels=["only"]), "at least two strings"),
+        (lambda p: _edit_config(p, labels=["only"]), "at least two non-empty strings"),
+        (lambda p: _edit_config(p, labels=["a", "", "c"]), "at least two non-empty strings"),
+        (lambda p: _edit_config(p, format_version="1"), 'has format version "1", this ray-sentiment reads version 1'),
+        (lambda p: _edit_config(p, preset=5), "'preset' must be a string"),
+        (lambda p: _edit_vocab(p, lambda v: v[:5] + [v[4]] + v[6:]), "lists a token more than once"),
+        (lambda p: _edit_section(p, "tokenizer", vocab_size=999), "'tokenizer.vocab_size' is 999 but vocab.json holds"),
         (lambda p: _edit_config(p, labels=["a", "b"]), "2 labels but the model has 3 outputs"),
         (lambda p: _edit_config(p, model={"hidden_dim": 32, "num_classes": 3, "vocab_size": 40}), "does not describe"),
         (lambda p: _edit_config(p, model={"colour": "blue"}), "unknown model settings: colour"),
@@ -114,6 +119,11 @@ def _edit_section(path, section, **changes):
     config = json.loads((path / "config.json").read_text())
     config[section].update(changes)
     (path / "config.json").write_text(json.dumps(config))
+
+
+def _edit_vocab(path, change):
+    vocab = json.loads((path / "vocab.json").read_text())
+    (path / "vocab.json").write_text(json.dumps(change(vocab)))
 
 
 def _poison_weights(path, name, value):
