@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from .data import glob_base
 from .errors import DataError
-from .storage import is_uri, resolve_filesystem
+from .storage import failing_as, is_uri, resolve_filesystem
 
 MARKER = "_ray_sentiment_score.json"
 FILE_PREFIX = "scored-"
@@ -40,9 +40,10 @@ class OutputDir:
     def claim(self, keep_previous: bool) -> None:
         """Write the marker before any output, naming this run (and the previous ones if kept)."""
         self.runs = (self.runs if keep_previous else []) + [self.run_id]
-        self.fs.create_dir(self.path, recursive=True)
-        with self.fs.open_output_stream(f"{self.path}/{MARKER}") as f:
-            f.write(json.dumps({"written_by": "ray-sentiment score", "runs": self.runs}).encode())
+        with failing_as(DataError, f"cannot write to output {self.shown}"):
+            self.fs.create_dir(self.path, recursive=True)
+            with self.fs.open_output_stream(f"{self.path}/{MARKER}") as f:
+                f.write(json.dumps({"written_by": "ray-sentiment score", "runs": self.runs}).encode())
 
     def delete_previous(self) -> None:
         for path in self.files:
@@ -56,6 +57,11 @@ class OutputDir:
 
 def open_output(output: str) -> OutputDir:
     """What the output directory holds; refused if it is a file or holds files this tool did not write."""
+    with failing_as(DataError, f"cannot use output {output}"):
+        return _open_output(output)
+
+
+def _open_output(output: str) -> OutputDir:
     fs, path = resolve_filesystem(output)
     out = OutputDir(fs, path.rstrip("/"), output)
     info = fs.get_file_info(out.path)

@@ -26,7 +26,7 @@ def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local directory's files to `uri` (a bundle: a handful of small files)."""
-    with _failing_as(BundleError, f"cannot write the model bundle to {uri}"):
+    with failing_as(BundleError, f"cannot write the model bundle to {uri}"):
         fs, target = resolve_filesystem(uri)
         fs.create_dir(target, recursive=True)
         pafs.copy_files(local_dir, target, destination_filesystem=fs)
@@ -34,7 +34,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 def download_dir(uri: str, local_dir: str) -> None:
     """Copy the files under `uri` into a local directory; a missing or non-directory URI is a BundleError."""
-    with _failing_as(BundleError, f"cannot read the model bundle at {uri}"):
+    with failing_as(BundleError, f"cannot read the model bundle at {uri}"):
         fs, source = resolve_filesystem(uri)
         if fs.get_file_info(source).type != pafs.FileType.Directory:
             raise BundleError(f"model bundle {uri} is not a directory")
@@ -43,7 +43,7 @@ def download_dir(uri: str, local_dir: str) -> None:
 
 def write_text(path: str, text: str) -> None:
     """Write a small text file (a report) to a local path or a URI."""
-    with _failing_as(DataError, f"cannot write {path}"):
+    with failing_as(DataError, f"cannot write {path}"):
         fs, target = resolve_filesystem(path)
         fs.create_dir(os.path.dirname(target), recursive=True)
         with fs.open_output_stream(target) as f:
@@ -51,7 +51,7 @@ def write_text(path: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _failing_as(error: type[Exception], message: str):
+def failing_as(error: type[Exception], message: str):
     """pyarrow's and the OS's errors (no such bucket, no permission) as `error`, after `message`."""
     try:
         yield

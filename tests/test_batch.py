@@ -209,6 +209,13 @@ def test_an_output_overlapping_the_input_is_refused_before_anything_is_touched(b
     assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
 
 
+def test_an_output_that_cannot_be_a_directory_is_one_clear_error(bundle, tmp_path):
+    comments(5).to_parquet(tmp_path / "in.parquet")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError, match=r"cannot write to output .*a-file/sub: .*Not a directory"):
+        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "a-file" / "sub"))
+
+
 def test_every_input_file_is_checked_for_columns_and_types_before_ray_starts(bundle, tmp_path):
     missing = write_parts(comments(20), tmp_path / "missing", 2)
     comments(5).rename(columns={"text": "body"}).to_parquet(missing / "part-002.parquet")
