@@ -144,11 +144,6 @@ def renamed_columns(keep: list[str]) -> dict[str, str]:
     return renamed
 
 
-def _local(path: str) -> tuple[str, pafs.FileSystem]:
-    fs, inner = resolve_filesystem(path)
-    return inner, fs
-
-
 def _pipeline(files, keep, renamed, text_column, id_column, done, bundle, batch_size, pool, use_gpu) -> ray.data.Dataset:
     """read → drop ids already done → tokenise (tasks) → score (actor pool).
 
@@ -181,8 +176,9 @@ def _check_input(files: list[str], path: str, text_column: str, id_column: str |
     to keep (`columns`, or all of the first file's, with the id column first)."""
     first, rows, keep = None, 0, None
     for f in files:
+        fs, inner = resolve_filesystem(f)
         try:
-            metadata = pq.read_metadata(*_local(f))
+            metadata = pq.read_metadata(inner, filesystem=fs)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{f} is not a readable Parquet file: {exc}") from None
         schema = metadata.schema.to_arrow_schema()
@@ -208,7 +204,8 @@ def _kind(type_: pa.DataType) -> pa.DataType:
 
 def _check_ids(files: list[str], id_column: str, allow_duplicates: bool) -> None:
     """Resume needs every row to have an id, and each id once."""
-    parts = [pq.read_table(inner, columns=[id_column], filesystem=fs)[id_column] for inner, fs in map(_local, files)]
+    parts = [pq.read_table(inner, columns=[id_column], filesystem=fs)[id_column]
+             for fs, inner in map(resolve_filesystem, files)]
     nulls = [(f, int(i)) for f, part in zip(files, parts) if part.null_count
              for i in np.flatnonzero(part.is_null().to_numpy(zero_copy_only=False))]
     if nulls:

@@ -333,12 +333,19 @@ def start(application: serve.Application, host: str = "127.0.0.1", port: int = 8
     return f"http://{_url_host(host)}:{port}"
 
 
-def direct_ingress_ports() -> list[int]:
+def direct_ingress_ports(proxy_port: int, wait_s: float = 3.0) -> list[int]:
     """The ports of Serve's direct ingress (each ingress replica's own HTTP server, opened on the
-    same host as the proxy when throughput-optimized mode is on); empty when it is off."""
+    same host as the proxy when throughput-optimized mode is on); empty when it is off. The
+    controller learns them from the replicas shortly after they start; without direct ingress it
+    lists the proxy instead."""
     controller = serve.context._get_global_client()._controller
-    groups = ray.get(controller.get_target_groups.remote())
-    return sorted({t.port for g in groups if g.app_name == "sentiment" for t in g.targets if t.port})
+    deadline = time.monotonic() + wait_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote())
+        ports = sorted({t.port for g in groups if g.app_name == "sentiment" for t in g.targets} - {proxy_port, 0})
+        if ports or time.monotonic() > deadline:
+            return ports
+        time.sleep(0.1)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -370,7 +377,7 @@ def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None
     stop = threading.Event()
     stop_on_signals(stop)
     url = start(application, host, port)
-    direct = ", ".join(f"{_url_host(host)}:{p}" for p in direct_ingress_ports()) or "off"
+    direct = ", ".join(f"{_url_host(host)}:{p}" for p in direct_ingress_ports(port)) or "off"
     print(f"serving {settings.model} at {url} (POST {url}/v1/sentiment, docs at {url}/docs); "
           f"direct ingress: {direct}; SIGTERM or Ctrl-C stops", flush=True)
     while not stop.wait(0.5):
