@@ -91,7 +91,7 @@ def score_parquet(
     if fmt != "parquet":
         raise DataError(f"{input} holds {fmt} files; score reads Parquet")
     check_apart(input, files, output)
-    schema, rows_in, keep = _check_input(files, input, text_column, id_column, columns)
+    schema, rows_in, keep = _check_parquet_files(files, input, text_column, id_column, columns)
     resume_by = id_column if id_column and not allow_duplicate_ids else None
     if id_column:
         _check_ids(files, id_column, allow_duplicate_ids)
@@ -169,7 +169,7 @@ def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrateg
     return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
-def _check_input(files: list[str], path: str, text_column: str, id_column: str | None,
+def _check_parquet_files(files: list[str], path: str, text_column: str, id_column: str | None,
                  columns: list[str] | None) -> tuple[pa.Schema, int, list[str]]:
     """Every file readable, holding every column used, with the same types as the first file.
     Returns the first file's schema, the number of rows (from the files' footers) and the columns

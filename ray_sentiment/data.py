@@ -82,11 +82,16 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     formats = {FORMATS[os.path.splitext(f)[1].lower()] for f in files}
     if len(formats) > 1:
         raise DataError(f"{path} mixes file types ({', '.join(sorted(formats))}); give one type per input")
-    fmt, files = formats.pop(), [prefix + f for f in files]
-    if fmt != "parquet":  # Parquet stores UTF-8 by definition; text files may be in any encoding
+    return formats.pop(), [prefix + f for f in files]
+
+
+def check_input(path: str) -> None:
+    """Before Ray starts: the files exist, and CSV or JSONL files are UTF-8 (Parquet stores UTF-8 by
+    definition). Each text file is read once, here; Ray's read tasks read it again to parse it."""
+    fmt, files = list_input_files(path)
+    if fmt != "parquet":
         for f in files:
             check_utf8(f)
-    return fmt, files
 
 
 NEWLINE = b"\n"

@@ -58,14 +58,14 @@ def evaluate_path(
     import pyarrow as pa
 
     from .bundle import load_bundle
-    from .data import label_counts, list_input_files, read_labelled
+    from .data import check_input, label_counts, read_labelled
     from .errors import DataError
     from .predictor import Predictor
     from .runtime import ensure_ray, quiet_ray_data
 
     bundle = load_bundle(model_path)  # a broken bundle fails here, before any Ray work
     labels = bundle.labels
-    list_input_files(data_path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
+    check_input(data_path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
     ensure_ray()
     quiet_ray_data()
     split = read_labelled(data_path, text_column, label_column)

@@ -27,7 +27,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from .bundle import ModelBundle, save_bundle
-from .data import cooccurrence_matrix, encode_dataset, fit_vocab, list_input_files, load_labelled, read_labelled
+from .data import check_input, cooccurrence_matrix, encode_dataset, fit_vocab, load_labelled, read_labelled
 from .embeddings import ppmi_vectors
 from .errors import ConfigError, DataError, TrainingError
 from .evaluate import classification_report
@@ -99,7 +99,7 @@ def train(config: TrainConfig) -> str:
     """Run the whole job; returns where the bundle went (a directory or a URI)."""
     settings = resolved_settings(config)
     for path in filter(None, (config.train_path, config.val_path, config.unlabelled_path)):
-        list_input_files(path)  # a wrong path fails now, before Ray starts
+        check_input(path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
     ensure_ray()
     quiet_ray_data()
     started = time.time()
@@ -125,9 +125,6 @@ def train(config: TrainConfig) -> str:
     embedding = None
     if settings["embedding_init"] == "ppmi":
         embedding = word_vectors(train_ds, vocab, model_config.embed_dim, settings["max_len"], config, data.counts)
-        if not np.isfinite(embedding).all():
-            raise TrainingError("the PPMI word vectors hold non-finite values, so training would learn nothing; "
-                                "train with --embedding-init random")
 
     trainer = TorchTrainer(
         train_loop,
