@@ -1,4 +1,5 @@
 """Shared by the benchmarks: where the datasets are, a plain-text table, a model to time."""
+
 import os
 import socket
 import statistics
@@ -27,7 +28,10 @@ def table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(c for r in rows for c in r))  # every row's columns, in first-seen order
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    def line(values):
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
@@ -47,9 +51,17 @@ def seed_bundle(texts: list[str], path: Path) -> Path:
     vocab = build_vocab(count_tokens(texts), preset.model.vocab_size)
     torch.manual_seed(0)
     model = SentimentLSTM(preset.model)
-    save_bundle(ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=preset.model,
-                            tokenizer=TokenizerConfig(len(vocab), preset.max_len), state_dict=model.state_dict(),
-                            preset="seed"), path)
+    save_bundle(
+        ModelBundle(
+            labels=["negative", "neutral", "positive"],
+            vocab=vocab,
+            model_config=preset.model,
+            tokenizer=TokenizerConfig(len(vocab), preset.max_len),
+            state_dict=model.state_dict(),
+            preset="seed",
+        ),
+        path,
+    )
     return path
 
 
@@ -60,8 +72,9 @@ def write_rows(texts: np.ndarray, rows: int, directory: Path, files: int = 8) ->
     per_file = -(-rows // files)
     for i in range(files):
         n = min(per_file, rows - i * per_file)
-        pd.DataFrame({"id": np.arange(i * per_file, i * per_file + n), "text": rng.choice(texts, n)}) \
-            .to_parquet(directory / f"part-{i:02d}.parquet", index=False)
+        pd.DataFrame({"id": np.arange(i * per_file, i * per_file + n), "text": rng.choice(texts, n)}).to_parquet(
+            directory / f"part-{i:02d}.parquet", index=False
+        )
     return directory
 
 

@@ -14,6 +14,7 @@ no files, no HTTP (the in-process ceiling).
 
     python benchmarks/gpu_check.py [--cpu] [--rows N] [--serve-seconds 15] [--baseline-rows 16000]
 """
+
 import argparse
 import os
 import subprocess
@@ -28,21 +29,21 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, Sampler, free_port, table, write_rows  # noqa: E402
-from serve_load import drive, wait_healthy  # noqa: E402
-from train_throughput import plain_loop  # noqa: E402
+from ray_sentiment import Predictor
+from ray_sentiment.batch import score_parquet
+from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+from ray_sentiment.serve import ServeSettings, build, start
+from ray_sentiment.train import TrainConfig, train
 
-from ray_sentiment import Predictor  # noqa: E402
-from ray_sentiment.batch import score_parquet  # noqa: E402
-from ray_sentiment.runtime import ensure_ray, quiet_ray_data  # noqa: E402
-from ray_sentiment.serve import ServeSettings, build, start  # noqa: E402
-from ray_sentiment.train import TrainConfig, train  # noqa: E402
+from _common import DATASETS, Sampler, free_port, table, write_rows
+from serve_load import drive, wait_healthy
+from train_throughput import plain_loop
 
 
 class GpuMemory(Sampler):
     """Peak memory.used (MiB) and utilisation (%) of GPU 0 while the block runs; nothing without nvidia-smi."""
 
-    QUERY = ["nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+    QUERY = ("nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits", "-i", "0")
     interval = 0.2
     peak_mib = peak_util = None
 
@@ -55,8 +56,10 @@ class GpuMemory(Sampler):
         self.peak_util = max(self.peak_util or 0, int(util))
 
     def columns(self) -> dict:
-        return {"peak GPU MiB": "-" if self.peak_mib is None else f"{self.peak_mib:,}",
-                "peak GPU util %": "-" if self.peak_util is None else str(self.peak_util)}
+        return {
+            "peak GPU MiB": "-" if self.peak_mib is None else f"{self.peak_mib:,}",
+            "peak GPU util %": "-" if self.peak_util is None else str(self.peak_util),
+        }
 
 
 def main() -> None:
@@ -81,21 +84,43 @@ def main() -> None:
         quiet_ray_data()
         try:
             with GpuMemory() as memory:
-                train(TrainConfig(train_path=str(DATASETS / "tweets/train.parquet"),
-                                  val_path=str(DATASETS / "tweets/val.parquet"), output=bundle,
-                                  epochs=1, use_gpu=gpu, storage_path=str(tmp / "checkpoints")))
+                train(
+                    TrainConfig(
+                        train_path=str(DATASETS / "tweets/train.parquet"),
+                        val_path=str(DATASETS / "tweets/val.parquet"),
+                        output=bundle,
+                        epochs=1,
+                        use_gpu=gpu,
+                        storage_path=str(tmp / "checkpoints"),
+                    )
+                )
             epoch = Predictor.load(bundle).bundle.metrics["history"][0]
-            results.append({"step": "train 1 epoch, default preset, 1 worker", "throughput": epoch["samples_per_s"],
-                            "unit": "rows/s", "seconds": epoch["seconds"], **memory.columns()})
+            results.append(
+                {
+                    "step": "train 1 epoch, default preset, 1 worker",
+                    "throughput": epoch["samples_per_s"],
+                    "unit": "rows/s",
+                    "seconds": epoch["seconds"],
+                    **memory.columns(),
+                }
+            )
 
             texts = pd.read_parquet(DATASETS / "tweets/train.parquet")["text"].to_numpy()
             data = write_rows(texts, rows_to_score, tmp / "to-score")
             with GpuMemory() as memory:
-                summary = score_parquet(bundle, str(data), str(tmp / "scored"), batch_size=args.batch_size,
-                                        concurrency="1", use_gpu=gpu)
+                summary = score_parquet(
+                    bundle, str(data), str(tmp / "scored"), batch_size=args.batch_size, concurrency="1", use_gpu=gpu
+                )
             assert summary.rows_out == rows_to_score, summary.line()
-            results.append({"step": f"score {rows_to_score:,} rows, 1 model actor", "throughput": summary.rows_per_s,
-                            "unit": "rows/s", "seconds": summary.seconds, **memory.columns()})
+            results.append(
+                {
+                    "step": f"score {rows_to_score:,} rows, 1 model actor",
+                    "throughput": summary.rows_per_s,
+                    "unit": "rows/s",
+                    "seconds": summary.seconds,
+                    **memory.columns(),
+                }
+            )
 
             results += serve_under_load(bundle, texts, gpu, args.serve_seconds)
         finally:
@@ -106,8 +131,10 @@ def main() -> None:
     where = "CPU only" if args.cpu else gpu_name()
     print(f"\nGPU check on {where}, {psutil.cpu_count()} CPUs; {total:.0f} s in all (budget 480 s)")
     print(table(results))
-    print(f"baseline: train, a plain PyTorch loop on {'cuda' if gpu else 'cpu'} ({args.baseline_rows:,} rows, 1 thread); "
-          "score and serve, Predictor.predict_proba in one process (no Ray, no I/O, no HTTP)")
+    print(
+        f"baseline: train, a plain PyTorch loop on {'cuda' if gpu else 'cpu'} ({args.baseline_rows:,} rows, 1 thread); "
+        "score and serve, Predictor.predict_proba in one process (no Ray, no I/O, no HTTP)"
+    )
 
 
 def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) -> list[dict]:
@@ -119,9 +146,18 @@ def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) 
     for size, clients in ((100, 16), (1, 64)):
         with GpuMemory() as memory:
             load = drive(url, sample[:size], seconds, concurrency=clients)
-        rows.append({"step": f"serve, {size}-text requests, {clients} clients", "throughput": load["texts/s"],
-                     "unit": "texts/s", "seconds": seconds, "p50 ms": load["p50 ms"], "p99 ms": load["p99 ms"],
-                     "non-2xx": load["non-2xx"], **memory.columns()})
+        rows.append(
+            {
+                "step": f"serve, {size}-text requests, {clients} clients",
+                "throughput": load["texts/s"],
+                "unit": "texts/s",
+                "seconds": seconds,
+                "p50 ms": load["p50 ms"],
+                "p99 ms": load["p99 ms"],
+                "non-2xx": load["non-2xx"],
+                **memory.columns(),
+            }
+        )
     return rows
 
 
@@ -133,7 +169,7 @@ def baselines(bundle: str, args, gpu: bool) -> dict:
     torch.set_num_threads(psutil.cpu_count())
     predictor = Predictor.load(bundle, device=device)
     texts = train_rows["text"].tolist() * max(1, 100_000 // len(train_rows))
-    predictor.predict_proba(texts[:args.batch_size], batch_size=args.batch_size)  # warm-up
+    predictor.predict_proba(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
     started = time.perf_counter()
     predictor.predict_proba(texts, batch_size=args.batch_size)
     return {"train": plain, "predict": len(texts) / (time.perf_counter() - started)}
@@ -154,8 +190,12 @@ def agreement(bundle: str, texts: np.ndarray, gpu: bool) -> dict:
     cpu = Predictor.load(bundle, device="cpu").predict_proba(sample)
     other = Predictor.load(bundle, device=device).predict_proba(sample)
     same = float((cpu.argmax(axis=1) == other.argmax(axis=1)).mean())
-    return {"step": f"{device} vs cpu probabilities, 2,000 texts", "throughput": f"{np.abs(cpu - other).max():.1e}",
-            "unit": "max abs diff", "same label": f"{same:.2%}"}
+    return {
+        "step": f"{device} vs cpu probabilities, 2,000 texts",
+        "throughput": f"{np.abs(cpu - other).max():.1e}",
+        "unit": "max abs diff",
+        "same label": f"{same:.2%}",
+    }
 
 
 def gpu_name() -> str:

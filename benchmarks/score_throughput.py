@@ -9,6 +9,7 @@ on what the weights hold.
 
     python benchmarks/score_throughput.py [--rows 1000000] [--concurrency 1] [--batch-size 1024]
 """
+
 import argparse
 import sys
 import tempfile
@@ -21,12 +22,14 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, Sampler, seed_bundle, table, write_rows  # noqa: E402
+import contextlib
 
-from ray_sentiment import Predictor  # noqa: E402
-from ray_sentiment.batch import score_parquet  # noqa: E402
-from ray_sentiment.runtime import ensure_ray, quiet_ray_data  # noqa: E402
-from ray_sentiment.text import encode_batch, vocab_index  # noqa: E402
+from ray_sentiment import Predictor
+from ray_sentiment.batch import score_parquet
+from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+from ray_sentiment.text import encode_batch, vocab_index
+
+from _common import DATASETS, Sampler, seed_bundle, table, write_rows
 
 SAMPLE = 200_000  # rows for the in-process measurements
 
@@ -40,10 +43,8 @@ class PeakMemory(Sampler):
         me = psutil.Process()
         total = 0
         for p in [me, *me.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
-            except psutil.Error:
-                pass
         self.peak = max(self.peak, total)
 
 
@@ -74,7 +75,9 @@ def main() -> None:
         predictor.predict_proba(sample[:2048])  # warm-up
         ceiling = rate(lambda: predictor.predict_proba(sample, batch_size=args.batch_size), SAMPLE)
         vocab = vocab_index(predictor.bundle.vocab)
-        tokenizer = rate(lambda: [encode_batch(sample[i:i + 1024], vocab, 100) for i in range(0, SAMPLE, 1024)], SAMPLE)
+        tokenizer = rate(
+            lambda: [encode_batch(sample[i : i + 1024], vocab, 100) for i in range(0, SAMPLE, 1024)], SAMPLE
+        )
         tfidf = tfidf_predict_rate(train, sample)
 
         ensure_ray()
@@ -83,12 +86,22 @@ def main() -> None:
         for rows in sizes:
             data = write_rows(texts, rows, tmp / f"in-{rows}")
             with PeakMemory() as peak:
-                summary = score_parquet(str(bundle), str(data), str(tmp / f"out-{rows}"),
-                                        batch_size=args.batch_size, concurrency=args.concurrency)
+                summary = score_parquet(
+                    str(bundle),
+                    str(data),
+                    str(tmp / f"out-{rows}"),
+                    batch_size=args.batch_size,
+                    concurrency=args.concurrency,
+                )
             assert summary.rows_out == rows, summary.line()
             memory[rows] = peak.peak
-            results.append({"measure": f"score_parquet end to end, {rows:,} rows", "rows/s": summary.rows_per_s,
-                            "peak memory GiB": peak.peak / 2**30})
+            results.append(
+                {
+                    "measure": f"score_parquet end to end, {rows:,} rows",
+                    "rows/s": summary.rows_per_s,
+                    "peak memory GiB": peak.peak / 2**30,
+                }
+            )
         results += [
             {"measure": "in-process ceiling: Predictor.predict_proba", "rows/s": ceiling},
             {"measure": "tokenizer alone (encode_batch)", "rows/s": tokenizer},

@@ -10,6 +10,7 @@ The model is the `seed` preset with untrained weights: speed does not depend on 
 
     python benchmarks/serve_load.py [--seconds 8] [--concurrency 1,16,64]
 """
+
 import argparse
 import asyncio
 import json
@@ -28,9 +29,9 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, free_port, seed_bundle, table  # noqa: E402
+from ray_sentiment import Predictor
 
-from ray_sentiment import Predictor  # noqa: E402
+from _common import DATASETS, free_port, seed_bundle, table
 
 
 def wait_healthy(url: str, timeout: float = 180) -> None:
@@ -46,6 +47,7 @@ def wait_healthy(url: str, timeout: float = 180) -> None:
 
 
 # -- (3) the plain app, run as `serve_load.py --plain-server PORT BUNDLE` -------------------------
+
 
 def plain_server(port: int, bundle: str) -> None:
     import uvicorn
@@ -65,19 +67,29 @@ def plain_server(port: int, bundle: str) -> None:
         texts = parse_texts(await request.body())
         proba = predictor.predict_proba(texts)
         labels = predictor.labels
-        return {"results": [{"label": labels[int(row.argmax())], "confidence": float(row.max()),
-                             "scores": dict(zip(labels, map(float, row)))} for row in proba]}
+        return {
+            "results": [
+                {
+                    "label": labels[int(row.argmax())],
+                    "confidence": float(row.max()),
+                    "scores": dict(zip(labels, map(float, row))),
+                }
+                for row in proba
+            ]
+        }
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 # -- the load generator, in its own process -------------------------------------------------------
 
+
 async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> list[tuple[int, float]]:
     import aiohttp
 
     results, deadline = [], time.perf_counter() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
         async def client():
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
@@ -94,6 +106,7 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> list[
 
     results = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
         async def one():
             started = time.perf_counter()
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
@@ -122,11 +135,14 @@ def drive(url: str, texts: list[str], seconds: float, concurrency: int = 0, rate
     results = queue.get()
     process.join()
     ok = np.array([s for status, s in results if 200 <= status < 300]) * 1000
-    return {"req/s": len(ok) / seconds, "texts/s": len(ok) * len(texts) / seconds,
-            "p50 ms": float(np.percentile(ok, 50)) if len(ok) else float("nan"),
-            "p95 ms": float(np.percentile(ok, 95)) if len(ok) else float("nan"),
-            "p99 ms": float(np.percentile(ok, 99)) if len(ok) else float("nan"),
-            "non-2xx": len(results) - len(ok)}
+    return {
+        "req/s": len(ok) / seconds,
+        "texts/s": len(ok) * len(texts) / seconds,
+        "p50 ms": float(np.percentile(ok, 50)) if len(ok) else float("nan"),
+        "p95 ms": float(np.percentile(ok, 95)) if len(ok) else float("nan"),
+        "p99 ms": float(np.percentile(ok, 99)) if len(ok) else float("nan"),
+        "non-2xx": len(results) - len(ok),
+    }
 
 
 def main() -> None:
@@ -144,9 +160,11 @@ def main() -> None:
         bundle = str(seed_bundle(train["text"].tolist(), Path(tmp) / "bundle"))
         ceiling = in_process_ceiling(bundle, texts)
         rows = measure(args, bundle, texts)
-    print(f"\nseed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, "
-          f"RAY_SERVE_THROUGHPUT_OPTIMIZED={os.environ['RAY_SERVE_THROUGHPUT_OPTIMIZED']}; "
-          f"in-process ceiling {ceiling:,.0f} texts/s")
+    print(
+        f"\nseed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, "
+        f"RAY_SERVE_THROUGHPUT_OPTIMIZED={os.environ['RAY_SERVE_THROUGHPUT_OPTIMIZED']}; "
+        f"in-process ceiling {ceiling:,.0f} texts/s"
+    )
     print(table(rows))
     by = {(r["target"], r["request"], r["clients"]): r for r in rows}
     single = max(int(c) for c in args.concurrency.split(","))
@@ -155,8 +173,10 @@ def main() -> None:
     hundred = by.get(("serve, batching", "100 texts", "16"), {}).get("texts/s", float("nan"))
     unbatched = by.get(("serve, no batching", "100 texts", "16"), {}).get("texts/s", float("nan"))
     print(f"1 text at {single} clients, serve batching / plain uvicorn: {one / plain:.2f}")
-    print(f"100 texts at 16 clients, serve batching / in-process ceiling: {hundred / ceiling:.2f}; "
-          f"batching / no batching: {hundred / unbatched:.2f}")
+    print(
+        f"100 texts at 16 clients, serve batching / in-process ceiling: {hundred / ceiling:.2f}; "
+        f"batching / no batching: {hundred / unbatched:.2f}"
+    )
 
 
 def in_process_ceiling(bundle: str, texts: list[str]) -> float:
@@ -185,20 +205,35 @@ def measure(args, bundle: str, texts: list[str]) -> list[dict]:
         ensure_ray()
         url = start(build(ServeSettings(model=bundle)), port=port)
         serve.run(build(ServeSettings(model=bundle, batching=False)), name="unbatched", route_prefix="/unbatched")
-        targets = {"serve, batching": url, "serve, no batching": f"{url}/unbatched",
-                   "plain uvicorn": f"http://127.0.0.1:{plain_port}"}
+        targets = {
+            "serve, batching": url,
+            "serve, no batching": f"{url}/unbatched",
+            "plain uvicorn": f"http://127.0.0.1:{plain_port}",
+        }
         for target_url in targets.values():
             wait_healthy(target_url)
             drive(target_url, texts[:1], 2, concurrency=4)  # warm-up
         for size in (1, 100):
             for clients in concurrency:
                 for name, target_url in targets.items():
-                    rows.append({"target": name, "request": f"{size} text{'s' if size > 1 else ''}",
-                                 "clients": str(clients), **drive(target_url, texts[:size], args.seconds, clients)})
+                    rows.append(
+                        {
+                            "target": name,
+                            "request": f"{size} text{'s' if size > 1 else ''}",
+                            "clients": str(clients),
+                            **drive(target_url, texts[:size], args.seconds, clients),
+                        }
+                    )
         peak = max(r["req/s"] for r in rows if r["target"] == "serve, batching" and r["request"] == "1 text")
         for name, target_url in targets.items():
-            rows.append({"target": name, "request": "1 text", "clients": f"open {peak / 2:,.0f}/s",
-                         **drive(target_url, texts[:1], args.seconds, rate=peak / 2)})
+            rows.append(
+                {
+                    "target": name,
+                    "request": "1 text",
+                    "clients": f"open {peak / 2:,.0f}/s",
+                    **drive(target_url, texts[:1], args.seconds, rate=peak / 2),
+                }
+            )
     finally:
         plain.terminate()
         plain.wait()

@@ -7,7 +7,9 @@ Kubernetes gives a pod 30 s after SIGTERM before it kills it.
 
     python benchmarks/serve_stop.py [--runs 3]
 """
+
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,7 +23,7 @@ import pandas as pd
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, median, seed_bundle, table  # noqa: E402
+from _common import free_port, median, seed_bundle, table
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -44,8 +46,9 @@ BASELINE = textwrap.dedent("""
 
 
 def stop_seconds(command: list[str], port: int) -> float:
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -61,10 +64,8 @@ def stop_seconds(command: list[str], port: int) -> float:
         proc.wait(timeout=120)
         return time.monotonic() - signalled
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # Ray's daemons too, whatever happened
-        except ProcessLookupError:
-            pass
 
 
 def main() -> None:
@@ -75,8 +76,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = str(seed_bundle(texts, Path(tmp) / "bundle"))
         targets = {
-            "ray-sentiment serve (drain, then end the local Ray)":
-                lambda port: [sys.executable, "-m", "ray_sentiment.cli", "serve", "--model", bundle, "--port", str(port)],
+            "ray-sentiment serve (drain, then end the local Ray)": lambda port: [
+                sys.executable,
+                "-m",
+                "ray_sentiment.cli",
+                "serve",
+                "--model",
+                bundle,
+                "--port",
+                str(port),
+            ],
             "baseline: serve.shutdown()": lambda port: [sys.executable, "-c", BASELINE, bundle, str(port)],
         }
         rows = []

@@ -12,6 +12,7 @@ redis-server runs with its append-only file on (fsync every second), as an exact
 
     python benchmarks/stream_throughput.py [--entries 60000] [--consumers 1] [--batch-size 256]
 """
+
 import argparse
 import multiprocessing
 import subprocess
@@ -27,18 +28,32 @@ import redis
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, free_port, seed_bundle, table  # noqa: E402
+from ray_sentiment import Predictor
+from ray_sentiment.stream import StreamRunner, StreamSettings, open_broker, score_entries
 
-from ray_sentiment import Predictor  # noqa: E402
-from ray_sentiment.stream import StreamRunner, StreamSettings, open_broker, score_entries  # noqa: E402
+from _common import DATASETS, free_port, seed_bundle, table
 
 BRANDS = ["acme", "globex", "initech"]
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-                                "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
     for _ in range(100):
         try:
@@ -58,7 +73,7 @@ def produce(port: int, stream: str, texts: list[str], rate: float | None) -> Non
         if rate:
             time.sleep(max(0.0, started + first / rate - time.perf_counter()))
         pipe = client.pipeline(transaction=False)
-        for i, text in enumerate(texts[first:first + chunk], first):
+        for i, text in enumerate(texts[first : first + chunk], first):
             pipe.xadd(stream, {"text": text, "brand": BRANDS[i % 3]})
         pipe.execute()
 
@@ -127,12 +142,16 @@ def main() -> None:
             ray.shutdown()
             redis_process.terminate()
             redis_process.wait()
-    print(f"\nseed preset, batch {args.batch_size}, {args.consumers} Ray consumer(s), {psutil.cpu_count()} CPUs, "
-          f"{len(texts):,} entries per throughput phase")
+    print(
+        f"\nseed preset, batch {args.batch_size}, {args.consumers} Ray consumer(s), {psutil.cpu_count()} CPUs, "
+        f"{len(texts):,} entries per throughput phase"
+    )
     print(table(rows))
     ceiling, ray_rate = rows[0]["entries/s"], rows[2]["entries/s"]
-    print(f"Ray consumers / in-process ceiling: {ray_rate / ceiling:.2f}; "
-          f"Ray consumers / plain loop: {ray_rate / rows[1]['entries/s']:.2f}")
+    print(
+        f"Ray consumers / in-process ceiling: {ray_rate / ceiling:.2f}; "
+        f"Ray consumers / plain loop: {ray_rate / rows[1]['entries/s']:.2f}"
+    )
 
 
 def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis) -> list[dict]:
@@ -144,7 +163,9 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
     ceiling = len(texts) / (time.perf_counter() - started)
 
     base = dict(redis=f"redis://127.0.0.1:{port}/0", key_field="brand", batch_size=args.batch_size, block_ms=100)
-    plain = plain_loop(StreamSettings(**base, input_stream="plain", output_stream="plain:scored"), predictor, port, texts)
+    plain = plain_loop(
+        StreamSettings(**base, input_stream="plain", output_stream="plain:scored"), predictor, port, texts
+    )
 
     settings = StreamSettings(**base, input_stream="comments", output_stream="scored", consumers=args.consumers)
     runner = StreamRunner(str(bundle), settings)
@@ -171,8 +192,12 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
         {"measure": "in-process ceiling: Predictor.predict_proba", "entries/s": ceiling, "p50 ms": "", "p99 ms": ""},
         {"measure": "plain consumer loop, one process, no Ray", "entries/s": plain},
         {"measure": f"Ray consumers ({args.consumers}), producer at full speed", "entries/s": sustained},
-        {"measure": f"Ray consumers, producer at {sustained / 2:,.0f}/s (half)", "entries/s": paced_rate,
-         "p50 ms": float(np.percentile(latency, 50)), "p99 ms": float(np.percentile(latency, 99))},
+        {
+            "measure": f"Ray consumers, producer at {sustained / 2:,.0f}/s (half)",
+            "entries/s": paced_rate,
+            "p50 ms": float(np.percentile(latency, 50)),
+            "p99 ms": float(np.percentile(latency, 99)),
+        },
     ]
 
 

@@ -7,6 +7,7 @@ regression) is fitted on the same training rows.
 
     python benchmarks/train_accuracy.py [--presets seed,default] [--datasets tweets,airline] [--num-workers 1]
 """
+
 import argparse
 import sys
 import tempfile
@@ -20,12 +21,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, table  # noqa: E402
+from ray_sentiment import Predictor
+from ray_sentiment.evaluate import classification_report
+from ray_sentiment.model import get_preset
+from ray_sentiment.train import TrainConfig, train
 
-from ray_sentiment import Predictor  # noqa: E402
-from ray_sentiment.evaluate import classification_report  # noqa: E402
-from ray_sentiment.model import get_preset  # noqa: E402
-from ray_sentiment.train import TrainConfig, train  # noqa: E402
+from _common import DATASETS, table
 
 
 def splits(name: str, tmp: Path) -> tuple[Path, Path | None, pd.DataFrame, pd.DataFrame]:
@@ -64,8 +65,11 @@ def main() -> None:
     parser.add_argument("--presets", default="seed,default")
     parser.add_argument("--datasets", default="tweets,airline")
     parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--unlabelled", default=str(DATASETS / "unlabeled/tweets.parquet"),
-                        help="unlabelled tweets for the default preset's word vectors ('' for none)")
+    parser.add_argument(
+        "--unlabelled",
+        default=str(DATASETS / "unlabeled/tweets.parquet"),
+        help="unlabelled tweets for the default preset's word vectors ('' for none)",
+    )
     args = parser.parse_args()
 
     results = []
@@ -76,11 +80,19 @@ def main() -> None:
             labels = sorted(train_rows["label"].str.strip().str.lower().unique())
             for preset in args.presets.split(","):
                 started = time.perf_counter()
-                bundle = train(TrainConfig(
-                    train_path=str(train_path), val_path=val_path and str(val_path), output=str(tmp / f"{name}-{preset}"),
-                    preset=preset, num_workers=args.num_workers, storage_path=str(tmp / "ckpt"),
-                    unlabelled_path=(args.unlabelled or None) if get_preset(preset).embedding_init == "ppmi" else None,
-                ))
+                bundle = train(
+                    TrainConfig(
+                        train_path=str(train_path),
+                        val_path=val_path and str(val_path),
+                        output=str(tmp / f"{name}-{preset}"),
+                        preset=preset,
+                        num_workers=args.num_workers,
+                        storage_path=str(tmp / "ckpt"),
+                        unlabelled_path=(args.unlabelled or None)
+                        if get_preset(preset).embedding_init == "ppmi"
+                        else None,
+                    )
+                )
                 seconds = time.perf_counter() - started
                 predictor = Predictor.load(bundle)
                 report = _report(eval_rows, predictor.predict_proba(eval_rows["text"].tolist()), predictor.labels)

@@ -6,6 +6,7 @@ epoch (Ray's start-up and data loading are reported separately, as wall seconds)
 
     python benchmarks/train_throughput.py [--rows 12000] [--epochs 3] [--preset seed]
 """
+
 import argparse
 import json
 import sys
@@ -18,11 +19,11 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, median, table  # noqa: E402
+from ray_sentiment.model import SentimentLSTM, get_preset
+from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index
+from ray_sentiment.train import TrainConfig, train, train_epoch
 
-from ray_sentiment.model import SentimentLSTM, get_preset  # noqa: E402
-from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index  # noqa: E402
-from ray_sentiment.train import TrainConfig, train, train_epoch  # noqa: E402
+from _common import DATASETS, median, table
 
 
 def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, device: str = "cpu") -> list[float]:
@@ -48,10 +49,18 @@ def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, devic
 def ray_train(path: Path, preset: str, workers: int, epochs: int, cpus: float) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        bundle = train(TrainConfig(
-            train_path=str(path), output=f"{tmp}/bundle", preset=preset, num_workers=workers, epochs=epochs,
-            val_fraction=0.05, storage_path=f"{tmp}/ckpt", cpus_per_worker=cpus,
-        ))
+        bundle = train(
+            TrainConfig(
+                train_path=str(path),
+                output=f"{tmp}/bundle",
+                preset=preset,
+                num_workers=workers,
+                epochs=epochs,
+                val_fraction=0.05,
+                storage_path=f"{tmp}/ckpt",
+                cpus_per_worker=cpus,
+            )
+        )
         wall = time.perf_counter() - started
         history = json.loads((Path(bundle) / "metrics.json").read_text())["history"]
     return [h["samples_per_s"] for h in history], wall
@@ -74,13 +83,15 @@ def main() -> None:
         for workers, threads, cpus in ((1, 1, 1.0), (2, 2, 0.5)):
             plain = plain_loop(kept["text"].tolist(), kept["label"].tolist(), args.preset, threads, args.epochs)
             ray_rates, wall = ray_train(path, args.preset, workers, args.epochs, cpus)
-            results.append({
-                "setup": f"{workers} Ray worker(s) vs plain loop, {threads} thread(s)",
-                "plain samples/s": median(plain),
-                "ray samples/s": median(ray_rates),
-                "ray / plain": median(ray_rates) / median(plain),
-                "ray wall s": wall,
-            })
+            results.append(
+                {
+                    "setup": f"{workers} Ray worker(s) vs plain loop, {threads} thread(s)",
+                    "plain samples/s": median(plain),
+                    "ray samples/s": median(ray_rates),
+                    "ray / plain": median(ray_rates) / median(plain),
+                    "ray wall s": wall,
+                }
+            )
     import ray
 
     ray.shutdown()

@@ -2,6 +2,7 @@
 
 The same options as `ray-sentiment score`; inside a Ray job it joins the job's cluster.
 """
+
 import sys
 
 from ray_sentiment.cli import main

@@ -1,5 +1,6 @@
 """`ray job submit -- python jobs/stream.py --model DIR --redis URL --input-stream K --output-stream K`.
 `ray job stop` sends SIGTERM: the consumers finish their batches in flight and the job ends."""
+
 import sys
 
 from ray_sentiment.cli import main

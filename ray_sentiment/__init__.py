@@ -1,7 +1,8 @@
 """ray-sentiment: train an LSTM on labelled comments, score them in batch, over HTTP and in streams."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
 
-from .predictor import Predictor  # noqa: E402
+from .predictor import Predictor
 
+__version__ = version("ray-sentiment")
 __all__ = ["Predictor", "__version__"]

@@ -1,10 +1,13 @@
 """Batch scoring with Ray Data: Parquet in, Parquet out, every input row in the output.
 
-read_parquet → tokenise (CPU tasks) → score (actor pool, the model loaded once per actor, on GPU
-with use_gpu) → write_parquet. Streaming execution keeps memory flat as the input grows. A row
-whose text cannot be scored keeps its place, with a null sentiment and the reason in `error`.
+    ray-sentiment score --model runs/example --input comments/ --output scored/ --id-column id
+
+read_parquet → check and tokenise (CPU tasks) → score (actor pool, the model loaded once per actor,
+on GPU with use_gpu) → write_parquet. Streaming execution keeps memory flat as the input grows. A
+row whose text cannot be scored keeps its place, with a null label and the reason in `error`.
 With an id column, a rerun after a failure skips the ids already written (resume).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,18 +23,18 @@ import ray
 from ray.data.datasource import FilenameProvider
 
 from .bundle import ModelBundle, load_bundle
-from .data import check_columns, list_input_files, user_message
-from .errors import ConfigError, DataError
+from .data import check_columns, list_input_files
+from .errors import DataError, user_message
 from .outputs import OutputDir, check_apart, open_output
-from .predictor import Predictor, text_problem
+from .predictor import Predictor
+from .results import check_texts, result_columns
 from .runtime import cpus_per_process, ensure_ray
+from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
-from .text import encode_batch, vocab_index
+from .text import Encoder
 
-RESULT_COLUMNS = ("sentiment", "confidence", "error")
-# Input columns with these names (or p_*) are kept as input_<name>. `label` too: it is the
-# labelled data's column, and the name results will take.
-RESERVED = (*RESULT_COLUMNS, "label", "_ids", "_length")
+# Input columns with these names (or p_*) are kept as input_<name>: the results take them.
+RESERVED = ("label", "confidence", "error", "_ids", "_length")
 BLOCK_BYTES = 1 << 20
 
 
@@ -50,89 +53,106 @@ class ScoreSummary:
 
     def line(self) -> str:
         note = "".join(f"; input column {a!r} written as {b!r}" for a, b in self.renamed.items())
-        return (f"rows in {self.rows_in}, rows out {self.rows_out}, rows with errors {self.rows_with_errors}, "
-                f"already done {self.rows_skipped_as_done}, {self.seconds:.1f} s, {self.rows_per_s:,.0f} rows/s{note}")
+        return (
+            f"rows in {self.rows_in}, rows out {self.rows_out}, rows with errors {self.rows_with_errors}, "
+            f"already done {self.rows_skipped_as_done}, {self.seconds:.1f} s, {self.rows_per_s:,.0f} rows/s{note}"
+        )
 
 
-def parse_concurrency(value: str | int | tuple, option: str = "--concurrency") -> int | tuple[int, int]:
-    """'4' → 4 actors (or replicas); '1,4' → autoscaling between 1 and 4."""
-    if isinstance(value, (int, tuple)):
-        return value
-    parts = [p.strip() for p in str(value).split(",")]
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"{option} takes N or MIN,MAX, not {value!r}") from None
-    if len(numbers) not in (1, 2) or min(numbers) < 1 or (len(numbers) == 2 and numbers[0] > numbers[1]):
-        raise ConfigError(f"{option} takes N or MIN,MAX with 1 <= MIN <= MAX, not {value!r}")
-    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
-
-
-def score_parquet(
-    model: str,
-    input: str,
-    output: str,
-    text_column: str = "text",
-    id_column: str | None = None,
-    columns: list[str] | None = None,
-    batch_size: int = 1024,
-    concurrency: int | tuple[int, int] | str = 1,
-    use_gpu: bool = False,
-    overwrite: bool = False,
-    allow_duplicate_ids: bool = False,
-) -> ScoreSummary:
+def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     """Every check (bundle, files, schemas, ids, output directory) runs before Ray starts."""
-    started = time.perf_counter()
-    bundle = load_bundle(model)
-    concurrency = parse_concurrency(concurrency)
-    if batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
-    fmt, files = list_input_files(input)
+    s, started = settings, time.perf_counter()
+    bundle = load_bundle(s.model)
+    fmt, files = list_input_files(s.input)
     if fmt != "parquet":
-        raise DataError(f"{input} holds {fmt} files; score reads Parquet")
-    check_apart(input, files, output)
-    schema, rows_in, keep = _check_parquet_files(files, input, text_column, id_column, columns)
-    resume_by = id_column if id_column and not allow_duplicate_ids else None
-    if id_column:
-        _check_ids(files, id_column, allow_duplicate_ids)
+        raise DataError(f"{s.input} holds {fmt} files; score reads Parquet")
+    check_apart(s.input, files, s.output)
+    schema, rows_in, keep = _check_parquet_files(files, s.input, s.text_column, s.id_column, s.columns)
+    resume_by = s.id_column if s.id_column and not s.allow_duplicate_ids else None
+    if s.id_column:
+        _check_ids(files, s.id_column, s.allow_duplicate_ids)
     renamed = renamed_columns(keep)
-    out = open_output(output)
+    out = open_output(s.output)
     done = None
-    if out.files and overwrite:
+    if out.files and s.overwrite:
         out.delete_previous()
     elif out.files and resume_by:
         done = _done_ids(out, renamed.get(resume_by, resume_by))
     elif out.files:
-        raise DataError(f"output {output} already holds a previous run's output; pass --overwrite to replace it, "
-                        "or --id-column to resume a run that stopped halfway")
+        raise DataError(
+            f"output {s.output} already holds a previous run's output; pass --overwrite to replace it, "
+            "or --id-column to resume a run that stopped halfway"
+        )
     out.claim(keep_previous=done is not None)
     if rows_in == 0:
         _write_empty(out, schema, keep, renamed, bundle.labels)
     else:
-        _run(files, keep, renamed, text_column, id_column, done, bundle, batch_size, concurrency, use_gpu, out, input)
+        _run(s, files, keep, renamed, done, bundle, out)
     rows_out, errors = _count_output(out)
-    return ScoreSummary(rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started,
-                        renamed)
+    return ScoreSummary(
+        rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed
+    )
 
 
-def _run(files, keep, renamed, text_column, id_column, done, bundle, batch_size, concurrency, use_gpu, out, input):
+def _run(
+    s: ScoreSettings, files: list[str], keep: list[str], renamed: dict, done, bundle: ModelBundle, out: OutputDir
+) -> None:
     ensure_ray()
     # Small blocks: every actor gets work, and output files (the unit of resume) are written as
     # the run goes, not all at its end. Ray packs small files into one read task otherwise.
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        pipeline = _pipeline(files, keep, renamed, text_column, id_column, done, bundle, batch_size,
-                             _actor_pool(concurrency), use_gpu)
-        pipeline.write_parquet(out.shown, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
+        ds = ray.data.read_parquet(files, columns=sorted(set(keep) | {s.text_column}))
+        if done is not None and len(done):
+            ds = ds.map_batches(_drop_done, fn_args=(s.id_column, done), batch_format="pyarrow")
+        scored = score_dataset(
+            ds, bundle, s.text_column, keep, renamed, s.batch_size, s.concurrency, s.use_gpu, s.max_text_chars
+        )
+        scored.write_parquet(out.shown, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
-        raise DataError(f"scoring {input} failed: {user_message(exc)}") from None
+        raise DataError(f"scoring {s.input} failed: {user_message(exc)}") from None
     finally:
         context.target_max_block_size = default_block_size
 
 
+def score_dataset(
+    ds: ray.data.Dataset,
+    bundle: ModelBundle,
+    text_column: str,
+    keep: list[str],
+    renamed: dict,
+    batch_size: int,
+    concurrency: Concurrency,
+    use_gpu: bool,
+    max_text_chars: int,
+) -> ray.data.Dataset:
+    """check and tokenise (tasks) → score (actor pool): the `keep` columns (renamed) followed by
+    label, confidence, p_<label>... and error. Shared by `score` and `evaluate`.
+
+    The bundle travels to the actors through Ray's object store, so on a cluster no node needs
+    the model directory on its own disk."""
+    pool = _actor_pool(concurrency)
+    encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
+    tokenised = ds.map_batches(
+        _tokenise,
+        fn_args=(text_column, keep, renamed, encoder, max_text_chars),
+        batch_format="pyarrow",
+        batch_size=batch_size,
+    )
+    return tokenised.map_batches(
+        _Scorer,
+        fn_constructor_args=(bundle, "cuda" if use_gpu else "cpu"),
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=pool,
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=cpus_per_process(pool.max_size, use_gpu),
+    )
+
+
 def renamed_columns(keep: list[str]) -> dict[str, str]:
-    """Input columns whose names the results take (`sentiment`, `p_positive`, ...) → `input_<name>`."""
+    """Input columns whose names the results take (`label`, `p_positive`, ...) → `input_<name>`."""
     renamed, taken = {}, set(keep)
     for name in keep:
         if name in RESERVED or name.startswith("p_"):
@@ -144,37 +164,20 @@ def renamed_columns(keep: list[str]) -> dict[str, str]:
     return renamed
 
 
-def _pipeline(files, keep, renamed, text_column, id_column, done, bundle, batch_size, pool, use_gpu) -> ray.data.Dataset:
-    """read → drop ids already done → tokenise (tasks) → score (actor pool).
-
-    The bundle travels to the actors through Ray's object store, so on a cluster no node needs
-    the model directory on its own disk."""
-    ds = ray.data.read_parquet(files, columns=sorted(set(keep) | {text_column}))
-    if done is not None and len(done):
-        ds = ds.map_batches(_drop_done, fn_args=(id_column, done), batch_format="pyarrow")
-    tokenised = ds.map_batches(
-        _tokenise, fn_args=(text_column, keep, renamed, vocab_index(bundle.vocab), bundle.tokenizer.max_len),
-        batch_format="pyarrow", batch_size=batch_size,
-    )
-    return tokenised.map_batches(
-        _Scorer, fn_constructor_args=(bundle, "cuda" if use_gpu else "cpu"), batch_format="pyarrow",
-        batch_size=batch_size, compute=pool, num_gpus=1 if use_gpu else 0,
-        num_cpus=cpus_per_process(pool.max_size, use_gpu),
-    )
-
-
-def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
+def _actor_pool(concurrency: Concurrency) -> ray.data.ActorPoolStrategy:
     if isinstance(concurrency, int):
         return ray.data.ActorPoolStrategy(size=concurrency)
     return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
-def _check_parquet_files(files: list[str], path: str, text_column: str, id_column: str | None,
-                 columns: list[str] | None) -> tuple[pa.Schema, int, list[str]]:
+def _check_parquet_files(
+    files: list[str], path: str, text_column: str, id_column: str | None, columns: tuple[str, ...] | None
+) -> tuple[pa.Schema, int, list[str]]:
     """Every file readable, holding every column used, with the same types as the first file.
     Returns the first file's schema, the number of rows (from the files' footers) and the columns
     to keep (`columns`, or all of the first file's, with the id column first)."""
-    first, rows, keep = None, 0, None
+    first: tuple[str, pa.Schema] | None = None
+    rows, keep, used = 0, None, []
     for f in files:
         fs, inner = resolve_filesystem(f)
         try:
@@ -194,6 +197,7 @@ def _check_parquet_files(files: list[str], path: str, text_column: str, id_colum
             if _kind(a) != _kind(b) and not (pa.types.is_null(a) or pa.types.is_null(b)):  # all-null fits any
                 raise DataError(f"column {name!r} is {a} in {first[0]} but {b} in {f}; make the files agree")
         rows += metadata.num_rows
+    assert first is not None and keep is not None  # `files` is never empty
     return first[1], rows, keep
 
 
@@ -204,23 +208,32 @@ def _kind(type_: pa.DataType) -> pa.DataType:
 
 def _check_ids(files: list[str], id_column: str, allow_duplicates: bool) -> None:
     """Resume needs every row to have an id, and each id once."""
-    parts = [pq.read_table(inner, columns=[id_column], filesystem=fs)[id_column]
-             for fs, inner in map(resolve_filesystem, files)]
-    nulls = [(f, int(i)) for f, part in zip(files, parts) if part.null_count
-             for i in np.flatnonzero(part.is_null().to_numpy(zero_copy_only=False))]
+    parts = [
+        pq.read_table(inner, columns=[id_column], filesystem=fs)[id_column]
+        for fs, inner in map(resolve_filesystem, files)
+    ]
+    nulls = [
+        (f, int(i))
+        for f, part in zip(files, parts)
+        if part.null_count
+        for i in np.flatnonzero(part.is_null().to_numpy(zero_copy_only=False))
+    ]
     if nulls:
         where = ", ".join(f"{os.path.basename(f)} row {i}" for f, i in nulls[:3])
-        raise DataError(f"--id-column {id_column!r} is null in {len(nulls):,} rows (first: {where}); "
-                        "give every row an id")
+        raise DataError(
+            f"--id-column {id_column!r} is null in {len(nulls):,} rows (first: {where}); " "give every row an id"
+        )
     if allow_duplicates or not parts:
         return
     counts = pc.value_counts(pa.chunked_array([c for part in parts for c in part.chunks]))
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(repeated):
         shown = ", ".join(f"{v['values']!r} ×{v['counts']}" for v in repeated[:3].to_pylist())
-        raise DataError(f"--id-column {id_column!r} is not unique: {len(repeated):,} ids appear more than once "
-                        f"(e.g. {shown}); resume needs unique ids: fix them, or pass --allow-duplicate-ids "
-                        "to score without resume")
+        raise DataError(
+            f"--id-column {id_column!r} is not unique: {len(repeated):,} ids appear more than once "
+            f"(e.g. {shown}); resume needs unique ids: fix them, or pass --allow-duplicate-ids "
+            "to score without resume"
+        )
 
 
 def _done_ids(out: OutputDir, id_column: str) -> np.ndarray:
@@ -240,7 +253,7 @@ def _done_ids(out: OutputDir, id_column: str) -> np.ndarray:
 def _write_empty(out: OutputDir, schema: pa.Schema, keep: list[str], renamed: dict, labels: list[str]) -> None:
     """0 rows in: one empty file with the columns a non-empty run would write, so readers still work."""
     fields = [pa.field(renamed.get(c, c), schema.field(c).type) for c in keep]
-    fields += [pa.field("sentiment", pa.string()), pa.field("confidence", pa.float32())]
+    fields += [pa.field("label", pa.string()), pa.field("confidence", pa.float32())]
     fields += [pa.field(f"p_{label}", pa.float32()) for label in labels] + [pa.field("error", pa.string())]
     pq.write_table(pa.schema(fields).empty_table(), f"{out.path}/{out.file_prefix}_empty.parquet", filesystem=out.fs)
 
@@ -251,34 +264,25 @@ def _drop_done(batch: pa.Table, id_column: str, done) -> pa.Table:
 
 
 def _texts(column: pa.ChunkedArray) -> list:
-    """Python values of the text column; bytes that are not UTF-8 stay bytes (and get an error)."""
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-        return [_decode(v) for v in column.to_pylist()]
+    """Python values of the text column; bytes (a binary column, or a string column holding bytes
+    that are not UTF-8) stay bytes, for `check_texts` to decode or refuse."""
     try:
         return column.to_pylist()
     except UnicodeDecodeError:
-        return [_decode(v) for v in column.cast(pa.binary()).to_pylist()]
+        return column.cast(pa.binary()).to_pylist()
 
 
-def _decode(value: bytes | None):
-    if value is None:
-        return None
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value
-
-
-def _tokenise(batch: pa.Table, text_column: str, keep: list[str], renamed: dict, vocab: dict, max_len: int) -> pa.Table:
-    texts = _texts(batch[text_column])
-    problems = [text_problem(t) if not isinstance(t, bytes) else "text is not valid UTF-8" for t in texts]
+def _tokenise(
+    batch: pa.Table, text_column: str, keep: list[str], renamed: dict, encoder: Encoder, max_text_chars: int
+) -> pa.Table:
+    good, problems = check_texts(_texts(batch[text_column]), max_text_chars)
     ok = np.array([p is None for p in problems], dtype=bool)
-    ids = np.zeros((len(texts), max_len), dtype=np.int32)
-    lengths = np.zeros(len(texts), dtype=np.int32)
-    if ok.any():
-        ids[ok], lengths[ok] = encode_batch([t for t, good in zip(texts, ok) if good], vocab, max_len)
+    ids = np.zeros((len(problems), encoder.max_len), dtype=np.int32)
+    lengths = np.zeros(len(problems), dtype=np.int32)
+    if good:
+        ids[ok], lengths[ok] = encoder(good)
     out = batch.select(keep).rename_columns([renamed.get(c, c) for c in keep])
-    out = out.append_column("_ids", pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), max_len))
+    out = out.append_column("_ids", pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), encoder.max_len))
     out = out.append_column("_length", pa.array(lengths))
     return out.append_column("error", pa.array(problems, pa.string()))
 
@@ -288,21 +292,17 @@ class _Scorer:
 
     def __init__(self, bundle: ModelBundle, device: str):
         self.predictor = Predictor(bundle, device=device)
-        self.labels = np.array(self.predictor.labels, dtype=object)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        n, k = batch.num_rows, len(self.labels)
+        n = batch.num_rows
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
         ids = batch["_ids"].combine_chunks().flatten().to_numpy().reshape(n, -1)
-        proba = np.zeros((n, k), dtype=np.float32)
+        proba = np.zeros((n, len(self.predictor.labels)), dtype=np.float32)
         proba[ok] = self.predictor.predict_proba_encoded(ids[ok], batch["_length"].to_numpy()[ok])
-        best = proba.argmax(axis=1)
-        mask = ~ok
         out = batch.drop_columns(["_ids", "_length", "error"])
-        out = out.append_column("sentiment", pa.array(self.labels[best], pa.string(), mask=mask))
-        out = out.append_column("confidence", pa.array(proba[np.arange(n), best], pa.float32(), mask=mask))
-        for i, label in enumerate(self.labels):
-            out = out.append_column(f"p_{label}", pa.array(proba[:, i], pa.float32(), mask=mask))
+        for name, values in result_columns(proba, self.predictor.labels).items():
+            kind = pa.string() if name == "label" else pa.float32()
+            out = out.append_column(name, pa.array(values, kind, mask=~ok))
         return out.append_column("error", batch["error"])
 
 

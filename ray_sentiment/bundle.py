@@ -8,6 +8,7 @@
 A bundle path is a local directory or a URI (s3://bucket/models/v1): training writes there,
 every runtime reads from there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -56,9 +58,7 @@ class ModelBundle:
 def _versions() -> dict:
     import ray
 
-    from . import __version__
-
-    return {"ray_sentiment": __version__, "torch": torch.__version__, "ray": ray.__version__}
+    return {"ray_sentiment": version("ray-sentiment"), "torch": torch.__version__, "ray": ray.__version__}
 
 
 def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> str:
@@ -146,10 +146,14 @@ def _read(path: Path, name: str) -> ModelBundle:
     if len(set(vocab)) != len(vocab):
         raise BundleError(f"{shown(VOCAB)} lists a token more than once, so its ids are ambiguous")
     if tokenizer.vocab_size != len(vocab):
-        raise BundleError(f"{shown(CONFIG)}: 'tokenizer.vocab_size' is {tokenizer.vocab_size} but {VOCAB} "
-                          f"holds {len(vocab)} tokens")
+        raise BundleError(
+            f"{shown(CONFIG)}: 'tokenizer.vocab_size' is {tokenizer.vocab_size} but {VOCAB} "
+            f"holds {len(vocab)} tokens"
+        )
     if len(vocab) > model_config.vocab_size:
-        raise BundleError(f"{shown(VOCAB)} has {len(vocab)} tokens, more than the model's {model_config.vocab_size} embeddings")
+        raise BundleError(
+            f"{shown(VOCAB)} has {len(vocab)} tokens, more than the model's {model_config.vocab_size} embeddings"
+        )
     weights = (path / WEIGHTS).read_bytes()
     try:
         state_dict = load(weights)
@@ -163,9 +167,15 @@ def _read(path: Path, name: str) -> ModelBundle:
         raise BundleError(f"{shown(WEIGHTS)} holds NaN or infinite values in {', '.join(bad)}")
 
     bundle = ModelBundle(
-        labels=labels, vocab=vocab, model_config=model_config, tokenizer=tokenizer,
-        state_dict=state_dict, preset=config.get("preset", "custom"), metrics=metrics,
-        versions=config.get("versions", {}), version=_digest(weights),
+        labels=labels,
+        vocab=vocab,
+        model_config=model_config,
+        tokenizer=tokenizer,
+        state_dict=state_dict,
+        preset=config.get("preset", "custom"),
+        metrics=metrics,
+        versions=config.get("versions", {}),
+        version=_digest(weights),
     )
     bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
     return bundle
@@ -173,9 +183,15 @@ def _read(path: Path, name: str) -> ModelBundle:
 
 # Field → (type, smallest, largest). Types are exact: 3.0 or "3" is not a count.
 MODEL_FIELDS = {
-    "num_classes": (int, 2, 10_000), "vocab_size": (int, 3, 10_000_000), "embed_dim": (int, 1, 65_536),
-    "hidden_dim": (int, 1, 65_536), "num_layers": (int, 1, 64), "dense_dim": (int, 1, 65_536),
-    "bidirectional": (bool, None, None), "dropout": ((int, float), 0, 1), "pooling": (str, None, None),
+    "num_classes": (int, 2, 10_000),
+    "vocab_size": (int, 3, 10_000_000),
+    "embed_dim": (int, 1, 65_536),
+    "hidden_dim": (int, 1, 65_536),
+    "num_layers": (int, 1, 64),
+    "dense_dim": (int, 1, 65_536),
+    "bidirectional": (bool, None, None),
+    "dropout": ((int, float), 0, 1),
+    "pooling": (str, None, None),
 }
 MAX_LEN_LIMIT = 10_000  # tokens per text; a larger value makes every batch a huge allocation
 TOKENIZER_FIELDS = {"vocab_size": (int, 3, 10_000_000), "max_len": (int, 1, MAX_LEN_LIMIT)}

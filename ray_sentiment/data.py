@@ -3,12 +3,12 @@
 Aggregates (row counts, label counts, token counts) are computed per block in Ray tasks and only
 the small partial results are merged on the driver; texts never travel to the driver.
 """
+
 from __future__ import annotations
 
 import codecs
 import fnmatch
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,7 +22,7 @@ import ray
 import scipy.sparse as sp
 
 from .embeddings import cooccurrence_counts
-from .errors import DataError
+from .errors import DataError, user_message
 from .storage import is_uri, resolve_filesystem
 from .text import build_vocab, count_tokens, encode_batch, vocab_index
 
@@ -52,7 +52,7 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     """A file, a directory or a glob, local or any URI pyarrow understands → (format, files)."""
     if is_uri(path):
         prefix = path[: path.index("://") + 3]
-        target = path[len(prefix):]
+        target = path[len(prefix) :]
     else:
         prefix, target = "", os.path.abspath(path)
     pattern = target if any(ch in target for ch in "*?[") else None
@@ -70,8 +70,10 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
         files = [root]
     else:
         files = sorted(
-            f.path for f in found
-            if f.type == pafs.FileType.File and not os.path.basename(f.path).startswith(("_", "."))
+            f.path
+            for f in found
+            if f.type == pafs.FileType.File
+            and not os.path.basename(f.path).startswith(("_", "."))
             and (pattern is None or fnmatch.fnmatch(f.path, pattern))
         )
     if not files:
@@ -110,8 +112,10 @@ def check_utf8(path: str, chunk: int = 1 << 20) -> None:
                 decoder.decode(data, final=not data)
             except UnicodeDecodeError as exc:
                 line = f", line {data.count(NEWLINE, 0, exc.start) + 1}" if not offset else ""
-                raise DataError(f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
-                                f"{offset + exc.start:,}{line}; save it as UTF-8 (it may be latin-1 or cp1252)") from None
+                raise DataError(
+                    f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                    f"{offset + exc.start:,}{line}; save it as UTF-8 (it may be latin-1 or cp1252)"
+                ) from None
             if not data:
                 return
             offset += len(data)
@@ -155,7 +159,9 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
     check_columns(schema.names, columns, path)
     if text_column is not None:
         kind = schema.base_schema.field(text_column).type if hasattr(schema, "base_schema") else None
-        if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        if kind is not None and not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        ):
             raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
 
 
@@ -189,7 +195,7 @@ def label_counts(ds: ray.data.Dataset) -> Counter:
         counts = pc.value_counts(batch["label"])
         return pa.table({"label": counts.field("values"), "n": counts.field("counts")})
 
-    total = Counter()
+    total: Counter[str] = Counter()
     for row in ds.map_batches(per_block, batch_format="pyarrow").iter_rows():
         total[row["label"]] += row["n"]
     return total
@@ -223,6 +229,7 @@ def stratified_split(ds: ray.data.Dataset, fraction: float, seed: int) -> tuple[
             limits = pa.array([cutoff[x] for x in batch["label"].to_pylist()], pa.float64())
             mask = pc.less_equal(batch["_draw"], limits)
             return batch.filter(mask if want_val else pc.invert(mask)).drop_columns(["_draw"])
+
         return select
 
     train = drawn.map_batches(side(False), batch_format="pyarrow").materialize()
@@ -247,7 +254,7 @@ def load_labelled(
             "training needs at least two classes"
         )
     labels = sorted(counts)
-    summary = {"train": {"read": train.rows_read, "dropped": train.rows_dropped}}
+    summary: dict[str, dict] = {"train": {"read": train.rows_read, "dropped": train.rows_dropped}}
     if val_path:
         val = read_labelled(val_path, text_column, label_column)
         unknown = set(label_counts(val.dataset)) - set(labels)
@@ -272,16 +279,20 @@ def fit_vocab(ds: ray.data.Dataset, vocab_size: int) -> list[str]:
 
     def per_block(batch: pa.Table) -> pa.Table:
         counts = count_tokens(batch["text"].to_pylist())
-        return pa.table({"token": list(counts), "n": list(counts.values())},
-                        schema=pa.schema([("token", pa.string()), ("n", pa.int64())]))
+        return pa.table(
+            {"token": list(counts), "n": list(counts.values())},
+            schema=pa.schema([("token", pa.string()), ("n", pa.int64())]),
+        )
 
-    total = Counter()
+    total: Counter[str] = Counter()
     for batch in ds.map_batches(per_block, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
         total.update(dict(zip(batch["token"].to_pylist(), batch["n"].to_pylist())))
     return build_vocab(total, vocab_size)
 
 
-def encode_dataset(ds: ray.data.Dataset, vocab: list[str], max_len: int, labels: list[str] | None = None) -> ray.data.Dataset:
+def encode_dataset(
+    ds: ray.data.Dataset, vocab: list[str], max_len: int, labels: list[str] | None = None
+) -> ray.data.Dataset:
     """text[, label] → ids (int32 [max_len]), length (int32)[, label_id (int64)], tokenised in Ray tasks."""
     index = vocab_index(vocab)
     label_ids = {label: i for i, label in enumerate(labels or [])}
@@ -308,10 +319,3 @@ def cooccurrence_matrix(encoded: ray.data.Dataset, vocab_size: int) -> sp.csr_ma
     for batch in partial.iter_batches(batch_format="numpy", batch_size=None):
         total += sp.csr_matrix((batch["n"], (batch["row"], batch["col"])), shape=(vocab_size, vocab_size))
     return total
-
-
-def user_message(exc: BaseException) -> str:
-    """The message a user needs from an exception that Ray may have wrapped around a traceback."""
-    lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines() if line.strip()]
-    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Invalid)\b.*:", line)]
-    return raised[-1] if raised else lines[0]

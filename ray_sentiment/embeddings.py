@@ -4,6 +4,7 @@ Positive pointwise mutual information over a symmetric window, reduced by trunca
 Goldberg 2014 showed this matches word2vec on similarity tasks). It is cheap on CPUs and can use
 unlabelled comments, which the LSTM alone cannot learn from.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 ids [batch, time] → Embedding → LSTM over packed sequences (padding costs nothing and cannot change
 the result) → pooled features → Dropout → Dense(ReLU) → Dropout → Dense(classes) → logits.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -94,9 +95,7 @@ class SentimentLSTM(nn.Module):
         """ids: int [batch, time] right-padded; lengths: int [batch]. Returns logits [batch, classes]."""
         lengths = lengths.to("cpu", torch.int64).clamp(min=1)  # a token-less text is one pad step
         ids = ids[:, : int(lengths.max())]  # columns beyond the longest text are pure padding
-        packed = pack_padded_sequence(
-            self.embedding(ids.long()), lengths, batch_first=True, enforce_sorted=False
-        )
+        packed = pack_padded_sequence(self.embedding(ids.long()), lengths, batch_first=True, enforce_sorted=False)
         outputs, (hidden, _) = self.lstm(packed)
         directions = 2 if self.config.bidirectional else 1
         features = torch.cat(list(hidden[-directions:]), dim=1)  # last layer, every direction
@@ -121,4 +120,3 @@ def model_config_from_dict(data: dict) -> ModelConfig:
 
 def model_config_to_dict(config: ModelConfig) -> dict:
     return asdict(config)
-

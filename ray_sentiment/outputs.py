@@ -5,6 +5,7 @@ files named `scored-<run id>_*.parquet`. A later run with --overwrite deletes ex
 a resume (an id column) reads them. A directory holding anything else is refused, with the
 foreign files named: they are the user's, and no option makes the tool touch them.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ class OutputDir:
 
     def owned(self, name: str) -> bool:
         match = re.fullmatch(rf"{FILE_PREFIX}([0-9a-f]+)_.*\.parquet", name)
-        return bool(match) and match.group(1) in self.runs
+        return match is not None and match.group(1) in self.runs
 
 
 def open_output(output: str) -> OutputDir:
@@ -75,8 +76,10 @@ def _open_output(output: str) -> OutputDir:
         return out
     marker = f"{out.path}/{MARKER}"
     if marker not in files:
-        raise DataError(f"output {output} holds files that ray-sentiment score did not write "
-                        f"({_listed(out.path, files)}); give a new or empty directory")
+        raise DataError(
+            f"output {output} holds files that ray-sentiment score did not write "
+            f"({_listed(out.path, files)}); give a new or empty directory"
+        )
     try:
         with fs.open_input_stream(marker) as f:
             out.runs = [str(r) for r in json.loads(f.read())["runs"]]
@@ -85,8 +88,10 @@ def _open_output(output: str) -> OutputDir:
     mine = [p for p in files if os.path.dirname(p) == out.path and out.owned(os.path.basename(p))]
     foreign = [p for p in files if p != marker and p not in mine]
     if foreign:
-        raise DataError(f"output {output} holds files that ray-sentiment score did not write "
-                        f"({_listed(out.path, foreign)}); move them away or give another directory")
+        raise DataError(
+            f"output {output} holds files that ray-sentiment score did not write "
+            f"({_listed(out.path, foreign)}); move them away or give another directory"
+        )
     out.files = mine
     return out
 
@@ -104,8 +109,10 @@ def check_apart(input_root: str, input_files: list[str], output: str) -> None:
     roots = [_canonical(glob_base(input_root))] + [_canonical(f) for f in input_files]
     for root in roots:
         if _within(out, root) or _within(root, out):
-            raise DataError(f"output {output} overlaps the input {input_root}: give an output directory "
-                            "outside the input, and not containing it")
+            raise DataError(
+                f"output {output} overlaps the input {input_root}: give an output directory "
+                "outside the input, and not containing it"
+            )
 
 
 def _canonical(path: str) -> str:

@@ -8,6 +8,7 @@ Keys, for output stream O:
     O:windows            sorted set of those hashes, scored by window start
     O:totals             hash: scored, dead_lettered, window_s
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from .broker import Entry, Result
 from .errors import ConfigError
-from .stream import Entry, Result, StreamSettings
+from .settings import StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,20 @@ return #acked
 def connect(url: str, socket_timeout: float) -> redis.Redis:
     try:
         client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=5, health_check_interval=30,
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5,
+            health_check_interval=30,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
         )
     except ValueError as exc:
         raise ConfigError(f"--redis {url!r}: {exc}") from None
     return client
+
+
+def open_broker(settings: StreamSettings, consumer: str, stop: threading.Event | None = None) -> RedisBroker:
+    """The adapter's entry point for `broker.open_broker`."""
+    return RedisBroker(settings, consumer, stop)
 
 
 class RedisBroker:
@@ -79,7 +89,9 @@ class RedisBroker:
         self.redis = connect(settings.redis, socket_timeout=settings.block_ms / 1000 + 10)
         self.commit_script = self.redis.register_script(COMMIT)
         out = settings.output_stream
-        self.keys = [settings.input_stream, out, settings.dead_letter_stream, f"{out}:windows", f"{out}:totals"]
+        self.windows_key, self.totals_key = f"{out}:windows", f"{out}:totals"
+        # In the order the commit script takes them.
+        self.keys = [settings.input_stream, out, settings.dead_letter_stream, self.windows_key, self.totals_key]
         self.claim_cursor = "0-0"
         self.claim_every_s = min(1.0, settings.claim_idle_ms / 2000)
         self.last_claim = 0.0
@@ -90,17 +102,20 @@ class RedisBroker:
         """Create the consumer group (and the stream) if missing. Fails with a clear message when
         Redis cannot be reached: this is the first call the driver makes."""
         try:
-            self.redis.xgroup_create(self.s.input_stream, self.s.group, id="0" if self.s.start == "begin" else "$",
-                                     mkstream=True)
+            self.redis.xgroup_create(
+                self.s.input_stream, self.s.group, id="0" if self.s.start == "begin" else "$", mkstream=True
+            )
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise ConfigError(f"cannot create consumer group {self.s.group!r} on {self.s.input_stream!r}: {exc}") from None
+                raise ConfigError(
+                    f"cannot create consumer group {self.s.group!r} on {self.s.input_stream!r}: {exc}"
+                ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConfigError(f"cannot reach Redis at {self.s.redis}: {exc}") from None
-        self.redis.hset(self.keys[4], "window_s", self.s.window_s)
+        self.redis.hset(self.totals_key, "window_s", self.s.window_s)
 
     def totals(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self._retrying(lambda: self.redis.hgetall(self.keys[4])).items()}
+        return {k.decode(): int(v) for k, v in self._retrying(lambda: self.redis.hgetall(self.totals_key)).items()}
 
     def pending(self) -> int | None:
         try:
@@ -116,15 +131,21 @@ class RedisBroker:
         except redis.ResponseError as exc:
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
-            log.warning("stream %s or its group %s is gone (deleted, or Redis restarted without its data); "
-                        "creating them again", self.s.input_stream, self.s.group)
+            log.warning(
+                "stream %s or its group %s is gone (deleted, or Redis restarted without its data); "
+                "creating them again",
+                self.s.input_stream,
+                self.s.group,
+            )
             self.ensure_group()
             return []
         except StopRequested:
             return []
 
     def _read_new(self, count: int, block_ms: int) -> list[Entry]:
-        reply = self.redis.xreadgroup(self.s.group, self.consumer, {self.s.input_stream: ">"}, count=count, block=block_ms)
+        reply = self.redis.xreadgroup(
+            self.s.group, self.consumer, {self.s.input_stream: ">"}, count=count, block=block_ms
+        )
         return [_entry(id_, fields, 1) for _, messages in reply or [] for id_, fields in messages]
 
     def _claim_stale(self, count: int) -> list[Entry]:
@@ -132,12 +153,16 @@ class RedisBroker:
         if time.monotonic() - self.last_claim < self.claim_every_s:
             return []
         self.last_claim = time.monotonic()
-        cursor, messages, *deleted = self.redis.xautoclaim(self.s.input_stream, self.s.group, self.consumer,
-                                                          self.s.claim_idle_ms, self.claim_cursor, count=count)
+        cursor, messages, *deleted = self.redis.xautoclaim(
+            self.s.input_stream, self.s.group, self.consumer, self.s.claim_idle_ms, self.claim_cursor, count=count
+        )
         self.claim_cursor = cursor
         if deleted and deleted[0]:
-            log.warning("%d pending entries were deleted from %s before anyone scored them (XDEL or XTRIM)",
-                        len(deleted[0]), self.s.input_stream)
+            log.warning(
+                "%d pending entries were deleted from %s before anyone scored them (XDEL or XTRIM)",
+                len(deleted[0]),
+                self.s.input_stream,
+            )
         messages = [(id_, fields) for id_, fields in messages if fields is not None]
         if not messages:
             return []
@@ -154,7 +179,9 @@ class RedisBroker:
         args = [self.s.group, self.s.counts_ttl_s, 0]
         out = self.s.output_stream
         for r in results:
-            counts = "" if r.label is None else f"{out}:counts:{r.window_ms}" + (f":{r.key}" if self.s.key_field else "")
+            counts = (
+                "" if r.label is None else f"{out}:counts:{r.window_ms}" + (f":{r.key}" if self.s.key_field else "")
+            )
             args += [r.entry_id, counts, r.label or "", r.window_ms, 2 * len(r.fields)]
             args += [part for pair in r.fields for part in pair]
 
@@ -194,9 +221,9 @@ class StopRequested(Exception):
     """A stop was asked while Redis was unreachable; what was not committed stays pending."""
 
 
-def _entry(id_: bytes, fields: dict, deliveries: int) -> Entry:
-    id_ = id_.decode()
-    return Entry(id_, int(id_.split("-", 1)[0]), fields, deliveries)
+def _entry(raw_id: bytes, fields: dict, deliveries: int) -> Entry:
+    entry_id = raw_id.decode()
+    return Entry(entry_id, int(entry_id.split("-", 1)[0]), fields, deliveries)
 
 
 def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
@@ -212,7 +239,7 @@ def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
             if int(score) not in starts:
                 continue
             name = name.decode()
-            key = name[len(prefix):].partition(":")[2]
+            key = name[len(prefix) :].partition(":")[2]
             counts = {k.decode(): int(v) for k, v in client.hgetall(name).items()}
             if counts:
                 rows.append({"window_start_ms": int(score), "key": key, "counts": counts})

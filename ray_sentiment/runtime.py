@@ -1,4 +1,5 @@
 """Connecting to Ray: the cluster named by RAY_ADDRESS (as inside `ray job submit`), else a new local one."""
+
 from __future__ import annotations
 
 import logging

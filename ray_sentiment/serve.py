@@ -1,20 +1,23 @@
 """HTTP scoring with Ray Serve: a FastAPI ingress that checks requests, and model replicas that
 score the texts of many requests together (`@serve.batch`).
 
-    POST /v1/sentiment  {"texts": [...]}  → {"model": {...}, "results": [{label, confidence, scores}]}
+    ray-sentiment serve --model runs/example --port 8000
+
+    POST /v1/sentiment  {"texts": [...]}  → {"model": {...}, "results": [{label, confidence, p_<label>...}]}
     GET  /v1/model      labels, preset, training metrics
     GET  /healthz       200 once the model answers
     GET  /docs          OpenAPI
 
-Limits: 1 to 1,000 texts of at most 5,000 characters each, a body of at most 1 MiB. Client errors
+Limits: 1 to 1,000 texts of at most --max-text-chars (10,000) characters each, a body of at most 1 MiB. Client errors
 are 4xx with {"detail": ...}; a full queue is 503 with Retry-After; a client error is never a 500.
 """
+
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 import asyncio
 import hashlib
 import hmac
-import json
 import ipaddress
+import json
 import os
 import secrets
 import socket
@@ -24,20 +27,23 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import ray
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-import ray
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from .bundle import ModelBundle, load_bundle
 from .errors import ConfigError
-from .predictor import Predictor, text_problem
+from .predictor import Predictor
+from .results import MAX_TEXT_CHARS, result_records, text_problem
 from .runtime import ensure_ray, stop_on_signals
+from .settings import MAX_TEXTS_PER_REQUEST as MAX_TEXTS
+from .settings import ServeSettings, settings_from
 
-MAX_TEXTS, MAX_CHARS, MAX_BODY_BYTES = 1000, 5000, 1 << 20
+MAX_BODY_BYTES = 1 << 20
 API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
 MODEL_TIMEOUT_S = 30.0
 QUIET = {"log_level": "WARNING", "enable_access_log": False}  # no log line per request
@@ -45,25 +51,6 @@ QUIET = {"log_level": "WARNING", "enable_access_log": False}  # no log line per 
 SHUTDOWN_POLL = {"graceful_shutdown_wait_loop_s": 0.2}
 RETRY_AFTER_S = "1"
 DRAIN_GRACE_S = 0.2  # after the last request in flight: for the 503s of late arrivals to go out
-
-
-@dataclass
-class ServeSettings:
-    model: str
-    replicas: int | tuple[int, int] = 1  # fixed, or (min, max) to autoscale
-    use_gpu: bool = False
-    max_batch_size: int = 2048  # texts per model call, from however many requests
-    batch_wait_ms: float = 5.0
-    batching: bool = True
-    max_ongoing_requests: int = 64  # per model replica: a batch is built from these
-    max_queued_requests: int = 256  # beyond this, 503
-
-    def __post_init__(self):
-        if self.max_batch_size < MAX_TEXTS:
-            raise ConfigError(f"--max-batch-size counts texts and must be at least {MAX_TEXTS:,} "
-                              f"(one request may carry that many), not {self.max_batch_size}")
-        if self.batch_wait_ms < 0:
-            raise ConfigError("--batch-wait-ms must be 0 or more")
 
 
 def count_texts(requests: list[list[str]]) -> int:
@@ -74,12 +61,13 @@ def count_texts(requests: list[list[str]]) -> int:
 class SentimentModel:
     """A replica holding the model; `score` gathers the texts of concurrent requests into one call."""
 
-    def __init__(self, bundle: ModelBundle, use_gpu: bool, max_batch_size: int, batch_wait_s: float):
-        self.predictor = Predictor(bundle, device="cuda" if use_gpu else "cpu")
-        self.score_batched.set_max_batch_size(max_batch_size)
-        self.score_batched.set_batch_wait_timeout_s(batch_wait_s)
+    def __init__(self, bundle: ModelBundle, settings: ServeSettings):
+        self.predictor = Predictor(bundle, "cuda" if settings.use_gpu else "cpu", settings.max_text_chars)
+        self.score_batched.set_max_batch_size(settings.max_batch_size)
+        self.score_batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
 
-    @serve.batch(max_batch_size=2048, batch_wait_timeout_s=0.005, batch_size_fn=count_texts)
+    # The real limits come from ServeSettings in __init__; these are placeholders Serve requires.
+    @serve.batch(max_batch_size=MAX_TEXTS, batch_wait_timeout_s=0.0, batch_size_fn=count_texts)
     async def score_batched(self, requests: list[list[str]]) -> list[np.ndarray]:
         proba = self.predictor.predict_proba([t for texts in requests for t in texts])
         return np.split(proba, np.cumsum([len(texts) for texts in requests])[:-1])
@@ -92,11 +80,14 @@ class SentimentModel:
 
 
 class SentimentRequest(BaseModel):  # for the OpenAPI docs; `parse_texts` does the checking
-    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS,
-                             description=f"1 to {MAX_TEXTS:,} comments, each at most {MAX_CHARS:,} characters")
+    texts: list[str] = Field(
+        min_length=1,
+        max_length=MAX_TEXTS,
+        description=f"1 to {MAX_TEXTS:,} comments, each at most --max-text-chars characters",
+    )
 
 
-def parse_texts(body: bytes) -> list[str]:
+def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> list[str]:
     """The texts of a request body, or an HTTPException saying exactly what is wrong with it."""
     try:
         request = json.loads(body)
@@ -112,9 +103,7 @@ def parse_texts(body: bytes) -> list[str]:
     if len(texts) > MAX_TEXTS:
         raise HTTPException(413, f"{len(texts):,} texts in one request; at most {MAX_TEXTS:,}")
     for i, text in enumerate(texts):
-        if isinstance(text, str) and len(text) > MAX_CHARS:
-            raise HTTPException(422, f"texts[{i}] has {len(text):,} characters; at most {MAX_CHARS:,}")
-        if problem := text_problem(text):
+        if problem := text_problem(text, max_chars):
             raise HTTPException(422, f"texts[{i}]: {problem}")
     return texts
 
@@ -160,10 +149,18 @@ def too_large(limit: int) -> JSONResponse:
 
 def model_summary(bundle: ModelBundle, path: str) -> dict:
     """What /v1/model says: name and version (a hash of the weights file), labels, preset, metrics."""
-    metrics = {k: v for k, v in bundle.metrics.get("validation", {}).items()
-               if k in ("rows", "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_ovr")}
-    return {"name": os.path.basename(os.path.normpath(path)), "version": bundle.version, "labels": bundle.labels,
-            "preset": bundle.preset, "validation": metrics}
+    metrics = {
+        k: v
+        for k, v in bundle.metrics.get("validation", {}).items()
+        if k in ("rows", "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_ovr")
+    }
+    return {
+        "name": os.path.basename(os.path.normpath(path)),
+        "version": bundle.version,
+        "labels": bundle.labels,
+        "preset": bundle.preset,
+        "validation": metrics,
+    }
 
 
 @dataclass(frozen=True)
@@ -215,8 +212,11 @@ class ApiKeyGuard:
         if scope["type"] == "http" and digest and _route(scope) not in self.OPEN:
             scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not digest.matches(given.strip()):
-                response = JSONResponse({"detail": "missing or wrong API key: send Authorization: Bearer <key>"},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                response = JSONResponse(
+                    {"detail": "missing or wrong API key: send Authorization: Bearer <key>"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -224,11 +224,12 @@ class ApiKeyGuard:
 def _route(scope) -> str:
     """The path within the app, without the route prefix it is mounted at."""
     path, prefix = scope["path"], scope.get("root_path", "")
-    return path[len(prefix):] if prefix and path.startswith(prefix) else path
+    return path[len(prefix) :] if prefix and path.startswith(prefix) else path
 
 
-REQUEST_DOC = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": SentimentRequest.model_json_schema()}}}}
+REQUEST_DOC = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": SentimentRequest.model_json_schema()}}}
+}
 app = FastAPI(title="ray-sentiment", description="Sentiment of social-media comments.")
 app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 app.add_middleware(ApiKeyGuard)  # added last, so it runs first: a request without the key reads no body
@@ -237,8 +238,8 @@ app.add_middleware(ApiKeyGuard)  # added last, so it runs first: a request witho
 @serve.deployment
 @serve.ingress(app)
 class SentimentAPI:
-    def __init__(self, model, summary: dict, batching: bool, key: KeyDigest | None):
-        self.model, self.summary, self.batching = model, summary, batching
+    def __init__(self, model, summary: dict, batching: bool, max_text_chars: int, key: KeyDigest | None):
+        self.model, self.summary, self.batching, self.max_text_chars = model, summary, batching, max_text_chars
         self.labels = summary["labels"]
         self.in_flight, self.draining = 0, False
         ApiKeyGuard.digest = key
@@ -263,24 +264,25 @@ class SentimentAPI:
         return self.in_flight
 
     async def score(self, body: bytes) -> JSONResponse:
-        texts = parse_texts(body)
+        texts = parse_texts(body, self.max_text_chars)
         method = self.model.score_batched if self.batching else self.model.score
         try:
             proba = await asyncio.wait_for(method.remote(texts), MODEL_TIMEOUT_S)
         except (BackPressureError, DeploymentUnavailableError, RayActorError):  # full, or a replica died
-            raise HTTPException(503, "busy: too many requests queued; retry shortly",
-                                headers={"Retry-After": RETRY_AFTER_S}) from None
+            raise HTTPException(
+                503, "busy: too many requests queued; retry shortly", headers={"Retry-After": RETRY_AFTER_S}
+            ) from None
         except asyncio.TimeoutError:
-            raise HTTPException(503, f"the model did not answer within {MODEL_TIMEOUT_S:.0f} s",
-                                headers={"Retry-After": RETRY_AFTER_S}) from None
+            raise HTTPException(
+                503, f"the model did not answer within {MODEL_TIMEOUT_S:.0f} s", headers={"Retry-After": RETRY_AFTER_S}
+            ) from None
         # A JSONResponse skips FastAPI's generic encoder, which walks every value of every result.
-        return JSONResponse({"model": {"name": self.summary["name"], "version": self.summary["version"]},
-                             "results": [self.result(row) for row in proba]})
-
-    def result(self, row: np.ndarray) -> dict:
-        best = int(row.argmax())
-        return {"label": self.labels[best], "confidence": float(row[best]),
-                "scores": {label: float(p) for label, p in zip(self.labels, row)}}
+        return JSONResponse(
+            {
+                "model": {"name": self.summary["name"], "version": self.summary["version"]},
+                "results": result_records(proba, self.labels),
+            }
+        )
 
     @app.get("/v1/model")
     async def model_info(self) -> dict:
@@ -300,29 +302,36 @@ class SentimentAPI:
 def build(settings: ServeSettings) -> serve.Application:
     bundle = load_bundle(settings.model)
     replicas = settings.replicas
-    scaling = ({"num_replicas": replicas} if isinstance(replicas, int) else
-               {"autoscaling_config": {"min_replicas": replicas[0], "max_replicas": replicas[1]}})
-    model = SentimentModel.options(
+    scaling: dict[str, object] = (
+        {"num_replicas": replicas}
+        if isinstance(replicas, int)
+        else {"autoscaling_config": {"min_replicas": replicas[0], "max_replicas": replicas[1]}}
+    )
+    model = SentimentModel.options(  # type: ignore[attr-defined]  # added by @serve.deployment
         ray_actor_options={"num_gpus": 1 if settings.use_gpu else 0, "num_cpus": 0 if settings.use_gpu else 1},
-        max_ongoing_requests=settings.max_ongoing_requests, max_queued_requests=settings.max_queued_requests,
-        logging_config=QUIET, **SHUTDOWN_POLL, **scaling,
-    ).bind(bundle, settings.use_gpu, settings.max_batch_size, settings.batch_wait_ms / 1000)
+        max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=settings.max_queued_requests,
+        logging_config=QUIET,
+        **SHUTDOWN_POLL,
+        **scaling,
+    ).bind(bundle, settings)
     # The ingress only checks and awaits, so it takes many requests at once; load is shed where the
     # model replicas' queues are full, with a 503 and Retry-After.
-    api = SentimentAPI.options(
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, logging_config=QUIET, **SHUTDOWN_POLL,
+    api = SentimentAPI.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+        logging_config=QUIET,
+        **SHUTDOWN_POLL,
     )
-    return api.bind(model, model_summary(bundle, settings.model), settings.batching, api_key_digest())
+    return api.bind(
+        model, model_summary(bundle, settings.model), settings.batching, settings.max_text_chars, api_key_digest()
+    )
 
 
 def app_builder(args: dict) -> serve.Application:
     """For Serve config files: `import_path: ray_sentiment.serve:app_builder`, `args: {model: DIR, ...}`
     with `replicas` a number or [min, max]."""
-    unknown = set(args) - set(ServeSettings.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown args for ray_sentiment.serve:app_builder: {', '.join(sorted(unknown))}")
-    replicas = args.get("replicas", 1)
-    return build(ServeSettings(**{**args, "replicas": tuple(replicas) if isinstance(replicas, list) else replicas}))
+    return build(settings_from(ServeSettings, args, "args for ray_sentiment.serve:app_builder"))
 
 
 def start(application: serve.Application, host: str = "127.0.0.1", port: int = 8000) -> str:
@@ -366,8 +375,12 @@ def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None
     """The `serve` command: run until SIGTERM or SIGINT, then shut Serve down."""
     application = build(settings)  # a broken bundle, option or API key fails here, before Ray starts
     if not _is_loopback(host) and os.environ.get(API_KEY_ENV) is None:
-        print(f"warning: serving on {host} without an API key: anyone who reaches this machine can use it; "
-              f"set {API_KEY_ENV}", file=sys.stderr, flush=True)
+        print(
+            f"warning: serving on {host} without an API key: anyone who reaches this machine can use it; "
+            f"set {API_KEY_ENV}",
+            file=sys.stderr,
+            flush=True,
+        )
     check_port_free(host, port)
     # Serve's throughput-optimized mode (direct ingress, user code on the replica's event loop,
     # buffered request logs): more requests/s here than the default (see README, Speed).
@@ -378,8 +391,11 @@ def serve_until_signalled(settings: ServeSettings, host: str, port: int) -> None
     stop_on_signals(stop)
     url = start(application, host, port)
     direct = ", ".join(f"{_url_host(host)}:{p}" for p in direct_ingress_ports(port)) or "off"
-    print(f"serving {settings.model} at {url} (POST {url}/v1/sentiment, docs at {url}/docs); "
-          f"direct ingress: {direct}; SIGTERM or Ctrl-C stops", flush=True)
+    print(
+        f"serving {settings.model} at {url} (POST {url}/v1/sentiment, docs at {url}/docs); "
+        f"direct ingress: {direct}; SIGTERM or Ctrl-C stops",
+        flush=True,
+    )
     while not stop.wait(0.5):
         pass
     still_running = serve.get_app_handle("sentiment").drain.remote(MODEL_TIMEOUT_S).result()

@@ -2,6 +2,7 @@
 
 Credentials and endpoints come from the usual environment of each store (AWS_* for S3,
 GOOGLE_APPLICATION_CREDENTIALS for GCS), so nothing here names a cloud."""
+
 from __future__ import annotations
 
 import contextlib

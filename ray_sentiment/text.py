@@ -3,14 +3,15 @@
 Normalisation runs once over a whole batch joined into one string, so each regex pass is a single
 C-level scan instead of one Python call per text. Only the final token → id lookup is per token.
 """
+
 from __future__ import annotations
 
 import html
 import itertools
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -26,9 +27,7 @@ _NUMBER = re.compile(r"(?<![\w#])[+-]?\d+(?:[.,:]\d+)*(?!\w)")
 _INVISIBLE = re.compile("[\ufe0f\u200d\U0001f3fb-\U0001f3ff]")  # variation selector, ZWJ, skin tones
 _EMOJI = "[\U0001f000-\U0001faff\u2600-\u27bf\u2300-\u23ff\u2b00-\u2bff\u3030\u303d]"
 _EMOTICON = r"(?<!\w)[:;=][\-o'^]?[)\](\[dp/\\|*@]"
-_TOKEN = re.compile(
-    rf"<(?:url|user|num)>|#\w+|{_EMOTICON}|\w+(?:'\w+)*|[!?]|{_EMOJI}|{_SEP}"
-)
+_TOKEN = re.compile(rf"<(?:url|user|num)>|#\w+|{_EMOTICON}|\w+(?:'\w+)*|[!?]|{_EMOJI}|{_SEP}")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _HEARTS = re.compile(r"<(/?)3")  # before numbers are replaced, or "<3" would become "< <num>"
 
@@ -79,9 +78,7 @@ def build_vocab(counts: Counter, vocab_size: int) -> list[str]:
     return list(SPECIALS) + [tok for tok, _ in ranked[: vocab_size - len(SPECIALS)]]
 
 
-def encode_batch(
-    texts: Sequence[str], vocab: dict[str, int], max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
+def encode_batch(texts: Sequence[str], vocab: dict[str, int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Texts → (int32 ids [n, max_len] right-padded with PAD_ID, int32 lengths [n]).
 
     A text with no tokens at all gets length 0; the model treats it as a single padding step.
@@ -98,3 +95,13 @@ def encode_batch(
 
 def vocab_index(tokens: Iterable[str]) -> dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
+
+
+class Encoder:
+    """A vocabulary and a length, ready to encode: built once per model, picklable to Ray tasks."""
+
+    def __init__(self, vocab: Sequence[str], max_len: int):
+        self.index, self.max_len = vocab_index(vocab), max_len
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return encode_batch(texts, self.index, self.max_len)

@@ -61,15 +61,20 @@ def free_port() -> int:
 def cli_process(*args: str, env: dict | None = None):
     """`ray-sentiment ARGS` running in its own process group, for tests that signal it; the whole
     group (Ray's daemons included) is killed on the way out."""
-    proc = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_sentiment.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
     try:
         yield proc
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -113,12 +118,25 @@ def write_random_bundle(path: Path, seed: int = 0):
 
     torch.manual_seed(seed)
     vocab = build_vocab(count_tokens(SAMPLE_TEXTS), 50)
-    config = ModelConfig(num_classes=3, vocab_size=len(vocab), embed_dim=8, hidden_dim=16, dense_dim=8,
-                         bidirectional=True, pooling="last+max")
+    config = ModelConfig(
+        num_classes=3,
+        vocab_size=len(vocab),
+        embed_dim=8,
+        hidden_dim=16,
+        dense_dim=8,
+        bidirectional=True,
+        pooling="last+max",
+    )
     model = SentimentLSTM(config)
-    bundle = ModelBundle(labels=["negative", "neutral", "positive"], vocab=vocab, model_config=config,
-                         tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
-                         state_dict=model.state_dict(), preset="test", metrics={"note": "unit"})
+    bundle = ModelBundle(
+        labels=["negative", "neutral", "positive"],
+        vocab=vocab,
+        model_config=config,
+        tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=20),
+        state_dict=model.state_dict(),
+        preset="test",
+        metrics={"note": "unit"},
+    )
     return Path(save_bundle(bundle, path)), model
 
 
@@ -140,9 +158,24 @@ class RedisServer:
         import redis
 
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--save", "", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = redis.Redis(port=self.port)
         for _ in range(100):
@@ -188,12 +221,18 @@ class S3Server:
         self.port = free_port()
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.env = {"AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_EC2_METADATA_DISABLED": "true"}
+        self.env = {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
         for _ in range(200):
             try:
                 requests.get(self.endpoint, timeout=1)
@@ -208,8 +247,13 @@ class S3Server:
     def filesystem(self):
         import pyarrow.fs as pafs
 
-        return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                                 endpoint_override=self.endpoint, allow_bucket_creation=True)
+        return pafs.S3FileSystem(
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+            endpoint_override=self.endpoint,
+            allow_bucket_creation=True,
+        )
 
     def uri(self, key: str) -> str:
         return f"s3://{self.BUCKET}/{key}"

@@ -1,4 +1,5 @@
 """Batch scoring on real Parquet files and a real local Ray cluster."""
+
 import os
 import signal
 import subprocess
@@ -12,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, actor_pids, run_cli, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.batch import score_parquet
 from ray_sentiment.errors import ConfigError, DataError
+
+from conftest import ROOT, actor_pids, run_cli, write_random_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +58,17 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     summary = score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"), batch_size=256)
     out = read_output(tmp_path / "out")
     assert summary.rows_in == summary.rows_out == len(out) == 3000 and summary.rows_with_errors == 3
-    assert list(out.columns) == ["id", "text", "brand", "sentiment", "confidence",
-                                 "p_negative", "p_neutral", "p_positive", "error"]
+    assert list(out.columns) == [
+        "id",
+        "text",
+        "brand",
+        "sentiment",
+        "confidence",
+        "p_negative",
+        "p_neutral",
+        "p_positive",
+        "error",
+    ]
     assert out["id"].tolist() == list(range(3000))
     assert errors(out.loc[[5, 6, 7]]) == ["text is null", "text is empty", "text is empty"]
     assert out.loc[[5, 6, 7], "sentiment"].isna().all() and out.loc[[5, 6, 7], "p_positive"].isna().all()
@@ -72,8 +83,10 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
 
 def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bundle, tmp_path):
     (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": [0, 1, 2], "text": pa.array([b"fine \xf0\x9f\x98\x8d", b"\xff\xfe bad", None], pa.binary())}),
-                   tmp_path / "in" / "binary.parquet")
+    pq.write_table(
+        pa.table({"id": [0, 1, 2], "text": pa.array([b"fine \xf0\x9f\x98\x8d", b"\xff\xfe bad", None], pa.binary())}),
+        tmp_path / "in" / "binary.parquet",
+    )
     score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"))
     out = read_output(tmp_path / "out")
     assert errors(out) == [None, "text is not valid UTF-8", "text is null"]
@@ -87,8 +100,15 @@ def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bun
 def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bundle, tmp_path):
     comments(2000).to_parquet(tmp_path / "in.parquet")
     # Two actors on this 2-CPU cluster: each must leave room for the read and tokenise tasks.
-    summary = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), columns=["brand"],
-                            id_column="id", concurrency=2, batch_size=100)
+    summary = score_parquet(
+        str(bundle),
+        str(tmp_path / "in.parquet"),
+        str(tmp_path / "out"),
+        columns=["brand"],
+        id_column="id",
+        concurrency=2,
+        batch_size=100,
+    )
     assert summary.rows_out == 2000
     assert list(read_output(tmp_path / "out").columns)[:2] == ["id", "brand"]
 
@@ -120,10 +140,26 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
 
 def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_path):
     write_parts(comments(100_000), tmp_path / "in", 20)
-    args = ["score", "--model", str(bundle), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-            "--id-column", "id", "--batch-size", "512"]
-    first = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", *args], cwd=ROOT, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "score",
+        "--model",
+        str(bundle),
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+        "--id-column",
+        "id",
+        "--batch-size",
+        "512",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ray_sentiment.cli", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 180
         while time.time() < deadline and len(list((tmp_path / "out").glob("*.parquet"))) < 3:
@@ -180,7 +216,9 @@ def test_files_the_tool_did_not_write_are_never_deleted(ray_local, bundle, tmp_p
     (out / "NOTES.md").write_text("mine")
     comments(5).to_parquet(out / "sub" / "important.parquet")
     for options in ({"id_column": "id"}, {"overwrite": True}, {}):
-        with pytest.raises(DataError, match=r"holds files that ray-sentiment score did not write \(NOTES.md, sub/important.parquet\)"):
+        with pytest.raises(
+            DataError, match=r"holds files that ray-sentiment score did not write \(NOTES.md, sub/important.parquet\)"
+        ):
             score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(out), **options)
     # A real run's output with a user's file added later: still refused, and nothing deleted.
     score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out2"))
@@ -198,9 +236,16 @@ def test_an_output_overlapping_the_input_is_refused_before_anything_is_touched(b
     write_parts(comments(50), data, 2)
     (tmp_path / "link").symlink_to(data)
     before = {p.name: p.read_bytes() for p in data.iterdir()}
-    cases = [(data, data), (data, data / "scored"), (data / "part-000.parquet", data), (tmp_path / "link", data),
-             (data, tmp_path / "link" / "x"), (data, tmp_path / "d" / ".." / "d"), (data / "*.parquet", data),
-             (data / "sub", data)]
+    cases = [
+        (data, data),
+        (data, data / "scored"),
+        (data / "part-000.parquet", data),
+        (tmp_path / "link", data),
+        (data, tmp_path / "link" / "x"),
+        (data, tmp_path / "d" / ".." / "d"),
+        (data / "*.parquet", data),
+        (data / "sub", data),
+    ]
     (data / "sub").mkdir()
     comments(5).to_parquet(data / "sub" / "s.parquet")
     for source, target in cases:
@@ -223,7 +268,9 @@ def test_every_input_file_is_checked_for_columns_and_types_before_ray_starts(bun
         score_parquet(str(bundle), str(missing), str(tmp_path / "o1"))
     clash = write_parts(comments(20), tmp_path / "clash", 2)
     comments(5).assign(brand=7).to_parquet(clash / "part-002.parquet")
-    with pytest.raises(DataError, match=r"column 'brand' is (large_)?string in .*part-000.parquet but int64 in .*part-002.parquet"):
+    with pytest.raises(
+        DataError, match=r"column 'brand' is (large_)?string in .*part-000.parquet but int64 in .*part-002.parquet"
+    ):
         score_parquet(str(bundle), str(clash), str(tmp_path / "o2"))
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
@@ -248,7 +295,9 @@ def test_null_or_duplicate_ids_are_refused_with_counts_before_any_work(bundle, t
     dups = comments(10)
     dups.loc[[4, 5, 6], "id"] = 1
     dups.to_parquet(tmp_path / "dups.parquet")
-    with pytest.raises(DataError, match=r"'id' is not unique: 1 ids appear more than once \(e.g. 1 ×4\).*--allow-duplicate-ids"):
+    with pytest.raises(
+        DataError, match=r"'id' is not unique: 1 ids appear more than once \(e.g. 1 ×4\).*--allow-duplicate-ids"
+    ):
         score_parquet(str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "o2"), id_column="id")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
@@ -257,8 +306,9 @@ def test_duplicate_ids_are_scored_when_allowed(ray_local, bundle, tmp_path):
     dups = comments(10)
     dups["id"] = 1
     dups.to_parquet(tmp_path / "dups.parquet")
-    summary = score_parquet(str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "out"), id_column="id",
-                            allow_duplicate_ids=True)
+    summary = score_parquet(
+        str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "out"), id_column="id", allow_duplicate_ids=True
+    )
     assert summary.rows_out == 10 and read_output(tmp_path / "out")["id"].tolist() == [1] * 10
 
 
@@ -268,13 +318,31 @@ def test_an_empty_input_writes_an_empty_output_with_the_result_columns(bundle, t
     assert summary.rows_in == summary.rows_out == 0 and "rows in 0, rows out 0" in summary.line()
     table = pq.read_table(tmp_path / "out")
     assert table.num_rows == 0
-    assert table.schema.names == ["id", "text", "brand", "sentiment", "confidence",
-                                  "p_negative", "p_neutral", "p_positive", "error"]
+    assert table.schema.names == [
+        "id",
+        "text",
+        "brand",
+        "sentiment",
+        "confidence",
+        "p_negative",
+        "p_neutral",
+        "p_positive",
+        "error",
+    ]
 
 
 def test_cli_prints_the_summary_line(bundle, tmp_path):
     comments(500).to_parquet(tmp_path / "in.parquet")
-    result = run_cli("score", "--model", str(bundle), "--input", str(tmp_path / "in.parquet"),
-                     "--output", str(tmp_path / "out"), "--concurrency", "1,2")
+    result = run_cli(
+        "score",
+        "--model",
+        str(bundle),
+        "--input",
+        str(tmp_path / "in.parquet"),
+        "--output",
+        str(tmp_path / "out"),
+        "--concurrency",
+        "1,2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rows in 500, rows out 500, rows with errors 0" in result.stdout.splitlines()[-1]

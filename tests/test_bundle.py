@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from ray_sentiment import Predictor
-from conftest import SAMPLE_TEXTS, write_random_bundle
 from ray_sentiment.bundle import load_bundle, save_bundle
 from ray_sentiment.errors import BundleError, InvalidTextError
+
+from conftest import SAMPLE_TEXTS, write_random_bundle
 
 TEXTS = SAMPLE_TEXTS
 
@@ -69,7 +70,10 @@ def _corrupt(path, name, content: bytes):
         (lambda p: _corrupt(p, "vocab.json", b'{"a": 1}'), "vocab.json should hold a JSON array"),
         (lambda p: _corrupt(p, "vocab.json", b'["a", "b"]'), "must be a list of strings starting with"),
         (lambda p: _corrupt(p, "model.safetensors", b"\x00" * 40), "model.safetensors is corrupt"),
-        (lambda p: _corrupt(p, "model.safetensors", (p / "model.safetensors").read_bytes()[:-100]), "model.safetensors is corrupt"),
+        (
+            lambda p: _corrupt(p, "model.safetensors", (p / "model.safetensors").read_bytes()[:-100]),
+            "model.safetensors is corrupt",
+        ),
         (lambda p: _edit_config(p, format_version=99), "format version 99"),
         (lambda p: _edit_config(p, labels=["only"]), "at least two non-empty strings"),
         (lambda p: _edit_config(p, labels=["a", "", "c"]), "at least two non-empty strings"),
@@ -81,13 +85,22 @@ def _corrupt(path, name, content: bytes):
         (lambda p: _edit_config(p, model={"hidden_dim": 32, "num_classes": 3, "vocab_size": 40}), "does not describe"),
         (lambda p: _edit_config(p, model={"colour": "blue"}), "unknown model settings: colour"),
         (lambda p: _edit_config(p, labels=["negative", "positive", "negative"]), "'labels' repeats a label"),
-        (lambda p: _edit_section(p, "tokenizer", max_len=0), r"'tokenizer.max_len' is 0; it must be between 1 and 10,000"),
+        (
+            lambda p: _edit_section(p, "tokenizer", max_len=0),
+            r"'tokenizer.max_len' is 0; it must be between 1 and 10,000",
+        ),
         (lambda p: _edit_section(p, "tokenizer", max_len=-5), r"'tokenizer.max_len' is -5"),
-        (lambda p: _edit_section(p, "tokenizer", max_len="100"), r"'tokenizer.max_len' must be an integer, not \"100\""),
+        (
+            lambda p: _edit_section(p, "tokenizer", max_len="100"),
+            r"'tokenizer.max_len' must be an integer, not \"100\"",
+        ),
         (lambda p: _edit_section(p, "tokenizer", max_len=1.5), r"'tokenizer.max_len' must be an integer, not 1.5"),
         (lambda p: _edit_section(p, "tokenizer", max_len=10**9), r"'tokenizer.max_len' is 1000000000"),
         (lambda p: _edit_section(p, "model", hidden_dim=10**7), r"'model.hidden_dim' is 10000000; it must be between"),
-        (lambda p: _edit_section(p, "model", hidden_dim=64), r"lstm.weight_ih_l0 has shape \[64, 8\], the config implies \[256, 8\]"),
+        (
+            lambda p: _edit_section(p, "model", hidden_dim=64),
+            r"lstm.weight_ih_l0 has shape \[64, 8\], the config implies \[256, 8\]",
+        ),
         (lambda p: _edit_section(p, "model", num_classes="3"), r"'model.num_classes' must be an integer, not \"3\""),
         (lambda p: _edit_section(p, "model", bidirectional=1), r"'model.bidirectional' must be true or false"),
         (lambda p: _edit_section(p, "model", num_layers=2), "the LSTM has 1 layers, the config says 2"),
@@ -143,7 +156,9 @@ def test_bundle_written_to_and_read_from_s3(bundle_dir, s3_server):
     assert stored == {"config.json", "vocab.json", "model.safetensors", "metrics.json"}
     remote = load_bundle(uri)
     assert remote.version == local.version and len(local.version) == 12
-    np.testing.assert_array_equal(Predictor.load(uri).predict_proba(TEXTS), Predictor.load(bundle_dir[0]).predict_proba(TEXTS))
+    np.testing.assert_array_equal(
+        Predictor.load(uri).predict_proba(TEXTS), Predictor.load(bundle_dir[0]).predict_proba(TEXTS)
+    )
 
 
 def test_bundle_uri_errors_name_the_uri(bundle_dir, s3_server):

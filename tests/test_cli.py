@@ -1,4 +1,5 @@
 """The `ray-sentiment` command as a user runs it: real processes, real exit codes."""
+
 import json
 
 import pandas as pd
@@ -13,16 +14,34 @@ pytestmark = pytest.mark.integration
 def example_bundle(tmp_path_factory):
     """The README's main job: train on the example comments, on a local Ray started by the CLI."""
     out = tmp_path_factory.mktemp("example")
-    result = run_cli("train", "--train", str(EXAMPLES), "--output", str(out / "bundle"), "--epochs", "4",
-                     "--storage-path", str(out / "ckpt"), "--seed", "1")
+    result = run_cli(
+        "train",
+        "--train",
+        str(EXAMPLES),
+        "--output",
+        str(out / "bundle"),
+        "--epochs",
+        "4",
+        "--storage-path",
+        str(out / "ckpt"),
+        "--seed",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/4" in result.stdout and "bundle written to" in result.stdout
     return out / "bundle"
 
 
 def test_evaluate_prints_the_report_as_json(example_bundle, tmp_path):
-    result = run_cli("evaluate", "--model", str(example_bundle), "--data", str(EXAMPLES_TEST),
-                     "--output", str(tmp_path / "report.json"))
+    result = run_cli(
+        "evaluate",
+        "--model",
+        str(example_bundle),
+        "--data",
+        str(EXAMPLES_TEST),
+        "--output",
+        str(tmp_path / "report.json"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report == json.loads((tmp_path / "report.json").read_text())
@@ -81,7 +100,10 @@ def test_corrupt_bundle(example_bundle, tmp_path):
     for part in example_bundle.iterdir():
         (broken / part.name).write_bytes(part.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not weights")
-    for args in (("predict", "--model", str(broken), "hi"), ("evaluate", "--model", str(broken), "--data", str(EXAMPLES))):
+    for args in (
+        ("predict", "--model", str(broken), "hi"),
+        ("evaluate", "--model", str(broken), "--data", str(EXAMPLES)),
+    ):
         _one_line_error(run_cli(*args), "model.safetensors is corrupt")
 
 
@@ -99,19 +121,41 @@ def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
     # Few distinct texts: a rank-deficient co-occurrence matrix, which once gave NaN word vectors.
     rows = [("good good good", "pos"), ("bad bad bad", "neg"), ("good bad", "pos"), ("bad good", "neg")] * 40
     pd.DataFrame(rows, columns=["text", "label"]).to_parquet(tmp_path / "d.parquet")
-    result = run_cli("train", "--train", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "b"),
-                     "--epochs", "2", "--storage-path", str(tmp_path / "ckpt"))
+    result = run_cli(
+        "train",
+        "--train",
+        str(tmp_path / "d.parquet"),
+        "--output",
+        str(tmp_path / "b"),
+        "--epochs",
+        "2",
+        "--storage-path",
+        str(tmp_path / "ckpt"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    from safetensors.numpy import load_file
     import numpy as np
+    from safetensors.numpy import load_file
 
     weights = load_file(tmp_path / "b" / "model.safetensors")
     assert all(np.isfinite(w).all() for w in weights.values())
 
 
 def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
-    result = run_cli("train", "--train", str(EXAMPLES), "--output", str(tmp_path / "b"), "--epochs", "2",
-                     "--preset", "seed", "--learning-rate", "1e20", "--storage-path", str(tmp_path / "ckpt"))
+    result = run_cli(
+        "train",
+        "--train",
+        str(EXAMPLES),
+        "--output",
+        str(tmp_path / "b"),
+        "--epochs",
+        "2",
+        "--preset",
+        "seed",
+        "--learning-rate",
+        "1e20",
+        "--storage-path",
+        str(tmp_path / "ckpt"),
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("ray-sentiment: error:")]
     assert "the training loss became nan in epoch 1" in line and "lower --learning-rate" in line
@@ -123,6 +167,8 @@ def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
 
 def test_a_latin1_csv_is_refused_with_one_line_naming_the_file_and_the_encoding(tmp_path, example_bundle):
     (tmp_path / "latin1.csv").write_bytes("text,label\ncafé au lait,positive\nmauvais,negative\n".encode("latin-1"))
-    for command in (("train", "--train", str(tmp_path / "latin1.csv"), "--output", str(tmp_path / "b")),
-                    ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "latin1.csv"))):
+    for command in (
+        ("train", "--train", str(tmp_path / "latin1.csv"), "--output", str(tmp_path / "b")),
+        ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "latin1.csv")),
+    ):
         _one_line_error(run_cli(*command), "latin1.csv is not UTF-8 text: byte 0xe9 at offset 14, line 2")

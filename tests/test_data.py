@@ -1,4 +1,5 @@
 """Reading labelled data through Ray Data on a real local Ray cluster."""
+
 import json
 
 import pandas as pd
@@ -9,10 +10,23 @@ from ray_sentiment.errors import DataError
 
 pytestmark = pytest.mark.integration
 
-ROWS = pd.DataFrame({
-    "body": ["Great app!", "  ", None, "hate it", "meh", "love it", "ok then", "bad bad", "", "fine"],
-    "sentiment": [" Positive", "negative", "neutral", "NEGATIVE ", "neutral", "positive", None, "negative", "neutral", "  "],
-})
+ROWS = pd.DataFrame(
+    {
+        "body": ["Great app!", "  ", None, "hate it", "meh", "love it", "ok then", "bad bad", "", "fine"],
+        "sentiment": [
+            " Positive",
+            "negative",
+            "neutral",
+            "NEGATIVE ",
+            "neutral",
+            "positive",
+            None,
+            "negative",
+            "neutral",
+            "  ",
+        ],
+    }
+)
 
 
 def _write(df, path):
@@ -32,8 +46,12 @@ def test_labels_normalised_and_bad_rows_dropped_and_counted(ray_local, tmp_path,
     rows = split.dataset.to_pandas()
     assert split.rows_read == 10 and split.rows_dropped == 5 and split.rows == 5
     assert sorted(zip(rows["text"], rows["label"])) == [
-        ("Great app!", "positive"), ("bad bad", "negative"), ("hate it", "negative"),
-        ("love it", "positive"), ("meh", "neutral")]
+        ("Great app!", "positive"),
+        ("bad bad", "negative"),
+        ("hate it", "negative"),
+        ("love it", "positive"),
+        ("meh", "neutral"),
+    ]
 
 
 def test_directory_and_glob_inputs(ray_local, tmp_path):
@@ -50,11 +68,23 @@ def test_directory_and_glob_inputs(ray_local, tmp_path):
     "make, columns, message",
     [
         (lambda p: p / "missing.parquet", ("text", "label"), "no such file or directory"),
-        (lambda p: _write(ROWS, p / "rows.parquet"), ("text", "label"), "has no column 'text', 'label'; columns are: body, sentiment"),
+        (
+            lambda p: _write(ROWS, p / "rows.parquet"),
+            ("text", "label"),
+            "has no column 'text', 'label'; columns are: body, sentiment",
+        ),
         (lambda p: _write(ROWS, p / "rows.csv"), ("body", "stars"), "has no column 'stars'"),
         (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", ("text", "label"), "unknown file type"),
-        (lambda p: (p / "bad.parquet").write_bytes(b"PAR1 not really") and p / "bad.parquet", ("text", "label"), "cannot read .*bad.parquet"),
-        (lambda p: _write(pd.DataFrame({"text": [1, 2], "label": ["a", "b"]}), p / "ints.parquet"), ("text", "label"), "holds int64, not text"),
+        (
+            lambda p: (p / "bad.parquet").write_bytes(b"PAR1 not really") and p / "bad.parquet",
+            ("text", "label"),
+            "cannot read .*bad.parquet",
+        ),
+        (
+            lambda p: _write(pd.DataFrame({"text": [1, 2], "label": ["a", "b"]}), p / "ints.parquet"),
+            ("text", "label"),
+            "holds int64, not text",
+        ),
         (lambda p: p, ("text", "label"), "no data files found"),
     ],
 )

@@ -1,4 +1,5 @@
 """cluster.yaml and the Kubernetes manifests: valid for the tools that read them, and saying what we mean."""
+
 import re
 import shlex
 
@@ -6,15 +7,17 @@ import pytest
 import ray
 import yaml
 
-from conftest import ROOT
 from ray_sentiment.cli import build_parser
 from ray_sentiment.serve import ServeSettings
+
+from conftest import ROOT
 
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 # -- cluster.yaml: what `ray up` does to it before launching anything --------------------------------
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -44,7 +47,7 @@ def test_cluster_installs_this_package_and_the_same_ray_on_every_node(cluster):
     assert cluster["file_mounts"]["~/ray-sentiment"] == "."
     for commands in (cluster["head_setup_commands"], cluster["worker_setup_commands"]):
         text = "\n".join(commands)
-        assert f"=={ray.__version__}\"" in text  # the same Ray as the laptop that submits jobs
+        assert f'=={ray.__version__}"' in text  # the same Ray as the laptop that submits jobs
         assert "pip install -q -e ~/ray-sentiment" in text
 
 
@@ -56,6 +59,7 @@ def test_cluster_requires_a_token_and_keeps_the_dashboard_on_the_head(cluster):
 
 
 # -- deploy/k8s: KubeRay custom resources ------------------------------------------------------------
+
 
 def _manifest(name: str) -> dict:
     return yaml.safe_load((ROOT / "deploy" / "k8s" / name).read_text())

@@ -15,8 +15,16 @@ def test_cooccurrence_is_symmetric_weighted_and_ignores_padding_and_unknowns():
 
 
 def test_words_used_alike_get_similar_vectors():
-    texts = ["i love this phone", "i adore this phone", "i love this app", "i adore this app",
-             "the battery died today", "the screen died today", "my battery broke again", "my screen broke again"] * 20
+    texts = [
+        "i love this phone",
+        "i adore this phone",
+        "i love this app",
+        "i adore this app",
+        "the battery died today",
+        "the screen died today",
+        "my battery broke again",
+        "my screen broke again",
+    ] * 20
     vocab = build_vocab(count_tokens(texts), 100)
     index = vocab_index(vocab)
     ids, lengths = encode_batch(texts, index, 10)
@@ -24,7 +32,10 @@ def test_words_used_alike_get_similar_vectors():
     assert vectors.shape == (len(vocab), 4) and vectors.dtype == np.float32
     assert not vectors[:2].any()  # <pad> and <unk>
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-    similarity = lambda a, b: float(unit[index[a]] @ unit[index[b]])
+
+    def similarity(a, b):
+        return float(unit[index[a]] @ unit[index[b]])
+
     assert similarity("love", "adore") > similarity("love", "battery") + 0.3
     assert similarity("battery", "screen") > similarity("battery", "adore") + 0.3
 
@@ -38,8 +49,17 @@ def test_a_vocabulary_smaller_than_the_vectors_fills_the_first_columns():
 def test_a_rank_deficient_matrix_gives_finite_vectors_with_the_empty_components_at_zero():
     # Four words whose co-occurrence rows come in identical pairs: rank 2, so of 5 components only
     # 2 carry signal. The others must be exactly 0, never NaN, whatever the BLAS computes.
-    block = np.array([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 3, 3],
-                      [0, 0, 0, 0, 3, 3], [0, 0, 3, 3, 0, 0], [0, 0, 3, 3, 0, 0]], dtype=np.float64)
+    block = np.array(
+        [
+            [0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 3, 3],
+            [0, 0, 0, 0, 3, 3],
+            [0, 0, 3, 3, 0, 0],
+            [0, 0, 3, 3, 0, 0],
+        ],
+        dtype=np.float64,
+    )
     vectors = ppmi_vectors(sp.csr_matrix(block), dim=5)
     assert np.isfinite(vectors).all()
     columns_used = np.flatnonzero(np.abs(vectors).sum(axis=0) > 0)

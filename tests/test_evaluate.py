@@ -24,8 +24,9 @@ def test_report_agrees_with_scikit_learn(n_classes):
     assert report["macro_recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
     assert report["macro_precision"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
     assert report["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    expected_auc = (skm.roc_auc_score(y, proba[:, 1]) if n_classes == 2
-                    else skm.roc_auc_score(y, proba, multi_class="ovr"))
+    expected_auc = (
+        skm.roc_auc_score(y, proba[:, 1]) if n_classes == 2 else skm.roc_auc_score(y, proba, multi_class="ovr")
+    )
     assert report["roc_auc_ovr"] == pytest.approx(expected_auc)
     f1 = skm.f1_score(y, pred, average=None)
     for i, label in enumerate(labels):

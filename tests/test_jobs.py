@@ -2,6 +2,8 @@
 `ray job submit` for training and scoring, `serve deploy` for the endpoint, outputs in a bucket
 (an S3-compatible server), token authentication on. The cluster and the server are ended, by
 process group, whatever happens."""
+
+import contextlib
 import os
 import shutil
 import signal
@@ -18,8 +20,9 @@ import pytest
 import requests
 import yaml
 
-from conftest import EXAMPLES_TEST, ROOT, RedisServer, S3Server, free_port, wait_healthy
 from ray_sentiment import Predictor
+
+from conftest import EXAMPLES_TEST, ROOT, RedisServer, S3Server, free_port, wait_healthy
 
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 300
@@ -32,20 +35,49 @@ class HeadNode:
     def __init__(self, extra_env: dict):
         self.temp_dir = tempfile.mkdtemp(prefix="rs-head-", dir="/tmp")  # short: Ray's socket paths
         self.dashboard = f"http://127.0.0.1:{free_port()}"
-        self.env = {**os.environ, **extra_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(),
-                    # the cluster runs this virtualenv's python for `python jobs/...`
-                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        self.env = {
+            **os.environ,
+            **extra_env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+            # the cluster runs this virtualenv's python for `python jobs/...`
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
         self.env.pop("RAY_ADDRESS", None)
-        ports = {flag: str(free_port()) for flag in (
-            "--port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port",
-            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-            "--runtime-env-agent-port")}
-        command = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host",
-                   "127.0.0.1", "--dashboard-port", self.dashboard.rsplit(":", 1)[1], "--num-cpus", "2",
-                   "--temp-dir", self.temp_dir, "--disable-usage-stats", *(x for kv in ports.items() for x in kv)]
+        ports = {
+            flag: str(free_port())
+            for flag in (
+                "--port",
+                "--ray-client-server-port",
+                "--node-manager-port",
+                "--object-manager-port",
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--metrics-export-port",
+                "--runtime-env-agent-port",
+            )
+        }
+        command = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            self.dashboard.rsplit(":", 1)[1],
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            self.temp_dir,
+            "--disable-usage-stats",
+            *(x for kv in ports.items() for x in kv),
+        ]
         # A new session: every daemon `ray start` leaves behind stays in this process group.
-        self.process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         out, _ = self.process.communicate(timeout=TIMEOUT_S)
         if self.process.returncode != 0:
             self.stop()
@@ -58,13 +90,28 @@ class HeadNode:
             pytest.fail(f"{' '.join(command)} ran past {timeout}s\n{exc.stdout}\n{exc.stderr}")
 
     def submit(self, submission_id: str, *entrypoint: str, options: tuple = ()) -> subprocess.CompletedProcess:
-        return self.run(str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", ".",
-                        "--submission-id", submission_id, *options, "--", *entrypoint)
+        return self.run(
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--working-dir",
+            ".",
+            "--submission-id",
+            submission_id,
+            *options,
+            "--",
+            *entrypoint,
+        )
 
     def job_status(self, submission_id: str) -> str:
         """From the jobs REST API, which wants the cluster's token like every client."""
-        answer = requests.get(f"{self.dashboard}/api/jobs/{submission_id}", timeout=30,
-                              headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        answer = requests.get(
+            f"{self.dashboard}/api/jobs/{submission_id}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"},
+        )
         answer.raise_for_status()
         return answer.json()["status"]
 
@@ -73,10 +120,8 @@ class HeadNode:
         return result.stdout + result.stderr
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         # The address file of this (now dead) cluster lives in its own temp folder, so no later
         # address-less ray.init() can try to join it.
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -105,8 +150,19 @@ def head(s3):
 def trained(head, s3):
     """`jobs/train.py` on the example comments (shipped in the working dir), bundle and checkpoints to the bucket."""
     model, checkpoints = s3.uri("models/example"), s3.uri("checkpoints")
-    result = head.submit("train-example", "python", "jobs/train.py", "--train", "examples/train.csv",
-                         "--output", model, "--storage-path", checkpoints, "--epochs", "2")
+    result = head.submit(
+        "train-example",
+        "python",
+        "jobs/train.py",
+        "--train",
+        "examples/train.csv",
+        "--output",
+        model,
+        "--storage-path",
+        checkpoints,
+        "--epochs",
+        "2",
+    )
     return result, model, checkpoints
 
 
@@ -132,8 +188,19 @@ def test_score_job_scores_every_row_of_the_bucket(head, s3, trained):
     with s3.filesystem().open_output_stream(f"{s3.BUCKET}/comments/part-0.parquet") as f:
         frame.to_parquet(f, index=False)
 
-    result = head.submit("score-example", "python", "jobs/score.py", "--model", model,
-                         "--input", s3.uri("comments"), "--output", s3.uri("scored"), "--id-column", "id")
+    result = head.submit(
+        "score-example",
+        "python",
+        "jobs/score.py",
+        "--model",
+        model,
+        "--input",
+        s3.uri("comments"),
+        "--output",
+        s3.uri("scored"),
+        "--id-column",
+        "id",
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert head.job_status("score-example") == "SUCCEEDED"
     scored = pads.dataset(f"{s3.BUCKET}/scored", filesystem=s3.filesystem(), format="parquet").to_table()
@@ -188,9 +255,20 @@ def test_stream_job_scores_until_ray_job_stop_then_reports(head, trained, tmp_pa
             client.xadd("comments", {"text": text})
         # Ray gives a stopped job 3 s before SIGKILL; the README says to allow the consumers more.
         wait = '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"}}'
-        submitted = head.submit("stream-example", "python", "jobs/stream.py", "--model", model, "--redis", redis.url,
-                                "--input-stream", "comments", "--output-stream", "comments:scored",
-                                options=("--no-wait", "--runtime-env-json", wait))
+        submitted = head.submit(
+            "stream-example",
+            "python",
+            "jobs/stream.py",
+            "--model",
+            model,
+            "--redis",
+            redis.url,
+            "--input-stream",
+            "comments",
+            "--output-stream",
+            "comments:scored",
+            options=("--no-wait", "--runtime-env-json", wait),
+        )
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         deadline = time.monotonic() + TIMEOUT_S
         while client.xlen("comments:scored") < len(texts) and time.monotonic() < deadline:
@@ -205,13 +283,30 @@ def test_stream_job_scores_until_ray_job_stop_then_reports(head, trained, tmp_pa
         redis.stop()
 
 
-@pytest.mark.parametrize("submission_id, entrypoint, message", [
-    ("bad-model", ["python", "jobs/score.py", "--model", "s3://ray-sentiment-test/no-such-model",
-                   "--input", "s3://ray-sentiment-test/comments", "--output", "s3://ray-sentiment-test/out"],
-     "ray-sentiment: error: model bundle s3://ray-sentiment-test/no-such-model is not a directory"),
-    ("bad-option", ["python", "jobs/train.py", "--output", "runs/x"],
-     "error: the following arguments are required: --train"),
-])
+@pytest.mark.parametrize(
+    "submission_id, entrypoint, message",
+    [
+        (
+            "bad-model",
+            [
+                "python",
+                "jobs/score.py",
+                "--model",
+                "s3://ray-sentiment-test/no-such-model",
+                "--input",
+                "s3://ray-sentiment-test/comments",
+                "--output",
+                "s3://ray-sentiment-test/out",
+            ],
+            "ray-sentiment: error: model bundle s3://ray-sentiment-test/no-such-model is not a directory",
+        ),
+        (
+            "bad-option",
+            ["python", "jobs/train.py", "--output", "runs/x"],
+            "error: the following arguments are required: --train",
+        ),
+    ],
+)
 def test_job_given_bad_arguments_fails_with_its_message(head, submission_id, entrypoint, message):
     result = head.submit(submission_id, *entrypoint)
     assert result.returncode != 0
@@ -223,7 +318,12 @@ def test_job_given_bad_arguments_fails_with_its_message(head, submission_id, ent
 
 def test_jobs_api_refuses_a_wrong_token(head):
     wrong = {**head.env, "RAY_AUTH_TOKEN": "0" * 32}
-    result = subprocess.run([str(BIN / "ray"), "job", "list", "--address", head.dashboard], env=wrong,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", head.dashboard],
+        env=wrong,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "token" in (result.stdout + result.stderr).lower()

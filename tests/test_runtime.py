@@ -1,4 +1,5 @@
 """The local cluster that the commands start: token authentication on, dashboard on loopback."""
+
 import psutil
 import requests
 
@@ -9,8 +10,12 @@ def test_local_cluster_requires_the_token_and_keeps_its_dashboard_on_loopback(ra
     assert is_token_auth_enabled()
     host, port = ray_local.worker.get_dashboard_url().rsplit(":", 1)
     assert host == "127.0.0.1"
-    bound = [c.laddr.ip for p in psutil.Process().children(recursive=True)
-             for c in _connections(p) if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)]
+    bound = [
+        c.laddr.ip
+        for p in psutil.Process().children(recursive=True)
+        for c in _connections(p)
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)
+    ]
     assert bound == ["127.0.0.1"]  # the dashboard's HTTP server, jobs API included, and nothing else
     assert requests.get(f"http://127.0.0.1:{port}/api/jobs/", timeout=10).status_code == 401  # no token
 
@@ -24,14 +29,18 @@ def test_local_cluster_serves_no_metrics_on_other_interfaces_but_the_documented_
     """Ray's Prometheus endpoints (no authentication) must not answer on the machine's address."""
     address = ray_local.util.get_node_ip_address()
     answering = []
-    for process in [psutil.Process()] + psutil.Process().children(recursive=True):
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         for c in _connections(process):
             if c.status == psutil.CONN_LISTEN and not c.laddr.ip.startswith("127."):
                 try:
                     response = requests.get(f"http://{address}:{c.laddr.port}/metrics", timeout=2)
                 except requests.RequestException:
                     continue  # not HTTP: one of Ray's gRPC servers, which the token guards
-                if response.status_code == 200 and "# TYPE" in response.text and c.laddr.port not in DOCUMENTED_METRICS_PORTS:
+                if (
+                    response.status_code == 200
+                    and "# TYPE" in response.text
+                    and c.laddr.port not in DOCUMENTED_METRICS_PORTS
+                ):
                     answering.append((process.name(), c.laddr.port))
     assert answering == []
 

@@ -1,4 +1,6 @@
 """The Serve app over real HTTP, on a real local Ray, on a free port."""
+
+import contextlib
 import json
 import os
 import re
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.serve import API_KEY_ENV, ServeSettings, app_builder, build, start
+
+from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy, write_random_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +42,17 @@ def server(ray_local, bundle):
 
 def post(url: str, body, **kwargs) -> requests.Response:
     data = body if isinstance(body, (bytes, str, types.GeneratorType)) else json.dumps(body)
-    return requests.post(f"{url}/v1/sentiment", data=data, timeout=60,
-                         headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
+    return requests.post(
+        f"{url}/v1/sentiment",
+        data=data,
+        timeout=60,
+        headers={"Content-Type": "application/json", **kwargs.pop("headers", {})},
+        **kwargs,
+    )
 
 
 def test_results_match_the_predictor_in_input_order(server, bundle):
-    texts = SAMPLE_TEXTS + ["the update broke everything", "ok"]
+    texts = [*SAMPLE_TEXTS, "the update broke everything", "ok"]
     response = post(server, {"texts": texts})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -116,7 +124,9 @@ def test_api_key_guards_v1_and_the_docs_but_not_healthz(server, bundle, monkeypa
         assert post(url, {"texts": ["hi"]}, headers={"Authorization": "Basic s3cret"}).status_code == 401
         for path in ("/v1/model", "/docs", "/openapi.json"):
             assert requests.get(f"{url}{path}", timeout=10).status_code == 401, path
-            assert requests.get(f"{url}{path}", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+            assert (
+                requests.get(f"{url}{path}", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+            )
         for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: the scheme is case-insensitive
             assert post(url, {"texts": ["hi"]}, headers={"Authorization": f"{scheme} s3cret"}).status_code == 200
     finally:
@@ -240,8 +250,11 @@ def test_serve_command_keeps_the_key_out_of_ray_logs_binds_every_port_to_host_an
     assert [status for status, _ in outcomes] == [200] * 8, outcomes  # every request accepted was answered
     assert any(ended > signalled for _, ended in outcomes), "no request was still in flight at SIGTERM"
     assert stop_seconds < 20, stop_seconds  # was 37-38 s; a loose bound, the figure is in the README
-    leaks = [str(p) for p in Path(tempfile.gettempdir(), "ray").rglob("*")
-             if p.is_file() and p.stat().st_mtime >= started - 1 and key.encode() in p.read_bytes()]
+    leaks = [
+        str(p)
+        for p in Path(tempfile.gettempdir(), "ray").rglob("*")
+        if p.is_file() and p.stat().st_mtime >= started - 1 and key.encode() in p.read_bytes()
+    ]
     assert leaks == []
 
 
@@ -255,14 +268,20 @@ def test_serve_command_refuses_a_busy_port_and_warns_on_an_open_host_without_a_k
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("warning: serving on 0.0.0.0 without an API key")
-    assert lines[1] == f"ray-sentiment: error: cannot listen on 0.0.0.0:{port}: Address already in use; choose another --port"
+    assert (
+        lines[1]
+        == f"ray-sentiment: error: cannot listen on 0.0.0.0:{port}: Address already in use; choose another --port"
+    )
     assert len(lines) == 2
 
 
 def test_serve_command_refuses_an_empty_api_key(bundle):
     result = run_cli("serve", "--model", str(bundle), "--port", str(free_port()), env={API_KEY_ENV: ""})
     assert result.returncode == 2
-    assert result.stderr.strip() == f"ray-sentiment: error: {API_KEY_ENV} is set but empty; set a key, or unset it to serve without one"
+    assert (
+        result.stderr.strip()
+        == f"ray-sentiment: error: {API_KEY_ENV} is set but empty; set a key, or unset it to serve without one"
+    )
 
 
 def _one_large_request(port: int, auth: dict, outcomes: list) -> None:
@@ -278,10 +297,11 @@ def _listening_addresses(root_pid: int, port: int) -> set[str]:
     import psutil
 
     addresses = set()
-    for process in [psutil.Process(root_pid)] + psutil.Process(root_pid).children(recursive=True):
-        try:
-            addresses |= {c.laddr.ip for c in process.net_connections(kind="inet")
-                          if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
-        except psutil.Error:
-            pass
+    for process in [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            addresses |= {
+                c.laddr.ip
+                for c in process.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            }
     return addresses

@@ -1,4 +1,5 @@
 """Small files at local paths and URIs (bundles have their own tests in test_bundle.py)."""
+
 import pytest
 
 from ray_sentiment.errors import DataError

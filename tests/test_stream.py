@@ -1,5 +1,6 @@
 """The Redis Streams consumer against real redis-server processes (each test starts its own) and,
 for the consumer actors, a real local Ray cluster."""
+
 import json
 import os
 import signal
@@ -8,11 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import actor_pids, cli_process, run_cli, write_random_bundle
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.redis_broker import window_counts
 from ray_sentiment.stream import Entry, StreamRunner, StreamSettings, open_broker, score_entries
+
+from conftest import actor_pids, cli_process, run_cli, write_random_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +33,15 @@ def predictor(bundle):
 
 
 def settings(server, **overrides) -> StreamSettings:
-    values = dict(redis=server.url, input_stream="comments", output_stream="scored", key_field="brand",
-                  batch_size=50, block_ms=200, claim_idle_ms=1000)
+    values = dict(
+        redis=server.url,
+        input_stream="comments",
+        output_stream="scored",
+        key_field="brand",
+        batch_size=50,
+        block_ms=200,
+        claim_idle_ms=1000,
+    )
     return StreamSettings(**{**values, **overrides})
 
 
@@ -47,15 +56,22 @@ def produce(client, n: int, seed: int = 0, stream: str = "comments") -> dict[str
 
 
 def outputs(client, stream: str = "scored") -> list[dict]:
-    return [{k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()} for _, fields in client.xrange(stream)]
+    return [
+        {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()} for _, fields in client.xrange(stream)
+    ]
 
 
 def entry(id_: str, deliveries: int = 1, **fields) -> Entry:
-    return Entry(id_, int(id_.split("-")[0]), {k.encode(): v if isinstance(v, bytes) else v.encode()
-                                              for k, v in fields.items()}, deliveries)
+    return Entry(
+        id_,
+        int(id_.split("-")[0]),
+        {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in fields.items()},
+        deliveries,
+    )
 
 
 # -- turning entries into results (no broker) -----------------------------------------------------
+
 
 def test_entries_that_cannot_be_scored_become_dead_letters_with_a_reason(predictor):
     s = StreamSettings(max_text_chars=50, max_deliveries=3, key_field="brand")
@@ -69,9 +85,14 @@ def test_entries_that_cannot_be_scored_become_dead_letters_with_a_reason(predict
     ]
     results = score_entries(predictor, entries, s)
     reasons = [dict(r.fields).get("reason") for r in results]
-    assert reasons == [None, "entry has no 'text' field", "text is not valid UTF-8", "text is empty",
-                       "text is 51 characters, more than --max-text-chars 50",
-                       "delivered 4 times, more than --max-deliveries 3"]
+    assert reasons == [
+        None,
+        "entry has no 'text' field",
+        "text is not valid UTF-8",
+        "text is empty",
+        "text is 51 characters, more than --max-text-chars 50",
+        "delivered 4 times, more than --max-deliveries 3",
+    ]
     assert [r.label is None for r in results] == [False] + [True] * 5
     assert dict(results[2].fields)[b"text"] == b"\xff\xfe broken"  # the original fields, byte for byte
     good = dict(results[0].fields)
@@ -92,6 +113,7 @@ def test_settings_refuse_impossible_values():
 
 
 # -- the broker against a real redis-server -------------------------------------------------------
+
 
 def test_a_commit_retried_after_it_applied_writes_nothing_twice(redis_server, predictor):
     client = redis_server.client()
@@ -150,6 +172,7 @@ def test_a_group_started_at_new_skips_what_the_stream_already_holds(redis_server
 
 # -- consumer actors on a real local Ray ----------------------------------------------------------
 
+
 def run_until(runner: StreamRunner, done, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -168,8 +191,9 @@ def check_exactly_once(server, produced: dict[str, str], predictor) -> None:
     texts = [produced[o["source_id"]] for o in out]
     got = np.array([[float(o[f"p_{label}"]) for label in predictor.labels] for o in out])
     np.testing.assert_allclose(got, predictor.predict_proba(texts), rtol=1e-5, atol=1e-6)
-    counted = {(w["key"], label): n for w in window_counts(server.url, "scored", last=1000)
-               for label, n in w["counts"].items()}
+    counted = {
+        (w["key"], label): n for w in window_counts(server.url, "scored", last=1000) for label, n in w["counts"].items()
+    }
     expected = {}
     for o in out:
         expected[(o["brand"], o["label"])] = expected.get((o["brand"], o["label"]), 0) + 1
@@ -189,9 +213,14 @@ def test_every_entry_yields_exactly_one_output_and_bad_ones_a_dead_letter(ray_lo
         summary = runner.stop()
     check_exactly_once(redis_server, produced, predictor)
     dead = outputs(client, "comments:dead-letter")
-    assert sorted(d["reason"] for d in dead) == sorted(["entry has no 'text' field", "text is empty",
-                                                        "text is not valid UTF-8",
-                                                        "text is 200,001 characters, more than --max-text-chars 100,000"])
+    assert sorted(d["reason"] for d in dead) == sorted(
+        [
+            "entry has no 'text' field",
+            "text is empty",
+            "text is not valid UTF-8",
+            "text is 200,001 characters, more than --max-text-chars 100,000",
+        ]
+    )
     assert (summary.scored, summary.dead_lettered, summary.pending, summary.restarted_consumers) == (5000, 4, 0, 0)
 
 
@@ -205,8 +234,10 @@ def test_a_consumer_killed_mid_run_loses_and_duplicates_nothing(ray_local, redis
         assert len(victims) == 2
         os.kill(victims[0], signal.SIGKILL)
         assert client.xlen("scored") < 5000, "the run ended before the kill; the test proves nothing"
-        run_until(runner, lambda: client.xlen("scored") >= 5000
-                  and client.xpending("comments", "ray-sentiment")["pending"] == 0)
+        run_until(
+            runner,
+            lambda: client.xlen("scored") >= 5000 and client.xpending("comments", "ray-sentiment")["pending"] == 0,
+        )
     finally:
         summary = runner.stop()
     check_exactly_once(redis_server, produced, predictor)
@@ -245,11 +276,25 @@ def test_a_consumer_that_keeps_failing_is_reported_not_retried_forever(ray_local
 
 # -- the command line -----------------------------------------------------------------------------
 
+
 def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, bundle):
     client = redis_server.client()
     produced = produce(client, 300)
-    with cli_process("stream", "--model", str(bundle), "--redis", redis_server.url, "--input-stream", "comments",
-                     "--output-stream", "scored", "--key-field", "brand", "--block-ms", "200") as proc:
+    with cli_process(
+        "stream",
+        "--model",
+        str(bundle),
+        "--redis",
+        redis_server.url,
+        "--input-stream",
+        "comments",
+        "--output-stream",
+        "scored",
+        "--key-field",
+        "brand",
+        "--block-ms",
+        "200",
+    ) as proc:
         deadline = time.monotonic() + 120
         while client.xlen("scored") < 300 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -269,8 +314,18 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, bundle):
 
 
 def test_stream_command_reports_an_unreachable_redis_in_one_line(bundle):
-    result = run_cli("stream", "--model", str(bundle), "--redis", "redis://127.0.0.1:1/0",
-                     "--input-stream", "comments", "--output-stream", "scored", timeout=60)
+    result = run_cli(
+        "stream",
+        "--model",
+        str(bundle),
+        "--redis",
+        "redis://127.0.0.1:1/0",
+        "--input-stream",
+        "comments",
+        "--output-stream",
+        "scored",
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("ray-sentiment: error: cannot reach Redis at redis://127.0.0.1:1/0")
     assert len(result.stderr.strip().splitlines()) == 1

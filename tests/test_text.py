@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from ray_sentiment.text import PAD_ID, UNK_ID, build_vocab, count_tokens, encode_batch, tokenize, tokenize_batch, vocab_index
+from ray_sentiment.text import (
+    PAD_ID,
+    UNK_ID,
+    build_vocab,
+    count_tokens,
+    encode_batch,
+    tokenize,
+    tokenize_batch,
+    vocab_index,
+)
 
 
 @pytest.mark.parametrize(
@@ -13,7 +22,10 @@ from ray_sentiment.text import PAD_ID, UNK_ID, build_vocab, count_tokens, encode
         ("ham &amp; eggs &lt;3 &quot;yes&quot;", ["ham", "eggs", "❤", "yes"]),
         ("#Blessed day #2016", ["#blessed", "day", "#2016"]),
         ("great 😂😂😂😂 👍🏽 ❤️", ["great", "😂", "😂", "👍", "❤"]),
-        ("nice :) sad :-( lol :D meh :/ ;p <3 </3", ["nice", ":)", "sad", ":-(", "lol", ":d", "meh", ":/", ";p", "❤", "💔"]),
+        (
+            "nice :) sad :-( lol :D meh :/ ;p <3 </3",
+            ["nice", ":)", "sad", ":-(", "lol", ":d", "meh", ":/", ";p", "❤", "💔"],
+        ),
         ("soooooo goooood!!!!", ["soo", "good", "!", "!"]),
         ("I don’t like it, isn't fun", ["i", "don't", "like", "it", "isn't", "fun"]),
         ("paid 1,000.50 for 3 tickets at 5pm", ["paid", "<num>", "for", "<num>", "tickets", "at", "5pm"]),

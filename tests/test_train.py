@@ -1,4 +1,5 @@
 """Ray Train end to end on real tweets: 2 data-parallel workers, checkpoints, recovery."""
+
 import json
 import os
 import signal
@@ -9,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import actor_pids, dataset
 from ray_sentiment import Predictor
 from ray_sentiment.evaluate import classification_report
 from ray_sentiment.train import TrainConfig, train
+
+from conftest import actor_pids, dataset
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +31,18 @@ def tweets_sample(tmp_path_factory):
 def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_path):
     unlabelled = tmp_path / "unlabelled.parquet"
     pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(20_000).to_parquet(unlabelled)
-    bundle = train(TrainConfig(
-        train_path=str(tweets_sample), output=str(tmp_path / "bundle"), preset="default",
-        num_workers=2, epochs=5, learning_rate=3e-3, storage_path=str(tmp_path / "ckpt"),
-        unlabelled_path=str(unlabelled),
-    ))
+    bundle = train(
+        TrainConfig(
+            train_path=str(tweets_sample),
+            output=str(tmp_path / "bundle"),
+            preset="default",
+            num_workers=2,
+            epochs=5,
+            learning_rate=3e-3,
+            storage_path=str(tmp_path / "ckpt"),
+            unlabelled_path=str(unlabelled),
+        )
+    )
     val = pd.read_parquet(dataset("tweets/val.parquet"))
     predictor = Predictor.load(bundle)
     y = val["label"].map({label: i for i, label in enumerate(predictor.labels)}).to_numpy()
@@ -50,7 +59,9 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert metrics["best_epoch"] == min(history, key=lambda h: h["val_loss"])["epoch"]
     assert metrics["validation"]["loss"] == pytest.approx(history[metrics["best_epoch"] - 1]["val_loss"])
     assert metrics["rows"]["train"]["read"] == 8000
-    assert metrics["rows"]["train"]["rows"] + metrics["rows"]["val"]["rows"] == 8000 - metrics["rows"]["train"]["dropped"]
+    assert (
+        metrics["rows"]["train"]["rows"] + metrics["rows"]["val"]["rows"] == 8000 - metrics["rows"]["train"]["dropped"]
+    )
     assert metrics["restarts"] == []
     assert metrics["rows"]["unlabelled"]["read"] == 20_000
     assert metrics["settings"]["embedding_init"] == "ppmi"
@@ -73,10 +84,17 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweet
 
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
-    bundle = train(TrainConfig(
-        train_path=str(tweets_sample), output=str(tmp_path / "bundle"), preset="seed", num_workers=2,
-        epochs=4, max_failures=1, storage_path=str(storage),
-    ))
+    bundle = train(
+        TrainConfig(
+            train_path=str(tweets_sample),
+            output=str(tmp_path / "bundle"),
+            preset="seed",
+            num_workers=2,
+            epochs=4,
+            max_failures=1,
+            storage_path=str(storage),
+        )
+    )
     killer.join(timeout=5)
     assert "pid" in killed, "the test never found a worker to kill"
     metrics = json.loads((Path(bundle) / "metrics.json").read_text())

@@ -1,0 +1,200 @@
+"""Every command's options as frozen dataclasses, each default written once.
+
+The CLI takes its flags' defaults from these fields and Serve config files (`app_builder`) go
+through them too, so a value is checked in one place (`__post_init__`) whichever way it came.
+Pure Python: importing this module starts nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+from .results import MAX_TEXT_CHARS
+
+Concurrency = int | tuple[int, int]  # a fixed number of actors (replicas), or (min, max) to autoscale
+MAX_TEXTS_PER_REQUEST = 1000  # texts in one HTTP request
+MAX_STREAM_BATCH = 10_000  # entries in one stream commit
+T = TypeVar("T")
+
+
+def parse_concurrency(value: object, option: str) -> Concurrency:
+    """4 or '4' → 4 actors (or replicas); '1,4', [1, 4] or (1, 4) → autoscaling between 1 and 4."""
+    parts = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        numbers = [int(str(p).strip()) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{option} takes N or MIN,MAX, not {value!r}") from None
+    if len(numbers) not in (1, 2) or min(numbers) < 1 or (len(numbers) == 2 and numbers[0] > numbers[1]):
+        raise ConfigError(f"{option} takes N or MIN,MAX with 1 <= MIN <= MAX, not {value!r}")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of one setting, for a CLI flag."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def settings_from(cls: type[T], options: dict[str, Any], source: str = "") -> T:
+    """Build settings from a dict of options; a name that is not a setting is a one-line error."""
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"{source or cls.__name__}: unknown settings {', '.join(unknown)}; known: {', '.join(known)}")
+    try:
+        return cls(**options)
+    except TypeError as exc:  # a required setting is missing
+        raise ConfigError(f"{source or cls.__name__}: {exc}") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(settings: object, minimum: float, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) < minimum:
+            raise ConfigError(f"{_flag(name)} must be at least {minimum}, not {getattr(settings, name)}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the user asked of `train`. None: take the preset's value (see model.PRESETS)."""
+
+    train_path: str
+    output: str
+    val_path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    preset: str = "default"
+    epochs: int | None = None
+    batch_size: int | None = None  # global: split across workers, so results don't depend on their number
+    learning_rate: float | None = None
+    max_len: int | None = None
+    vocab_size: int | None = None
+    class_weighted: bool | None = None
+    embedding_init: str | None = None
+    unlabelled_path: str | None = None  # extra comments, without labels, for the word vectors
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    seed: int = 0
+    max_failures: int = 0
+    storage_path: str | None = None
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "num_workers")
+        for name in ("epochs", "max_len", "batch_size"):
+            if getattr(self, name) is not None:
+                _at_least(self, 1, name)
+        if self.vocab_size is not None:
+            _at_least(self, 3, "vocab_size")
+        if self.learning_rate is not None and not 0 < self.learning_rate < float("inf"):
+            raise ConfigError("--learning-rate must be a positive number")
+        if self.embedding_init not in (None, "random", "ppmi"):
+            raise ConfigError(f"unknown embedding init {self.embedding_init!r}; use 'random' or 'ppmi'")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError("the validation fraction must be between 0 and 1")
+        if self.max_failures < 0:
+            raise ConfigError("--max-failures must be 0 or more (-1 is not supported: a bug would retry forever)")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ConfigError("--cpus-per-worker must be more than 0")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """`score`: Parquet in, Parquet out."""
+
+    model: str
+    input: str
+    output: str
+    text_column: str = "text"
+    id_column: str | None = None  # unique row id: a rerun resumes, skipping ids already written
+    columns: tuple[str, ...] | None = None  # input columns to keep (default: all)
+    batch_size: int = 1024  # rows per model call
+    concurrency: Concurrency = 1
+    use_gpu: bool = False
+    overwrite: bool = False
+    allow_duplicate_ids: bool = False
+    max_text_chars: int = MAX_TEXT_CHARS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concurrency", parse_concurrency(self.concurrency, "--concurrency"))
+        if isinstance(self.columns, str):
+            object.__setattr__(self, "columns", tuple(c.strip() for c in self.columns.split(",") if c.strip()))
+        _at_least(self, 1, "batch_size", "max_text_chars")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """`stream`: a Redis stream of comments scored into another."""
+
+    redis: str = "redis://127.0.0.1:6379/0"
+    input_stream: str = "comments"
+    output_stream: str = "comments:scored"
+    group: str = "ray-sentiment"
+    consumers: int = 1
+    batch_size: int = 256
+    block_ms: int = 1000
+    dead_letter_stream: str = ""  # default: "<input_stream>:dead-letter"
+    max_deliveries: int = 5
+    claim_idle_ms: int = 30_000
+    key_field: str | None = None
+    window_s: int = 60
+    counts_ttl_s: int = 7 * 24 * 3600
+    start: str = "begin"  # where a group created now starts: "begin" (whole stream) or "new"
+    text_field: str = "text"
+    max_text_chars: int = MAX_TEXT_CHARS
+    use_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.dead_letter_stream:
+            object.__setattr__(self, "dead_letter_stream", f"{self.input_stream}:dead-letter")
+        _at_least(
+            self,
+            1,
+            "consumers",
+            "batch_size",
+            "block_ms",
+            "max_deliveries",
+            "claim_idle_ms",
+            "window_s",
+            "counts_ttl_s",
+            "max_text_chars",
+        )
+        if self.batch_size > MAX_STREAM_BATCH:
+            raise ConfigError(f"--batch-size must be at most {MAX_STREAM_BATCH:,} (one commit carries the whole batch)")
+        if self.start not in ("begin", "new"):
+            raise ConfigError(f"--start takes begin or new, not {self.start!r}")
+        if len({self.input_stream, self.output_stream, self.dead_letter_stream}) < 3:
+            raise ConfigError("input, output and dead-letter streams must be three different keys")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`serve`: the HTTP endpoint."""
+
+    model: str
+    replicas: Concurrency = 1
+    use_gpu: bool = False
+    max_batch_size: int = 2048  # texts per model call, from however many requests
+    batch_wait_ms: float = 5.0
+    batching: bool = True
+    max_ongoing_requests: int = 64  # per model replica: a batch is built from these
+    max_queued_requests: int = 256  # beyond this, 503
+    max_text_chars: int = MAX_TEXT_CHARS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "replicas", parse_concurrency(self.replicas, "--replicas"))
+        if self.max_batch_size < MAX_TEXTS_PER_REQUEST:
+            raise ConfigError(
+                f"--max-batch-size counts texts and must be at least {MAX_TEXTS_PER_REQUEST:,} "
+                f"(one request may carry that many), not {self.max_batch_size}"
+            )
+        if self.batch_wait_ms < 0:
+            raise ConfigError("--batch-wait-ms must be 0 or more")
+        _at_least(self, 1, "max_ongoing_requests", "max_queued_requests", "max_text_chars")
