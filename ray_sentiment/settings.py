@@ -124,8 +124,10 @@ class ScoreSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "concurrency", parse_concurrency(self.concurrency, "--concurrency"))
-        if isinstance(self.columns, str):
+        if isinstance(self.columns, str):  # as the CLI gives it: comma-separated
             object.__setattr__(self, "columns", tuple(c.strip() for c in self.columns.split(",") if c.strip()))
+        elif self.columns is not None:
+            object.__setattr__(self, "columns", tuple(self.columns))
         _at_least(self, 1, "batch_size", "max_text_chars")
 
 

@@ -15,6 +15,17 @@ EXAMPLES = ROOT / "examples" / "train.csv"
 EXAMPLES_TEST = ROOT / "examples" / "test.csv"
 
 
+SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts Ray, Redis or S3 through a fixture is an integration test wherever it lives;
+    modules that start them otherwise (through the CLI) carry the mark themselves."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 def dataset(relative: str) -> Path:
     path = DATASETS / relative
     if not path.is_file():
@@ -103,6 +114,23 @@ def wait_healthy(url: str, timeout: float = 120, explain=lambda: "") -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} not healthy after {timeout}s{explain()}")
+
+
+WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]
+
+
+def random_texts(n: int, seed: int = 0) -> list[str]:
+    """n comments of 1 to 11 words drawn from WORDS."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A random-weights bundle (see write_random_bundle), one per test module."""
+    return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
 
 
 SAMPLE_TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "soooo good!!! #win", "meh " * 300]

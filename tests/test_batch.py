@@ -16,22 +16,20 @@ import pytest
 from ray_sentiment import Predictor
 from ray_sentiment.batch import score_parquet
 from ray_sentiment.errors import ConfigError, DataError
+from ray_sentiment.settings import ScoreSettings
 
-from conftest import ROOT, actor_pids, run_cli, write_random_bundle
+from conftest import ROOT, actor_pids, random_texts, run_cli
 
 pytestmark = pytest.mark.integration
 
-WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]
 
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
+def score(bundle, input, output, **options):
+    return score_parquet(ScoreSettings(str(bundle), str(input), str(output), **options))
 
 
 def comments(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    texts = [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
+    texts = random_texts(n, seed)
     return pd.DataFrame({"id": np.arange(n), "text": texts, "brand": rng.choice(["a", "b"], size=n)})
 
 
@@ -55,14 +53,14 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     df = comments(3000)
     df.loc[[5, 6, 7], "text"] = [None, "", "   "]
     write_parts(df, tmp_path / "in", 3)
-    summary = score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"), batch_size=256)
+    summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), batch_size=256)
     out = read_output(tmp_path / "out")
     assert summary.rows_in == summary.rows_out == len(out) == 3000 and summary.rows_with_errors == 3
     assert list(out.columns) == [
         "id",
         "text",
         "brand",
-        "sentiment",
+        "label",
         "confidence",
         "p_negative",
         "p_neutral",
@@ -71,13 +69,13 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     ]
     assert out["id"].tolist() == list(range(3000))
     assert errors(out.loc[[5, 6, 7]]) == ["text is null", "text is empty", "text is empty"]
-    assert out.loc[[5, 6, 7], "sentiment"].isna().all() and out.loc[[5, 6, 7], "p_positive"].isna().all()
+    assert out.loc[[5, 6, 7], "label"].isna().all() and out.loc[[5, 6, 7], "p_positive"].isna().all()
     good = out[[e is None for e in errors(out)]]
     predictor = Predictor.load(bundle)
     expected = predictor.predict_proba(good["text"].tolist())
     got = good[["p_negative", "p_neutral", "p_positive"]].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert good["sentiment"].tolist() == [predictor.labels[i] for i in expected.argmax(axis=1)]
+    assert good["label"].tolist() == [predictor.labels[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(good["confidence"], expected.max(axis=1), rtol=1e-6)
 
 
@@ -87,22 +85,22 @@ def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bun
         pa.table({"id": [0, 1, 2], "text": pa.array([b"fine \xf0\x9f\x98\x8d", b"\xff\xfe bad", None], pa.binary())}),
         tmp_path / "in" / "binary.parquet",
     )
-    score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"))
+    score(bundle, tmp_path / "in", str(tmp_path / "out"))
     out = read_output(tmp_path / "out")
     assert errors(out) == [None, "text is not valid UTF-8", "text is null"]
-    assert out["sentiment"].notna().tolist() == [True, False, False]
+    assert out["label"].notna().tolist() == [True, False, False]
 
     pd.DataFrame({"id": [0, 1], "text": [17, 42]}).to_parquet(tmp_path / "ints.parquet")
-    score_parquet(str(bundle), str(tmp_path / "ints.parquet"), str(tmp_path / "out2"))
+    score(bundle, tmp_path / "ints.parquet", str(tmp_path / "out2"))
     assert errors(read_output(tmp_path / "out2")) == ["text is int, not a string"] * 2
 
 
 def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bundle, tmp_path):
     comments(2000).to_parquet(tmp_path / "in.parquet")
     # Two actors on this 2-CPU cluster: each must leave room for the read and tokenise tasks.
-    summary = score_parquet(
-        str(bundle),
-        str(tmp_path / "in.parquet"),
+    summary = score(
+        bundle,
+        tmp_path / "in.parquet",
         str(tmp_path / "out"),
         columns=["brand"],
         id_column="id",
@@ -130,7 +128,7 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
 
     killer = threading.Thread(target=kill_the_scorer, daemon=True)
     killer.start()
-    summary = score_parquet(str(bundle), str(tmp_path / "in"), str(tmp_path / "out"), batch_size=512)
+    summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), batch_size=512)
     killer.join(timeout=5)
     assert "pid" in killed, "no scoring actor was found to kill"
     out = read_output(tmp_path / "out")
@@ -183,27 +181,27 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_
 def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
     comments(10).to_parquet(tmp_path / "in.parquet")
     with pytest.raises(DataError, match="has no column 'body'; columns are: id, text, brand"):
-        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "o1"), text_column="body")
+        score(bundle, tmp_path / "in.parquet", str(tmp_path / "o1"), text_column="body")
     (tmp_path / "broken").mkdir()
     comments(10).to_parquet(tmp_path / "broken" / "good.parquet")
     (tmp_path / "broken" / "torn.parquet").write_bytes(b"PAR1 cut short")
     with pytest.raises(DataError, match="torn.parquet is not a readable Parquet file"):
-        score_parquet(str(bundle), str(tmp_path / "broken"), str(tmp_path / "o2"))
+        score(bundle, tmp_path / "broken", str(tmp_path / "o2"))
     comments(10).to_csv(tmp_path / "in.csv")
     with pytest.raises(DataError, match="score reads Parquet"):
-        score_parquet(str(bundle), str(tmp_path / "in.csv"), str(tmp_path / "o3"))
+        score(bundle, tmp_path / "in.csv", str(tmp_path / "o3"))
     with pytest.raises(ConfigError, match="MIN,MAX"):
-        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "o4"), concurrency="4,1")
+        score(bundle, tmp_path / "in.parquet", str(tmp_path / "o4"), concurrency="4,1")
 
 
 def test_a_previous_output_is_refused_unless_overwrite_which_removes_only_its_files(ray_local, bundle, tmp_path):
     comments(100).to_parquet(tmp_path / "in.parquet")
-    first = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    first = score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"))
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert first.rows_out == 100 and "_ray_sentiment_score.json" in before
     with pytest.raises(DataError, match="already holds a previous run's output; pass --overwrite"):
-        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
-    second = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), overwrite=True)
+        score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"))
+    second = score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"), overwrite=True)
     after = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert second.rows_out == 100 and len(read_output(tmp_path / "out")) == 100
     assert not set(before) & set(after) - {"_ray_sentiment_score.json"}  # the first run's files are gone
@@ -219,14 +217,14 @@ def test_files_the_tool_did_not_write_are_never_deleted(ray_local, bundle, tmp_p
         with pytest.raises(
             DataError, match=r"holds files that ray-sentiment score did not write \(NOTES.md, sub/important.parquet\)"
         ):
-            score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(out), **options)
+            score(bundle, tmp_path / "in.parquet", str(out), **options)
     # A real run's output with a user's file added later: still refused, and nothing deleted.
-    score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out2"))
+    score(bundle, tmp_path / "in.parquet", str(tmp_path / "out2"))
     (tmp_path / "out2" / "analysis.parquet").write_bytes(b"the user's")
     ours = sorted((tmp_path / "out2").iterdir())
     for options in ({"id_column": "id"}, {"overwrite": True}):
         with pytest.raises(DataError, match=r"did not write \(analysis.parquet\)"):
-            score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out2"), **options)
+            score(bundle, tmp_path / "in.parquet", str(tmp_path / "out2"), **options)
     assert sorted((tmp_path / "out2").iterdir()) == ours
     assert (out / "NOTES.md").read_text() == "mine" and len(pd.read_parquet(out / "sub" / "important.parquet")) == 5
 
@@ -250,7 +248,7 @@ def test_an_output_overlapping_the_input_is_refused_before_anything_is_touched(b
     comments(5).to_parquet(data / "sub" / "s.parquet")
     for source, target in cases:
         with pytest.raises(DataError, match="overlaps the input"):
-            score_parquet(str(bundle), str(source), str(target), overwrite=True)
+            score(bundle, source, str(target), overwrite=True)
     assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
 
 
@@ -258,31 +256,32 @@ def test_an_output_that_cannot_be_a_directory_is_one_clear_error(bundle, tmp_pat
     comments(5).to_parquet(tmp_path / "in.parquet")
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(DataError, match=r"cannot write to output .*a-file/sub: .*Not a directory"):
-        score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "a-file" / "sub"))
+        score(bundle, tmp_path / "in.parquet", str(tmp_path / "a-file" / "sub"))
 
 
 def test_every_input_file_is_checked_for_columns_and_types_before_ray_starts(bundle, tmp_path):
     missing = write_parts(comments(20), tmp_path / "missing", 2)
     comments(5).rename(columns={"text": "body"}).to_parquet(missing / "part-002.parquet")
     with pytest.raises(DataError, match=r"part-002.parquet has no column 'text'; columns are: id, body, brand"):
-        score_parquet(str(bundle), str(missing), str(tmp_path / "o1"))
+        score(bundle, missing, str(tmp_path / "o1"))
     clash = write_parts(comments(20), tmp_path / "clash", 2)
     comments(5).assign(brand=7).to_parquet(clash / "part-002.parquet")
     with pytest.raises(
         DataError, match=r"column 'brand' is (large_)?string in .*part-000.parquet but int64 in .*part-002.parquet"
     ):
-        score_parquet(str(bundle), str(clash), str(tmp_path / "o2"))
+        score(bundle, clash, str(tmp_path / "o2"))
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
 def test_input_columns_named_like_results_are_kept_under_input_names(ray_local, bundle, tmp_path):
     df = comments(30).assign(label="pos", sentiment="x", confidence=0.5, error="e", p_positive=1.0)
     df.to_parquet(tmp_path / "in.parquet")
-    summary = score_parquet(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    summary = score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"))
     out = read_output(tmp_path / "out")
-    for name in ("label", "sentiment", "confidence", "error", "p_positive"):
+    for name in ("label", "confidence", "error", "p_positive"):
         assert out[f"input_{name}"].tolist() == df[name].tolist()
-    assert out["sentiment"].isin(["negative", "neutral", "positive"]).all() and out["error"].isna().all()
+    assert out["sentiment"].tolist() == df["sentiment"].tolist()  # not a result name (it was, before 0.2)
+    assert out["label"].isin(["negative", "neutral", "positive"]).all() and out["error"].isna().all()
     assert summary.renamed["label"] == "input_label" and "'label' written as 'input_label'" in summary.line()
 
 
@@ -291,14 +290,14 @@ def test_null_or_duplicate_ids_are_refused_with_counts_before_any_work(bundle, t
     nulls.loc[[3, 7], "id"] = pd.NA
     nulls.to_parquet(tmp_path / "nulls.parquet")
     with pytest.raises(DataError, match=r"'id' is null in 2 rows \(first: nulls.parquet row 3, nulls.parquet row 7\)"):
-        score_parquet(str(bundle), str(tmp_path / "nulls.parquet"), str(tmp_path / "o1"), id_column="id")
+        score(bundle, tmp_path / "nulls.parquet", str(tmp_path / "o1"), id_column="id")
     dups = comments(10)
     dups.loc[[4, 5, 6], "id"] = 1
     dups.to_parquet(tmp_path / "dups.parquet")
     with pytest.raises(
         DataError, match=r"'id' is not unique: 1 ids appear more than once \(e.g. 1 ×4\).*--allow-duplicate-ids"
     ):
-        score_parquet(str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "o2"), id_column="id")
+        score(bundle, tmp_path / "dups.parquet", str(tmp_path / "o2"), id_column="id")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
@@ -306,15 +305,13 @@ def test_duplicate_ids_are_scored_when_allowed(ray_local, bundle, tmp_path):
     dups = comments(10)
     dups["id"] = 1
     dups.to_parquet(tmp_path / "dups.parquet")
-    summary = score_parquet(
-        str(bundle), str(tmp_path / "dups.parquet"), str(tmp_path / "out"), id_column="id", allow_duplicate_ids=True
-    )
+    summary = score(bundle, tmp_path / "dups.parquet", str(tmp_path / "out"), id_column="id", allow_duplicate_ids=True)
     assert summary.rows_out == 10 and read_output(tmp_path / "out")["id"].tolist() == [1] * 10
 
 
 def test_an_empty_input_writes_an_empty_output_with_the_result_columns(bundle, tmp_path):
     comments(0).to_parquet(tmp_path / "empty.parquet")
-    summary = score_parquet(str(bundle), str(tmp_path / "empty.parquet"), str(tmp_path / "out"))
+    summary = score(bundle, tmp_path / "empty.parquet", str(tmp_path / "out"))
     assert summary.rows_in == summary.rows_out == 0 and "rows in 0, rows out 0" in summary.line()
     table = pq.read_table(tmp_path / "out")
     assert table.num_rows == 0
@@ -322,7 +319,7 @@ def test_an_empty_input_writes_an_empty_output_with_the_result_columns(bundle, t
         "id",
         "text",
         "brand",
-        "sentiment",
+        "label",
         "confidence",
         "p_negative",
         "p_neutral",

@@ -23,7 +23,7 @@ def test_round_trip_gives_identical_probabilities(bundle_dir):
     path, model = bundle_dir
     predictor = Predictor.load(path)
     proba = predictor.predict_proba(TEXTS)
-    ids, lengths = predictor.encode(TEXTS)
+    ids, lengths = predictor.encoder(TEXTS)
     with torch.no_grad():
         expected = torch.softmax(model.eval()(torch.from_numpy(ids), torch.from_numpy(lengths)), dim=1).numpy()
     np.testing.assert_array_equal(proba, expected)
@@ -43,7 +43,8 @@ def test_round_trip_gives_identical_probabilities(bundle_dir):
         (["fine", None], "#1: text is null"),
         (["fine", ""], "#1: text is empty"),
         (["   "], "#0: text is empty"),
-        ([b"bytes"], "#0: text is bytes, not a string"),
+        ([b"\xff bytes"], "#0: text is not valid UTF-8"),
+        (["ok", "x" * 10_001], "#1: text is 10,001 characters, more than --max-text-chars 10,000"),
         ([3.5, "ok"], "#0: text is float, not a string"),
         ("a single string", "a single string"),
     ],

@@ -59,9 +59,22 @@ def test_predict_prints_one_json_line_per_text(example_bundle):
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["text"] for line in lines] == ["I love the new update 😍", "this app is trash 😡"]
     for line in lines:
-        assert set(line["scores"]) == {"negative", "neutral", "positive"}
-        assert sum(line["scores"].values()) == pytest.approx(1.0, abs=1e-5)
-        assert line["confidence"] == max(line["scores"].values())
+        assert set(line) == {"text", "label", "confidence", "p_negative", "p_neutral", "p_positive", "error"}
+        probabilities = [line[f"p_{label}"] for label in ("negative", "neutral", "positive")]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5) and line["error"] is None
+        assert line["confidence"] == max(probabilities) == line[f"p_{line['label']}"]
+
+
+def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(example_bundle):
+    result = run_cli("predict", "--model", str(example_bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["error"] for line in lines] == [
+        None,
+        "text is empty",
+        "text is 21 characters, more than --max-text-chars 20",
+    ]
+    assert lines[0]["label"] and lines[1]["label"] is None and lines[2]["p_positive"] is None
+    _one_line_error(result, "2 of 3 texts could not be scored")
 
 
 def _one_line_error(result, *fragments):
@@ -105,10 +118,6 @@ def test_corrupt_bundle(example_bundle, tmp_path):
         ("evaluate", "--model", str(broken), "--data", str(EXAMPLES)),
     ):
         _one_line_error(run_cli(*args), "model.safetensors is corrupt")
-
-
-def test_predict_refuses_an_empty_text(example_bundle):
-    _one_line_error(run_cli("predict", "--model", str(example_bundle), "fine", "  "), "#1: text is empty")
 
 
 def test_evaluate_with_labels_the_model_does_not_know(example_bundle, tmp_path):

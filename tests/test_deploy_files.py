@@ -8,7 +8,7 @@ import ray
 import yaml
 
 from ray_sentiment.cli import build_parser
-from ray_sentiment.serve import ServeSettings
+from ray_sentiment.settings import ServeSettings
 
 from conftest import ROOT
 

@@ -24,6 +24,8 @@ from ray_sentiment import Predictor
 
 from conftest import EXAMPLES_TEST, ROOT, RedisServer, S3Server, free_port, wait_healthy
 
+pytestmark = pytest.mark.integration
+
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 300
 
@@ -210,7 +212,7 @@ def test_score_job_scores_every_row_of_the_bucket(head, s3, trained):
     expected = predictor.predict_proba(texts)
     got = scored[[f"p_{label}" for label in predictor.labels]].to_numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert scored["sentiment"].tolist() == predictor.predict(texts)
+    assert scored["label"].tolist() == predictor.predict(texts)
     assert scored["error"].isna().all()
 
 
@@ -238,7 +240,7 @@ def test_serve_deploy_answers_over_http(head, s3, trained, tmp_path):
         assert answer.status_code == 200, answer.text
         predictor = Predictor.load(model)
         for result, row in zip(answer.json()["results"], predictor.predict_proba(texts)):
-            np.testing.assert_allclose([result["scores"][label] for label in predictor.labels], row, atol=1e-6)
+            np.testing.assert_allclose([result[f"p_{label}"] for label in predictor.labels], row, atol=1e-6)
         assert requests.get(f"{url}/v1/model", timeout=10).json()["name"] == "example"
     finally:
         head.run(str(BIN / "serve"), "shutdown", "--address", head.dashboard, "-y")

@@ -18,16 +18,12 @@ import requests
 
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
-from ray_sentiment.serve import API_KEY_ENV, ServeSettings, app_builder, build, start
+from ray_sentiment.serve import API_KEY_ENV, app_builder, build, start
+from ray_sentiment.settings import ServeSettings
 
-from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy, write_random_bundle
+from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +55,7 @@ def test_results_match_the_predictor_in_input_order(server, bundle):
     assert body["model"]["name"] == "bundle" and len(body["model"]["version"]) == 12
     predictor = Predictor.load(bundle)
     expected = predictor.predict_proba(texts)
-    got = np.array([[r["scores"][label] for label in predictor.labels] for r in body["results"]])
+    got = np.array([[r[f"p_{label}"] for label in predictor.labels] for r in body["results"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert [r["label"] for r in body["results"]] == predictor.predict(texts)
     assert [r["confidence"] for r in body["results"]] == pytest.approx(expected.max(axis=1).tolist(), abs=1e-6)
@@ -85,7 +81,11 @@ BAD_REQUESTS = {
     "null item": ({"texts": ["ok", None]}, 422, "texts[1]: text is null"),
     "number item": ({"texts": [5]}, 422, "texts[0]: text is int, not a string"),
     "empty text": ({"texts": ["ok", "  "]}, 422, "texts[1]: text is empty"),
-    "text over 5,000 characters": ({"texts": ["a" * 5001]}, 422, "texts[0] has 5,001 characters; at most 5,000"),
+    "text over 10,000 characters": (
+        {"texts": ["a" * 10_001]},
+        422,
+        "texts[0]: text is 10,001 characters, more than --max-text-chars 10,000",
+    ),
     "1,001 texts": ({"texts": ["a"] * 1001}, 413, "1,001 texts in one request; at most 1,000"),
     "body over 1 MiB": ({"texts": ["a" * 4000] * 300}, 413, "request body over 1,048,576 bytes"),
     "chunked body over 1 MiB": (chunks(2 << 20), 413, "request body over 1,048,576 bytes"),

@@ -10,21 +10,17 @@ import numpy as np
 import pytest
 
 from ray_sentiment import Predictor
+from ray_sentiment.broker import Entry, open_broker
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.redis_broker import window_counts
-from ray_sentiment.stream import Entry, StreamRunner, StreamSettings, open_broker, score_entries
+from ray_sentiment.settings import StreamSettings
+from ray_sentiment.stream import StreamRunner, score_entries
 
-from conftest import actor_pids, cli_process, run_cli, write_random_bundle
+from conftest import actor_pids, cli_process, random_texts, run_cli
 
 pytestmark = pytest.mark.integration
 
-WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]
 BRANDS = ["acme", "globex", "initech"]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +43,7 @@ def settings(server, **overrides) -> StreamSettings:
 
 def produce(client, n: int, seed: int = 0, stream: str = "comments") -> dict[str, str]:
     """Add n comments; returns entry id → text."""
-    rng = np.random.default_rng(seed)
-    texts = [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
+    texts = random_texts(n, seed)
     pipe = client.pipeline(transaction=False)
     for i, text in enumerate(texts):
         pipe.xadd(stream, {"text": text, "brand": BRANDS[i % 3], "user": f"u{i}"})
@@ -218,7 +213,7 @@ def test_every_entry_yields_exactly_one_output_and_bad_ones_a_dead_letter(ray_lo
             "entry has no 'text' field",
             "text is empty",
             "text is not valid UTF-8",
-            "text is 200,001 characters, more than --max-text-chars 100,000",
+            "text is 200,001 characters, more than --max-text-chars 10,000",
         ]
     )
     assert (summary.scored, summary.dead_lettered, summary.pending, summary.restarted_consumers) == (5000, 4, 0, 0)

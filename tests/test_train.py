@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from ray_sentiment import Predictor
-from ray_sentiment.evaluate import classification_report
-from ray_sentiment.train import TrainConfig, train
+from ray_sentiment.metrics import classification_report
+from ray_sentiment.settings import TrainSettings
+from ray_sentiment.train import train
 
 from conftest import actor_pids, dataset
 
@@ -32,7 +33,7 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     unlabelled = tmp_path / "unlabelled.parquet"
     pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(20_000).to_parquet(unlabelled)
     bundle = train(
-        TrainConfig(
+        TrainSettings(
             train_path=str(tweets_sample),
             output=str(tmp_path / "bundle"),
             preset="default",
@@ -85,7 +86,7 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweet
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
     bundle = train(
-        TrainConfig(
+        TrainSettings(
             train_path=str(tweets_sample),
             output=str(tmp_path / "bundle"),
             preset="seed",

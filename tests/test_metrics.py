@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ray_sentiment.evaluate import classification_report
+from ray_sentiment.metrics import classification_report
 
 
 def _random_case(n_classes: int, n: int = 500, seed: int = 0):
