@@ -1,20 +1,26 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   train on the example comments, evaluate on held-out ones, predict (local Ray)
 #   make test         the whole test suite (unit, integration on local Ray, end-to-end CLI)
+# While changing code:
+#   make unit         the tests that need no Ray, Redis or server (under a minute)
+#   make lint         ruff (lint and format) and mypy, as CI runs them
 VENV   ?= .venv
 PYTHON ?= python3
-# CPU build of PyTorch; on a GPU machine use e.g. TORCH="torch==2.13.0" with the CUDA index.
+# PyTorch, pinned. Where a CPU wheel of this version sits in pip's local index (as on the
+# project's machines) that is what pip takes. Elsewhere, on Linux, PyPI's torch IS the CUDA build
+# (several GB, with its CUDA libraries); for the CPU build choose PyTorch's CPU index:
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test unit lint clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
@@ -25,6 +31,14 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -v --durations=10
+
+unit: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy ray_sentiment
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,5 +1,8 @@
-"""Shared by the benchmarks: where the datasets are, a plain-text table, a model to time."""
+"""Shared by the benchmarks: where the datasets are, the table (and its JSON), the TF-IDF baseline,
+a model to time."""
 
+import argparse
+import json
 import os
 import socket
 import statistics
@@ -44,6 +47,38 @@ def _fmt(value) -> str:
 
 
 median = statistics.median
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", help="also write the table (and its notes) to PATH as JSON")
+
+
+def finish(rows: list[dict], args: argparse.Namespace, title: str) -> None:
+    """Print the table under its title; with --json, write both, so README figures are regenerated."""
+    print(f"\n{title}")
+    print(table(rows))
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
+
+
+def ratios(rows: list[dict], value: str, baseline: float, column: str = "× baseline") -> list[dict]:
+    """Each row's `value` divided by the baseline's, as a column of the table."""
+    return [{**r, column: r[value] / baseline} if value in r else r for r in rows]
+
+
+def tfidf_baseline(texts, labels):
+    """The baseline every benchmark compares against: TF-IDF word 1-2 grams and char 2-5 grams,
+    balanced logistic regression, as a fitted scikit-learn pipeline (texts in, predict_proba out)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True),
+    )
+    model = make_pipeline(features, LogisticRegression(class_weight="balanced", max_iter=2000, C=2.0))
+    return model.fit(list(texts), list(labels))
 
 
 def seed_bundle(texts: list[str], path: Path) -> Path:

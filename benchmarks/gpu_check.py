@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 from ray_sentiment.batch import score_parquet
 from ray_sentiment.runtime import ensure_ray, quiet_ray_data
-from ray_sentiment.serve import ServeSettings, build, start
-from ray_sentiment.train import TrainConfig, train
+from ray_sentiment.serve import build, start
+from ray_sentiment.settings import ScoreSettings, ServeSettings, TrainSettings
+from ray_sentiment.train import train
 
-from _common import DATASETS, Sampler, free_port, table, write_rows
+from _common import DATASETS, Sampler, add_json_option, finish, free_port, write_rows
 from serve_load import drive, wait_healthy
 from train_throughput import plain_loop
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096, help="rows per model call when scoring")
     parser.add_argument("--serve-seconds", type=float, default=15.0, help="seconds of load per serve step")
     parser.add_argument("--baseline-rows", type=int, default=16_000, help="rows for the baselines")
+    add_json_option(parser)
     args = parser.parse_args()
     gpu = not args.cpu
     rows_to_score = args.rows or (100_000 if args.cpu else 1_000_000)
@@ -85,7 +87,7 @@ def main() -> None:
         try:
             with GpuMemory() as memory:
                 train(
-                    TrainConfig(
+                    TrainSettings(
                         train_path=str(DATASETS / "tweets/train.parquet"),
                         val_path=str(DATASETS / "tweets/val.parquet"),
                         output=bundle,
@@ -108,9 +110,10 @@ def main() -> None:
             texts = pd.read_parquet(DATASETS / "tweets/train.parquet")["text"].to_numpy()
             data = write_rows(texts, rows_to_score, tmp / "to-score")
             with GpuMemory() as memory:
-                summary = score_parquet(
-                    bundle, str(data), str(tmp / "scored"), batch_size=args.batch_size, concurrency="1", use_gpu=gpu
+                settings = ScoreSettings(
+                    bundle, str(data), str(tmp / "scored"), batch_size=args.batch_size, use_gpu=gpu
                 )
+                summary = score_parquet(settings)
             assert summary.rows_out == rows_to_score, summary.line()
             results.append(
                 {
@@ -129,12 +132,12 @@ def main() -> None:
         results.append(agreement(bundle, texts, gpu))
     total = time.perf_counter() - started
     where = "CPU only" if args.cpu else gpu_name()
-    print(f"\nGPU check on {where}, {psutil.cpu_count()} CPUs; {total:.0f} s in all (budget 480 s)")
-    print(table(results))
-    print(
+    title = (
+        f"GPU check on {where}, {psutil.cpu_count()} CPUs; {total:.0f} s in all (budget 480 s); "
         f"baseline: train, a plain PyTorch loop on {'cuda' if gpu else 'cpu'} ({args.baseline_rows:,} rows, 1 thread); "
         "score and serve, Predictor.predict_proba in one process (no Ray, no I/O, no HTTP)"
     )
+    finish(results, args, title)
 
 
 def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) -> list[dict]:
@@ -180,7 +183,7 @@ def compare(results: list[dict], base: dict) -> None:
     for row in results:
         kind = "train" if row["step"].startswith("train") else "predict"
         row["baseline /s"] = base[kind]
-        row["vs baseline"] = row["throughput"] / base[kind]
+        row["× baseline"] = row["throughput"] / base[kind]
 
 
 def agreement(bundle: str, texts: np.ndarray, gpu: bool) -> dict:

@@ -11,6 +11,7 @@ on what the weights hold.
 """
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -22,14 +23,12 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contextlib
-
 from ray_sentiment import Predictor
 from ray_sentiment.batch import score_parquet
 from ray_sentiment.runtime import ensure_ray, quiet_ray_data
-from ray_sentiment.text import encode_batch, vocab_index
+from ray_sentiment.settings import ScoreSettings
 
-from _common import DATASETS, Sampler, seed_bundle, table, write_rows
+from _common import DATASETS, Sampler, add_json_option, finish, ratios, seed_bundle, tfidf_baseline, write_rows
 
 SAMPLE = 200_000  # rows for the in-process measurements
 
@@ -60,6 +59,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--skip-4n", action="store_true", help="skip the 4N memory run")
+    add_json_option(parser)
     args = parser.parse_args()
 
     train = pd.read_parquet(DATASETS / "tweets/train.parquet")
@@ -74,10 +74,7 @@ def main() -> None:
         predictor = Predictor.load(bundle)
         predictor.predict_proba(sample[:2048])  # warm-up
         ceiling = rate(lambda: predictor.predict_proba(sample, batch_size=args.batch_size), SAMPLE)
-        vocab = vocab_index(predictor.bundle.vocab)
-        tokenizer = rate(
-            lambda: [encode_batch(sample[i : i + 1024], vocab, 100) for i in range(0, SAMPLE, 1024)], SAMPLE
-        )
+        tokenizer = rate(lambda: [predictor.encoder(sample[i : i + 1024]) for i in range(0, SAMPLE, 1024)], SAMPLE)
         tfidf = tfidf_predict_rate(train, sample)
 
         ensure_ray()
@@ -86,13 +83,14 @@ def main() -> None:
         for rows in sizes:
             data = write_rows(texts, rows, tmp / f"in-{rows}")
             with PeakMemory() as peak:
-                summary = score_parquet(
+                settings = ScoreSettings(
                     str(bundle),
                     str(data),
                     str(tmp / f"out-{rows}"),
                     batch_size=args.batch_size,
                     concurrency=args.concurrency,
                 )
+                summary = score_parquet(settings)
             assert summary.rows_out == rows, summary.line()
             memory[rows] = peak.peak
             results.append(
@@ -110,24 +108,19 @@ def main() -> None:
     import ray
 
     ray.shutdown()
-    print(f"\nseed preset, batch {args.batch_size}, {args.concurrency} model actor(s), {psutil.cpu_count()} CPUs")
-    print(table(results))
-    print(f"end to end / in-process ceiling: {results[0]['rows/s'] / ceiling:.2f}")
+    title = (
+        f"seed preset, batch {args.batch_size}, {args.concurrency} model actor(s), {psutil.cpu_count()} CPUs; "
+        "× baseline: rows/s over the in-process ceiling"
+    )
     if len(memory) == 2:
-        print(f"peak memory at 4N / at N: {memory[4 * args.rows] / memory[args.rows]:.2f}")
+        title += f"; peak memory at 4N / at N: {memory[4 * args.rows] / memory[args.rows]:.2f}"
+    finish(ratios(results, "rows/s", ceiling), args, title)
 
 
 def tfidf_predict_rate(train: pd.DataFrame, sample: list[str]) -> float:
-    from scipy.sparse import hstack
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)
-    x = hstack([word.fit_transform(train["text"]), char.fit_transform(train["text"])]).tocsr()
-    model = LogisticRegression(class_weight="balanced", max_iter=1000).fit(x, train["label"])
+    model = tfidf_baseline(train["text"], train["label"])
     part = sample[:50_000]
-    return rate(lambda: model.predict_proba(hstack([word.transform(part), char.transform(part)]).tocsr()), len(part))
+    return rate(lambda: model.predict_proba(part), len(part))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 
-from _common import DATASETS, free_port, seed_bundle, table
+from _common import DATASETS, add_json_option, finish, free_port, seed_bundle
 
 
 def wait_healthy(url: str, timeout: float = 180) -> None:
@@ -53,6 +53,7 @@ def plain_server(port: int, bundle: str) -> None:
     import uvicorn
     from fastapi import FastAPI, Request
 
+    from ray_sentiment.results import result_records
     from ray_sentiment.serve import parse_texts
 
     predictor = Predictor.load(bundle)
@@ -65,18 +66,7 @@ def plain_server(port: int, bundle: str) -> None:
     @app.post("/v1/sentiment")
     async def sentiment(request: Request):
         texts = parse_texts(await request.body())
-        proba = predictor.predict_proba(texts)
-        labels = predictor.labels
-        return {
-            "results": [
-                {
-                    "label": labels[int(row.argmax())],
-                    "confidence": float(row.max()),
-                    "scores": dict(zip(labels, map(float, row))),
-                }
-                for row in proba
-            ]
-        }
+        return {"results": result_records(predictor.predict_proba(texts), predictor.labels)}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -150,6 +140,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "BUNDLE"), help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args()
     if args.plain_server:
         return plain_server(int(args.plain_server[0]), args.plain_server[1])
@@ -160,23 +151,16 @@ def main() -> None:
         bundle = str(seed_bundle(train["text"].tolist(), Path(tmp) / "bundle"))
         ceiling = in_process_ceiling(bundle, texts)
         rows = measure(args, bundle, texts)
-    print(
-        f"\nseed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, "
+    # Each row against the plain uvicorn app under the same load.
+    plain = {(r["request"], r["clients"]): r["texts/s"] for r in rows if r["target"] == "plain uvicorn"}
+    for r in rows:
+        r["× plain uvicorn"] = r["texts/s"] / plain[(r["request"], r["clients"])]
+    title = (
+        f"seed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, "
         f"RAY_SERVE_THROUGHPUT_OPTIMIZED={os.environ['RAY_SERVE_THROUGHPUT_OPTIMIZED']}; "
         f"in-process ceiling {ceiling:,.0f} texts/s"
     )
-    print(table(rows))
-    by = {(r["target"], r["request"], r["clients"]): r for r in rows}
-    single = max(int(c) for c in args.concurrency.split(","))
-    one = by[("serve, batching", "1 text", str(single))]["texts/s"]
-    plain = by[("plain uvicorn", "1 text", str(single))]["texts/s"]
-    hundred = by.get(("serve, batching", "100 texts", "16"), {}).get("texts/s", float("nan"))
-    unbatched = by.get(("serve, no batching", "100 texts", "16"), {}).get("texts/s", float("nan"))
-    print(f"1 text at {single} clients, serve batching / plain uvicorn: {one / plain:.2f}")
-    print(
-        f"100 texts at 16 clients, serve batching / in-process ceiling: {hundred / ceiling:.2f}; "
-        f"batching / no batching: {hundred / unbatched:.2f}"
-    )
+    finish(rows, args, title)
 
 
 def in_process_ceiling(bundle: str, texts: list[str]) -> float:
@@ -194,7 +178,8 @@ def measure(args, bundle: str, texts: list[str]) -> list[dict]:
     from ray import serve
 
     from ray_sentiment.runtime import ensure_ray
-    from ray_sentiment.serve import ServeSettings, build, start
+    from ray_sentiment.serve import build, start
+    from ray_sentiment.settings import ServeSettings
 
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as `ray-sentiment serve` does
     concurrency = [int(c) for c in args.concurrency.split(",")]

@@ -23,7 +23,7 @@ import pandas as pd
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, median, seed_bundle, table
+from _common import add_json_option, finish, free_port, median, ratios, seed_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -33,7 +33,8 @@ BASELINE = textwrap.dedent("""
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     from ray import serve
     from ray_sentiment.runtime import ensure_ray
-    from ray_sentiment.serve import ServeSettings, build, start
+    from ray_sentiment.serve import build, start
+    from ray_sentiment.settings import ServeSettings
     application = build(ServeSettings(model=sys.argv[1]))
     ensure_ray()
     stop = threading.Event()
@@ -71,6 +72,7 @@ def stop_seconds(command: list[str], port: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    add_json_option(parser)
     args = parser.parse_args()
     texts = pd.read_parquet(DATASETS / "tweets/train.parquet")["text"].tolist()
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,8 +97,7 @@ def main() -> None:
                 port = free_port()
                 seconds.append(stop_seconds(command(port), port))
             rows.append({"target": name, "median s": median(seconds), "runs": ", ".join(f"{s:.1f}" for s in seconds)})
-    print(table(rows))
-    print(f"\nratio baseline / command: {rows[1]['median s'] / rows[0]['median s']:.1f}x")
+    finish(ratios(rows, "median s", rows[1]["median s"]), args, "seconds from SIGTERM to exit, idle server")
 
 
 if __name__ == "__main__":

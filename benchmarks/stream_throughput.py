@@ -29,9 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.stream import StreamRunner, StreamSettings, open_broker, score_entries
+from ray_sentiment.broker import open_broker
+from ray_sentiment.settings import StreamSettings
+from ray_sentiment.stream import StreamRunner, score_entries
 
-from _common import DATASETS, free_port, seed_bundle, table
+from _common import DATASETS, add_json_option, finish, free_port, ratios, seed_bundle
 
 BRANDS = ["acme", "globex", "initech"]
 
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    add_json_option(parser)
     args = parser.parse_args()
 
     train = pd.read_parquet(DATASETS / "tweets/train.parquet")
@@ -142,16 +145,11 @@ def main() -> None:
             ray.shutdown()
             redis_process.terminate()
             redis_process.wait()
-    print(
-        f"\nseed preset, batch {args.batch_size}, {args.consumers} Ray consumer(s), {psutil.cpu_count()} CPUs, "
-        f"{len(texts):,} entries per throughput phase"
+    title = (
+        f"seed preset, batch {args.batch_size}, {args.consumers} Ray consumer(s), {psutil.cpu_count()} CPUs, "
+        f"{len(texts):,} entries per throughput phase; × plain loop: entries/s over the plain consumer loop's"
     )
-    print(table(rows))
-    ceiling, ray_rate = rows[0]["entries/s"], rows[2]["entries/s"]
-    print(
-        f"Ray consumers / in-process ceiling: {ray_rate / ceiling:.2f}; "
-        f"Ray consumers / plain loop: {ray_rate / rows[1]['entries/s']:.2f}"
-    )
+    finish(ratios(rows, "entries/s", rows[1]["entries/s"], "× plain loop"), args, title)
 
 
 def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis) -> list[dict]:

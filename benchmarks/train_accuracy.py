@@ -16,17 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import hstack
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.evaluate import classification_report
+from ray_sentiment.metrics import classification_report
 from ray_sentiment.model import get_preset
-from ray_sentiment.train import TrainConfig, train
+from ray_sentiment.settings import TrainSettings
+from ray_sentiment.train import train
 
-from _common import DATASETS, table
+from _common import DATASETS, add_json_option, finish, table, tfidf_baseline
 
 
 def splits(name: str, tmp: Path) -> tuple[Path, Path | None, pd.DataFrame, pd.DataFrame]:
@@ -42,17 +40,12 @@ def splits(name: str, tmp: Path) -> tuple[Path, Path | None, pd.DataFrame, pd.Da
     return path, None, train_rows, eval_rows  # early stopping on a held-out 10% of train
 
 
-def tfidf_baseline(train_rows: pd.DataFrame, eval_rows: pd.DataFrame, labels: list[str]) -> tuple[dict, float]:
+def baseline(train_rows: pd.DataFrame, eval_rows: pd.DataFrame, labels: list[str]) -> tuple[dict, float]:
     started = time.perf_counter()
-    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True, lowercase=True)
-    x_train = hstack([word.fit_transform(train_rows["text"]), char.fit_transform(train_rows["text"])]).tocsr()
-    x_eval = hstack([word.transform(eval_rows["text"]), char.transform(eval_rows["text"])]).tocsr()
-    model = LogisticRegression(class_weight="balanced", max_iter=2000, C=2.0)
-    model.fit(x_train, train_rows["label"])
+    model = tfidf_baseline(train_rows["text"], train_rows["label"].str.strip().str.lower())
     seconds = time.perf_counter() - started
     order = [list(model.classes_).index(label) for label in labels]
-    return _report(eval_rows, model.predict_proba(x_eval)[:, order], labels), seconds
+    return _report(eval_rows, model.predict_proba(list(eval_rows["text"]))[:, order], labels), seconds
 
 
 def _report(rows: pd.DataFrame, proba: np.ndarray, labels: list[str]) -> dict:
@@ -70,6 +63,7 @@ def main() -> None:
         default=str(DATASETS / "unlabeled/tweets.parquet"),
         help="unlabelled tweets for the default preset's word vectors ('' for none)",
     )
+    add_json_option(parser)
     args = parser.parse_args()
 
     results = []
@@ -81,7 +75,7 @@ def main() -> None:
             for preset in args.presets.split(","):
                 started = time.perf_counter()
                 bundle = train(
-                    TrainConfig(
+                    TrainSettings(
                         train_path=str(train_path),
                         val_path=val_path and str(val_path),
                         output=str(tmp / f"{name}-{preset}"),
@@ -98,13 +92,20 @@ def main() -> None:
                 report = _report(eval_rows, predictor.predict_proba(eval_rows["text"].tolist()), predictor.labels)
                 results.append(_row(name, f"LSTM {preset}", report, seconds))
                 print(table(results[-1:]), flush=True)
-            report, seconds = tfidf_baseline(train_rows, eval_rows, labels)
-            results.append(_row(name, "TF-IDF + LR (baseline)", report, seconds))
+            report, seconds = baseline(train_rows, eval_rows, labels)
+            base = _row(name, "TF-IDF + LR (baseline)", report, seconds)
+            for row in results:
+                if row["dataset"] == name:
+                    row["macro recall vs baseline"] = row["macro recall"] - base["macro recall"]
+            results.append({**base, "macro recall vs baseline": 0.0})
     import ray
 
     ray.shutdown()
-    print("\nevaluated on tweets/val and on the airline test split; rates in percent")
-    print(table(results))
+    finish(
+        results,
+        args,
+        "evaluated on tweets/val and on the airline test split; rates in percent, " "'vs baseline' in points",
+    )
 
 
 def _row(dataset: str, model: str, report: dict, seconds: float) -> dict:

@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment.model import SentimentLSTM, get_preset
+from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index
-from ray_sentiment.train import TrainConfig, train, train_epoch
+from ray_sentiment.train import train, train_epoch
 
-from _common import DATASETS, median, table
+from _common import DATASETS, add_json_option, finish, median
 
 
 def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, device: str = "cpu") -> list[float]:
@@ -50,7 +51,7 @@ def ray_train(path: Path, preset: str, workers: int, epochs: int, cpus: float) -
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         bundle = train(
-            TrainConfig(
+            TrainSettings(
                 train_path=str(path),
                 output=f"{tmp}/bundle",
                 preset=preset,
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=12_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--preset", default="seed")
+    add_json_option(parser)
     args = parser.parse_args()
 
     rows = pd.read_parquet(DATASETS / "tweets/train.parquet").sample(n=args.rows, random_state=0)[["text", "label"]]
@@ -88,15 +90,18 @@ def main() -> None:
                     "setup": f"{workers} Ray worker(s) vs plain loop, {threads} thread(s)",
                     "plain samples/s": median(plain),
                     "ray samples/s": median(ray_rates),
-                    "ray / plain": median(ray_rates) / median(plain),
+                    "× plain loop": median(ray_rates) / median(plain),
                     "ray wall s": wall,
                 }
             )
     import ray
 
     ray.shutdown()
-    print(f"\npreset {args.preset}, {args.rows} rows of tweets/train, {args.epochs} epochs, median over epochs")
-    print(table(results))
+    finish(
+        results,
+        args,
+        f"preset {args.preset}, {args.rows} rows of tweets/train, {args.epochs} epochs, median over epochs",
+    )
 
 
 if __name__ == "__main__":

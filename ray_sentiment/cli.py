@@ -17,205 +17,128 @@ from .results import MAX_TEXT_CHARS
 from .settings import ScoreSettings, ServeSettings, StreamSettings, TrainSettings, default, settings_from
 
 MODEL_HELP = "bundle directory; local or s3:// gs://"
-REDIS_HELP = "redis://HOST:PORT/DB (default: %(default)s)"
+MAX_TEXT_CHARS_HELP = "longer texts are refused, with that reason"
 
 
-def _add_columns(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-column", default="text", help="column holding the comment text (default: %(default)s)")
-    p.add_argument("--label-column", default="label", help="column holding the label (default: %(default)s)")
+class Flags:
+    """Adds a subcommand's flags; `setting` takes a flag's name, type and default from a settings field."""
+
+    def __init__(self, parser: argparse.ArgumentParser, settings: type | None = None):
+        self.parser, self.settings = parser, settings
+
+    def setting(self, name: str, help: str, **options) -> None:
+        value = default(self.settings, name) if self.settings else options.pop("default")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            options.setdefault("type", type(value))
+        elif isinstance(value, tuple):  # MIN,MAX: the CLI takes it as text
+            value = ",".join(map(str, value))
+        self.parser.add_argument(
+            "--" + name.replace("_", "-"), default=value, help=f"{help} (default: %(default)s)", **options
+        )
+
+    def add(self, *names: str, **options) -> None:
+        self.parser.add_argument(*names, **options)
 
 
 def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train a model bundle on labelled comments (Ray Train)")
-    t.add_argument(
-        "--train",
-        dest="train_path",
-        required=True,
-        help="Parquet/CSV/JSONL file, directory or glob; local or s3:// gs://",
-    )
-    t.add_argument("--val", dest="val_path", help="validation data; default: a seeded, stratified 10%% of --train")
-    t.add_argument("--output", required=True, help="bundle directory to write; local or s3:// gs://")
-    _add_columns(t)
-    t.add_argument(
-        "--preset",
-        default=default(TrainSettings, "preset"),
-        choices=sorted(PRESETS),
-        help="architecture and recipe (default: %(default)s)",
-    )
-    t.add_argument(
-        "--num-workers",
-        type=int,
-        default=default(TrainSettings, "num_workers"),
-        help="Ray Train workers (default: %(default)s)",
-    )
-    t.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    t.add_argument(
-        "--cpus-per-worker", type=float, help="CPUs reserved per worker (default: 1, less on small machines)"
-    )
-    t.add_argument("--epochs", type=int, help="maximum epochs (preset: 10)")
-    t.add_argument("--batch-size", type=int, help="global batch size, split across workers (preset: 32)")
-    t.add_argument("--learning-rate", type=float, help="Adam learning rate (preset: 0.001)")
-    t.add_argument("--max-len", type=int, help="tokens kept per text (preset: 100)")
-    t.add_argument("--vocab-size", type=int, help="vocabulary size, <pad> and <unk> included (preset: 10000)")
-    weighting = t.add_mutually_exclusive_group()
+    f = Flags(sub.add_parser("train", help="train a model bundle on labelled comments (Ray Train)"), TrainSettings)
+    f.add("--train", dest="train_path", required=True, help="Parquet/CSV/JSONL file, directory or glob; local or s3://")
+    f.add("--val", dest="val_path", help="validation data; default: a seeded, stratified 10%% of --train")
+    f.add("--output", required=True, help="bundle directory to write; local or s3:// gs://")
+    f.setting("text_column", "column holding the comment text")
+    f.setting("label_column", "column holding the label")
+    f.setting("preset", "architecture and recipe", choices=sorted(PRESETS))
+    f.setting("num_workers", "Ray Train workers")
+    f.add("--use-gpu", action="store_true", help="one GPU per worker")
+    f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker (default: 1, less on small machines)")
+    f.add("--epochs", type=int, help="maximum epochs (preset: 10)")
+    f.add("--batch-size", type=int, help="global batch size, split across workers (preset: 32)")
+    f.add("--learning-rate", type=float, help="Adam learning rate (preset: 0.001)")
+    f.add("--max-len", type=int, help="tokens kept per text (preset: 100)")
+    f.add("--vocab-size", type=int, help="vocabulary size, <pad> and <unk> included (preset: 10000)")
+    weighting = f.parser.add_mutually_exclusive_group()
     weighting.add_argument(
-        "--class-weighted",
-        dest="class_weighted",
-        action="store_true",
-        default=None,
-        help="weight the loss by inverse class frequency",
+        "--class-weighted", action="store_true", default=None, help="weight the loss by inverse class frequency"
     )
     weighting.add_argument("--no-class-weighted", dest="class_weighted", action="store_false")
-    t.add_argument(
-        "--embedding-init",
-        choices=["random", "ppmi"],
-        help="start the embedding from noise or from PPMI-SVD word vectors (preset: default uses ppmi)",
-    )
-    t.add_argument(
+    f.add("--embedding-init", choices=["random", "ppmi"], help="embedding from noise or PPMI-SVD word vectors (preset)")
+    f.add(
         "--unlabelled",
         dest="unlabelled_path",
         metavar="PATH",
         help="unlabelled comments (same --text-column) that the word vectors also learn from",
     )
-    t.add_argument("--seed", type=int, default=default(TrainSettings, "seed"))
-    t.add_argument(
-        "--max-failures",
-        type=int,
-        default=default(TrainSettings, "max_failures"),
-        help="worker-group restarts from the last checkpoint (default: %(default)s)",
-    )
-    t.add_argument("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
+    f.setting("seed", "seed of the split, the weights and the batch order")
+    f.setting("max_failures", "worker-group restarts from the last checkpoint")
+    f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
 
 
 def _add_evaluate(sub) -> None:
-    e = sub.add_parser("evaluate", help="score labelled data and print the metrics as JSON")
-    e.add_argument("--model", required=True, help=MODEL_HELP)
-    e.add_argument("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
-    _add_columns(e)
-    e.add_argument("--output", help="also write the report to this JSON file; local or s3:// gs://")
-    e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="(default: %(default)s)")
+    f = Flags(sub.add_parser("evaluate", help="score labelled data and print the metrics as JSON"))
+    f.add("--model", required=True, help=MODEL_HELP)
+    f.add("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
+    f.setting("text_column", "column holding the comment text", default="text")
+    f.setting("label_column", "column holding the label", default="label")
+    f.add("--output", help="also write the report to this JSON file; local or s3:// gs://")
+    f.setting("device", "where the model runs", default="cpu", choices=["cpu", "cuda", "auto"])
 
 
 def _add_score(sub) -> None:
-    d = lambda name: default(ScoreSettings, name)  # noqa: E731
-    s = sub.add_parser("score", help="score Parquet files into Parquet files (Ray Data)")
-    s.add_argument("--model", required=True, help=MODEL_HELP)
-    s.add_argument("--input", required=True, help="Parquet file, directory or glob; local or s3:// gs://")
-    s.add_argument("--output", required=True, help="directory for the scored Parquet files; local or s3:// gs://")
-    s.add_argument("--text-column", default=d("text_column"), help="column holding the text (default: %(default)s)")
-    s.add_argument("--id-column", help="unique row id; a rerun then resumes, skipping ids already written")
-    s.add_argument("--columns", help="input columns to keep, comma-separated (default: all)")
-    s.add_argument("--batch-size", type=int, default=d("batch_size"), help="rows per model call (default: %(default)s)")
-    s.add_argument(
-        "--concurrency",
-        default=str(d("concurrency")),
-        help="model actors: N, or MIN,MAX to autoscale (default: %(default)s)",
-    )
-    s.add_argument("--use-gpu", action="store_true", help="one GPU per model actor")
-    s.add_argument(
-        "--overwrite", action="store_true", help="replace the output of an earlier run (only files it wrote)"
-    )
-    s.add_argument(
-        "--allow-duplicate-ids", action="store_true", help="accept an --id-column whose ids repeat; resume is then off"
-    )
-    _add_max_text_chars(s, d("max_text_chars"))
-
-
-def _add_max_text_chars(p: argparse.ArgumentParser, value: int) -> None:
-    p.add_argument(
-        "--max-text-chars",
-        type=int,
-        default=value,
-        help="longer texts are refused, with that reason (default: %(default)s)",
-    )
+    f = Flags(sub.add_parser("score", help="score Parquet files into Parquet files (Ray Data)"), ScoreSettings)
+    f.add("--model", required=True, help=MODEL_HELP)
+    f.add("--input", required=True, help="Parquet file, directory or glob; local or s3:// gs://")
+    f.add("--output", required=True, help="directory for the scored Parquet files; local or s3:// gs://")
+    f.setting("text_column", "column holding the comment text")
+    f.add("--id-column", help="unique row id; a rerun then resumes, skipping ids already written")
+    f.add("--columns", help="input columns to keep, comma-separated (default: all)")
+    f.setting("batch_size", "rows per model call")
+    f.setting("concurrency", "model actors: N, or MIN,MAX to autoscale", type=str)
+    f.add("--use-gpu", action="store_true", help="one GPU per model actor")
+    f.add("--overwrite", action="store_true", help="replace the output of an earlier run (only files it wrote)")
+    f.add("--allow-duplicate-ids", action="store_true", help="accept an --id-column whose ids repeat; no resume then")
+    f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
 
 
 def _add_stream(sub) -> None:
-    d = lambda name: default(StreamSettings, name)  # noqa: E731
-    st = sub.add_parser("stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
-    st.add_argument("--model", required=True, help=MODEL_HELP)
-    st.add_argument("--redis", default=d("redis"), help=REDIS_HELP)
-    st.add_argument("--input-stream", required=True, help="stream whose entries carry the comment text")
-    st.add_argument("--output-stream", required=True, help="stream the scored entries are added to")
-    st.add_argument("--group", default=d("group"), help="consumer group, created if missing (default: %(default)s)")
-    st.add_argument(
-        "--start",
-        choices=["begin", "new"],
-        default=d("start"),
-        help="where a group created now starts: the whole stream or only new entries (default: %(default)s)",
-    )
-    st.add_argument(
-        "--consumers", type=int, default=d("consumers"), help="consumer actors holding the model (default: %(default)s)"
-    )
-    st.add_argument(
-        "--batch-size", type=int, default=d("batch_size"), help="entries read and scored at once (default: %(default)s)"
-    )
-    st.add_argument(
-        "--block-ms",
-        type=int,
-        default=d("block_ms"),
-        help="how long a read waits for new entries (default: %(default)s)",
-    )
-    st.add_argument(
-        "--dead-letter-stream",
-        default=d("dead_letter_stream"),
-        help="where unscorable entries go (default: INPUT:dead-letter)",
-    )
-    st.add_argument(
-        "--max-deliveries",
-        type=int,
-        default=d("max_deliveries"),
-        help="deliveries before an entry is dead-lettered (default: %(default)s)",
-    )
-    st.add_argument(
-        "--claim-idle-ms",
-        type=int,
-        default=d("claim_idle_ms"),
-        help="take over entries pending this long on a consumer that died (default: %(default)s)",
-    )
-    st.add_argument("--key-field", help="also count per value of this field (e.g. brand)")
-    st.add_argument(
-        "--window-s", type=int, default=d("window_s"), help="counting window in seconds (default: %(default)s)"
-    )
-    st.add_argument(
-        "--text-field", default=d("text_field"), help="field holding the comment text (default: %(default)s)"
-    )
-    _add_max_text_chars(st, d("max_text_chars"))
-    st.add_argument("--use-gpu", action="store_true", help="one GPU per consumer actor")
+    parser = sub.add_parser("stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
+    f = Flags(parser, StreamSettings)
+    f.add("--model", required=True, help=MODEL_HELP)
+    f.setting("redis", "redis://HOST:PORT/DB")
+    f.add("--input-stream", required=True, help="stream whose entries carry the comment text")
+    f.add("--output-stream", required=True, help="stream the scored entries are added to")
+    f.setting("group", "consumer group, created if missing")
+    f.setting("start", "where a group created now starts: the whole stream or new entries", choices=["begin", "new"])
+    f.setting("consumers", "consumer actors holding the model")
+    f.setting("batch_size", "entries read and scored at once")
+    f.setting("block_ms", "how long a read waits for new entries")
+    f.add("--dead-letter-stream", default="", help="where unscorable entries go (default: INPUT:dead-letter)")
+    f.setting("max_deliveries", "deliveries before an entry is dead-lettered")
+    f.setting("claim_idle_ms", "take over entries pending this long on a consumer that died")
+    f.add("--key-field", help="also count per value of this field (e.g. brand)")
+    f.setting("window_s", "counting window in seconds")
+    f.setting("text_field", "field holding the comment text")
+    f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
+    f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
-    ss = sub.add_parser("stream-stats", help="print the live sentiment counts per window (and key)")
-    ss.add_argument("--redis", default=d("redis"), help=REDIS_HELP)
-    ss.add_argument("--output-stream", required=True, help="the output stream given to `stream`")
-    ss.add_argument("--last", type=int, default=10, help="windows to show (default: %(default)s)")
-    ss.add_argument("--json", action="store_true", help="one JSON object per window and key")
+    stats = Flags(sub.add_parser("stream-stats", help="print the live sentiment counts per window (and key)"))
+    stats.setting("redis", "redis://HOST:PORT/DB", default=default(StreamSettings, "redis"))
+    stats.add("--output-stream", required=True, help="the output stream given to `stream`")
+    stats.setting("last", "windows to show", default=10, type=int)
+    stats.add("--json", action="store_true", help="one JSON object per window and key")
 
 
 def _add_serve(sub) -> None:
-    d = lambda name: default(ServeSettings, name)  # noqa: E731
-    sv = sub.add_parser("serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
-    sv.add_argument("--model", required=True, help=MODEL_HELP)
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    sv.add_argument(
-        "--replicas",
-        default=str(d("replicas")),
-        help="model replicas: N, or MIN,MAX to autoscale (default: %(default)s)",
-    )
-    sv.add_argument("--use-gpu", action="store_true", help="one GPU per model replica")
-    sv.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=d("max_batch_size"),
-        help="texts per model call, across requests (default: %(default)s)",
-    )
-    sv.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=d("batch_wait_ms"),
-        help="how long a batch waits to fill (default: %(default)s)",
-    )
-    sv.add_argument("--no-batching", dest="batching", action="store_false", help="score each request on its own")
-    _add_max_text_chars(sv, d("max_text_chars"))
+    parser = sub.add_parser("serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
+    f = Flags(parser, ServeSettings)
+    f.add("--model", required=True, help=MODEL_HELP)
+    f.add("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    f.add("--port", type=int, default=8000, help="port (default: %(default)s)")
+    f.setting("replicas", "model replicas: N, or MIN,MAX to autoscale", type=str)
+    f.add("--use-gpu", action="store_true", help="one GPU per model replica")
+    f.setting("max_batch_size", "texts per model call, across requests")
+    f.setting("batch_wait_ms", "how long a batch waits to fill")
+    f.add("--no-batching", dest="batching", action="store_false", help="score each request on its own")
+    f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_stream(sub)
     _add_serve(sub)
-    p = sub.add_parser("predict", help="print one JSON line per text (an error line for a text it cannot score)")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    _add_max_text_chars(p, MAX_TEXT_CHARS)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p = Flags(sub.add_parser("predict", help="print one JSON line per text (an error line for a text it cannot score)"))
+    p.add("--model", required=True, help=MODEL_HELP)
+    p.setting("max_text_chars", MAX_TEXT_CHARS_HELP, default=MAX_TEXT_CHARS)
+    p.add("texts", nargs="+", metavar="TEXT")
     return parser
 
 

@@ -1,5 +1,7 @@
 """Scoring a comment feed: consumer actors read a stream, score batches, commit exactly once.
 
+    ray-sentiment stream --model runs/example --input-stream comments --output-stream comments:scored
+
     broker (Redis Streams; see redis_broker.py)          consumer actors (Ray, model loaded once)
     read a batch (new entries, or stale ones claimed) ──▶ check each entry, score the good ones
     commit: outputs + dead letters + counts + acks   ◀── one Result per entry

@@ -1,5 +1,7 @@
 """Train the LSTM with Ray Train: labelled comments in, a model bundle out.
 
+    ray-sentiment train --train examples/train.csv --output runs/example [--num-workers 2] [--use-gpu]
+
 Driver: read and split the data, fit the vocabulary and encode every text once (Ray Data), then
 hand the encoded datasets to a TorchTrainer. Workers (`train_loop`): data-parallel (DDP) epochs,
 validation on every worker's shard gathered into one report, a checkpoint every epoch holding

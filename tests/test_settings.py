@@ -110,3 +110,30 @@ def test_the_package_has_no_import_cycle():
 
     for module in graph:
         visit(module, ())
+
+
+def test_flags_reach_the_settings_typed():
+    args = vars(
+        build_parser().parse_args(
+            [
+                "score",
+                "--model",
+                "m",
+                "--input",
+                "i",
+                "--output",
+                "o",
+                "--concurrency",
+                "1,4",
+                "--columns",
+                "id,brand",
+                "--batch-size",
+                "64",
+            ]
+        )
+    )
+    built = settings_from(ScoreSettings, {k: v for k, v in args.items() if k != "command"})
+    assert (built.concurrency, built.columns, built.batch_size) == ((1, 4), ("id", "brand"), 64)
+    args = vars(build_parser().parse_args(["serve", "--model", "m", "--replicas", "2", "--max-text-chars", "500"]))
+    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k not in ("command", "host", "port")})
+    assert (built.replicas, built.max_text_chars) == (2, 500)
