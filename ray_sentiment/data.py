@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from .embeddings import cooccurrence_counts
 from .errors import DataError, user_message
 from .storage import is_uri, resolve_filesystem
-from .text import build_vocab, count_tokens, encode_batch, vocab_index
+from .text import Encoder, build_vocab, count_tokens
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 
@@ -294,11 +294,11 @@ def encode_dataset(
     ds: ray.data.Dataset, vocab: list[str], max_len: int, labels: list[str] | None = None
 ) -> ray.data.Dataset:
     """text[, label] → ids (int32 [max_len]), length (int32)[, label_id (int64)], tokenised in Ray tasks."""
-    index = vocab_index(vocab)
+    encoder = Encoder(vocab, max_len)
     label_ids = {label: i for i, label in enumerate(labels or [])}
 
     def encode(batch: pa.Table) -> dict:
-        ids, lengths = encode_batch(batch["text"].to_pylist(), index, max_len)
+        ids, lengths = encoder(batch["text"].to_pylist())
         if not labels:
             return {"ids": ids, "length": lengths}
         y = np.fromiter((label_ids[x] for x in batch["label"].to_pylist()), np.int64, batch.num_rows)

@@ -49,6 +49,7 @@ from .storage import is_uri
 from .text import TokenizerConfig
 
 STATE_FILE = "state.pt"
+EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoch's record, as val_<name>
 RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "max_len", "class_weighted", "embedding_init")
 
 
@@ -107,46 +108,15 @@ def train(settings: TrainSettings) -> str:
     ensure_ray()
     quiet_ray_data()
     started = time.time()
-    data = load_labelled(
-        settings.train_path,
-        settings.val_path,
-        settings.text_column,
-        settings.label_column,
-        settings.val_fraction,
-        settings.seed,
-    )
-    print(
-        f"data: {data.counts['train']['rows']} training rows, {data.counts['val']['rows']} validation rows, "
-        f"labels {data.labels}, {data.counts['train']['dropped']} training rows dropped (null or empty)"
-    )
-    if data.counts["train"]["rows"] < r.batch_size:
-        raise DataError(
-            f"{data.counts['train']['rows']} training rows are fewer than one batch "
-            f"({r.batch_size}); lower --batch-size or add data"
-        )
+    data = read_data(settings, r)
     vocab = fit_vocab(data.train, r.model.vocab_size)
     train_ds = encode_dataset(data.train, vocab, r.max_len, data.labels)
     val_ds = encode_dataset(data.val, vocab, r.max_len, data.labels)
     loop = loop_settings(settings, r, data, vocab, train_ds)
     state, checkpoint = fit(settings, loop, train_ds, val_ds)
-
-    summary = {name: getattr(r, name) for name in (*RECIPE_FIELDS, "patience")}
     metrics = {
-        "validation": state.best_report,
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "stopped_early": state.epoch < r.epochs,
-        "history": state.history,
-        "restarts": state.restarts,
+        **training_metrics(settings, r, state),
         "rows": data.counts,
-        "settings": {
-            **summary,
-            "vocab_size": r.model.vocab_size,
-            "preset": settings.preset,
-            "num_workers": settings.num_workers,
-            "use_gpu": settings.use_gpu,
-            "seed": settings.seed,
-        },
         "train_seconds": round(time.time() - started, 1),
         "checkpoint": checkpoint,
     }
@@ -166,6 +136,42 @@ def train(settings: TrainSettings) -> str:
         f"macro_recall {report['macro_recall']:.4f} accuracy {report['accuracy']:.4f}; bundle written to {path}"
     )
     return path
+
+
+def read_data(settings: TrainSettings, r: Preset) -> LabelledData:
+    """The labelled rows, split, with a line saying what was read."""
+    s = settings
+    data = load_labelled(s.train_path, s.val_path, s.text_column, s.label_column, s.val_fraction, s.seed)
+    rows = data.counts["train"]["rows"]
+    print(
+        f"data: {rows} training rows, {data.counts['val']['rows']} validation rows, "
+        f"labels {data.labels}, {data.counts['train']['dropped']} training rows dropped (null or empty)"
+    )
+    if rows < r.batch_size:
+        message = f"{rows} training rows are fewer than one batch ({r.batch_size}); lower --batch-size or add data"
+        raise DataError(message)
+    return data
+
+
+def training_metrics(settings: TrainSettings, r: Preset, state: TrainState) -> dict:
+    """What metrics.json says about the run: the best epoch's report, the history, the recipe."""
+    recipe_used = {name: getattr(r, name) for name in (*RECIPE_FIELDS, "patience")}
+    return {
+        "validation": state.best_report,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.epoch < r.epochs,
+        "history": state.history,
+        "restarts": state.restarts,
+        "settings": {
+            **recipe_used,
+            "vocab_size": r.model.vocab_size,
+            "preset": settings.preset,
+            "num_workers": settings.num_workers,
+            "use_gpu": settings.use_gpu,
+            "seed": settings.seed,
+        },
+    }
 
 
 def loop_settings(settings: TrainSettings, r: Preset, data: LabelledData, vocab: list[str], train_ds) -> LoopSettings:
@@ -256,9 +262,8 @@ def train_loop(config: dict) -> None:
 
     batch = cfg.batch_size
     n_train = len(train_arrays[2])
-    steps = int(
-        _all_reduce(n_train // batch, device, dist.ReduceOp.MIN)
-    )  # DDP needs the same number of steps everywhere
+    # DDP needs the same number of steps on every worker.
+    steps = int(_all_reduce(n_train // batch, device, dist.ReduceOp.MIN))
     if steps == 0:
         raise ValueError(f"a worker's shard has fewer rows ({n_train}) than one batch ({batch})")
 
@@ -275,16 +280,8 @@ def train_loop(config: dict) -> None:
                 rank,
             )
         report = _validate(model, val_ids, val_len, val_y, device, cfg.labels)
-        record = {
-            "epoch": epoch,
-            "loss": train_loss,
-            "val_loss": report["loss"],
-            "val_accuracy": report["accuracy"],
-            "val_macro_recall": report["macro_recall"],
-            "val_macro_f1": report["macro_f1"],
-            "samples_per_s": steps * batch * world / seconds,
-            "seconds": seconds,
-        }
+        record = {"epoch": epoch, "loss": train_loss, **{f"val_{k}": report[k] for k in EPOCH_METRICS}}
+        record.update(samples_per_s=steps * batch * world / seconds, seconds=seconds)
         _advance(state, record, report, model)
         if rank == 0:
             _progress(
