@@ -61,7 +61,8 @@ class Broker(Protocol):
 def open_broker(settings: StreamSettings, consumer: str, stop: threading.Event | None = None) -> Broker:
     scheme = urlparse(settings.redis).scheme
     if scheme not in ADAPTERS:
-        raise ConfigError(f"--redis takes redis://, rediss:// or unix:// URLs, not {settings.redis!r}")
+        schemes = ", ".join(f"{scheme}://" for scheme in ADAPTERS)
+        raise ConfigError(f"--redis takes {schemes} URLs, not {settings.redis!r}")
     # Imported by name: the adapter imports this module, and only the chosen one needs its client library.
     adapter = importlib.import_module(f".{ADAPTERS[scheme]}", __package__)
     return adapter.open_broker(settings, consumer, stop)

@@ -206,7 +206,7 @@ def test_the_serve_config_file_is_valid_and_its_builder_takes_its_args(bundle):
     assert application.import_path == "ray_sentiment.serve:app_builder"
     app = app_builder({**application.args, "model": str(bundle), "replicas": [1, 2]})
     assert isinstance(app, serve.Application)
-    with pytest.raises(ConfigError, match="unknown args .*: colour"):
+    with pytest.raises(ConfigError, match="args for ray_sentiment.serve:app_builder: unknown settings colour; known"):
         app_builder({"model": str(bundle), "colour": "red"})
 
 
