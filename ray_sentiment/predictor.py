@@ -47,10 +47,11 @@ class Predictor:
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu", **options) -> Predictor:
         return cls(load_bundle(str(path)), device=device, **options)
 
-    def score(self, texts: Sequence[object]) -> list[dict]:
+    def score(self, texts: Sequence[object], max_text_chars: int | None = None) -> list[dict]:
         """One record per text: label, confidence and p_<label>, with error None; or, for a text
-        that cannot be scored, those fields None and error the reason."""
-        good, problems = check_texts(self._sequence(texts), self.max_text_chars)
+        that cannot be scored, those fields None and error the reason. `max_text_chars` overrides
+        the predictor's limit for this call."""
+        good, problems = check_texts(self._sequence(texts), max_text_chars or self.max_text_chars)
         scored = iter(result_records(self._proba(good), self.labels))
         return [{**next(scored), "error": None} if why is None else refused(self.labels, why) for why in problems]
 

@@ -50,7 +50,7 @@ def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSe
     text_field = settings.text_field.encode()
     problems = [entry_problem(e, settings) for e in entries]
     good = [i for i, why in enumerate(problems) if why is None]
-    records = predictor.score([entries[i].fields[text_field] for i in good])
+    records = predictor.score([entries[i].fields[text_field] for i in good], settings.max_text_chars)
     taken = {"source_id", *result_names(predictor.labels)}
     window = settings.window_s * 1000
     key_field = settings.key_field.encode() if settings.key_field else None
