@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -114,22 +115,39 @@ def _read(path: Path, name: str) -> ModelBundle:
     config = _read_json(path / CONFIG, dict, shown(CONFIG))
     vocab = _read_json(path / VOCAB, list, shown(VOCAB))
     metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
+    labels, model_config, tokenizer = _check_config(config, shown(CONFIG))
+    _check_vocab(vocab, tokenizer, model_config, shown)
+    weights = (path / WEIGHTS).read_bytes()
+    bundle = ModelBundle(
+        labels=labels,
+        vocab=vocab,
+        model_config=model_config,
+        tokenizer=tokenizer,
+        state_dict=_check_weights(weights, model_config, shown),
+        preset=config.get("preset", "custom"),
+        metrics=metrics,
+        versions=config.get("versions", {}),
+        version=_digest(weights),
+    )
+    bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
+    return bundle
 
+
+def _check_config(config: dict, shown: str) -> tuple[list[str], ModelConfig, TokenizerConfig]:
+    """config.json's labels, model and tokenizer settings, each field's type and range checked."""
     for key in ("format_version", "labels", "model", "tokenizer"):
         if key not in config:
-            raise BundleError(f"{shown(CONFIG)} has no {key!r}")
+            raise BundleError(f"{shown} has no {key!r}")
     if config["format_version"] != FORMAT_VERSION:
-        raise BundleError(
-            f"{shown(CONFIG)} has format version {json.dumps(config['format_version'])[:40]}, this ray-sentiment "
-            f"reads version {FORMAT_VERSION}"
-        )
+        found = json.dumps(config["format_version"])[:40]
+        raise BundleError(f"{shown} has format version {found}, this ray-sentiment reads version {FORMAT_VERSION}")
     labels = config["labels"]
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x.strip() for x in labels)):
-        raise BundleError(f"{shown(CONFIG)}: 'labels' must be a list of at least two non-empty strings")
+        raise BundleError(f"{shown}: 'labels' must be a list of at least two non-empty strings")
     if not isinstance(config.get("preset", ""), str):
-        raise BundleError(f"{shown(CONFIG)}: 'preset' must be a string")
+        raise BundleError(f"{shown}: 'preset' must be a string")
     if len(set(labels)) != len(labels):
-        raise BundleError(f"{shown(CONFIG)}: 'labels' repeats a label: {labels}")
+        raise BundleError(f"{shown}: 'labels' repeats a label: {labels}")
     try:
         if not isinstance(config["model"], dict) or not isinstance(config["tokenizer"], dict):
             raise ConfigError("'model' and 'tokenizer' must be JSON objects")
@@ -138,9 +156,13 @@ def _read(path: Path, name: str) -> ModelBundle:
         model_config = model_config_from_dict(config["model"])
         tokenizer = TokenizerConfig(**config["tokenizer"])
     except (TypeError, ConfigError) as exc:
-        raise BundleError(f"{shown(CONFIG)}: {exc}") from None
+        raise BundleError(f"{shown}: {exc}") from None
     if model_config.num_classes != len(labels):
-        raise BundleError(f"{shown(CONFIG)}: {len(labels)} labels but the model has {model_config.num_classes} outputs")
+        raise BundleError(f"{shown}: {len(labels)} labels but the model has {model_config.num_classes} outputs")
+    return labels, model_config, tokenizer
+
+
+def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelConfig, shown: Callable[[str], str]) -> None:
     if not all(isinstance(t, str) for t in vocab) or tuple(vocab[: len(SPECIALS)]) != SPECIALS:
         raise BundleError(f"{shown(VOCAB)} must be a list of strings starting with {list(SPECIALS)}")
     if len(set(vocab)) != len(vocab):
@@ -154,7 +176,10 @@ def _read(path: Path, name: str) -> ModelBundle:
         raise BundleError(
             f"{shown(VOCAB)} has {len(vocab)} tokens, more than the model's {model_config.vocab_size} embeddings"
         )
-    weights = (path / WEIGHTS).read_bytes()
+
+
+def _check_weights(weights: bytes, model_config: ModelConfig, shown: Callable[[str], str]) -> dict[str, torch.Tensor]:
+    """The tensors of model.safetensors, once their shapes fit the config and every value is finite."""
     try:
         state_dict = load(weights)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -165,20 +190,7 @@ def _read(path: Path, name: str) -> ModelBundle:
     bad = nonfinite_tensors(state_dict)
     if bad:
         raise BundleError(f"{shown(WEIGHTS)} holds NaN or infinite values in {', '.join(bad)}")
-
-    bundle = ModelBundle(
-        labels=labels,
-        vocab=vocab,
-        model_config=model_config,
-        tokenizer=tokenizer,
-        state_dict=state_dict,
-        preset=config.get("preset", "custom"),
-        metrics=metrics,
-        versions=config.get("versions", {}),
-        version=_digest(weights),
-    )
-    bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
-    return bundle
+    return state_dict
 
 
 # Field → (type, smallest, largest). Types are exact: 3.0 or "3" is not a count.
