@@ -31,6 +31,7 @@ from .storage import download_dir, is_uri, upload_dir
 from .text import SPECIALS, TokenizerConfig
 
 FORMAT_VERSION = 1
+Shown = Callable[[str], str]  # a part name → how messages name that file of the bundle
 CONFIG, VOCAB, WEIGHTS, METRICS = "config.json", "vocab.json", "model.safetensors", "metrics.json"
 
 
@@ -162,7 +163,7 @@ def _check_config(config: dict, shown: str) -> tuple[list[str], ModelConfig, Tok
     return labels, model_config, tokenizer
 
 
-def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelConfig, shown: Callable[[str], str]) -> None:
+def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelConfig, shown: Shown) -> None:
     if not all(isinstance(t, str) for t in vocab) or tuple(vocab[: len(SPECIALS)]) != SPECIALS:
         raise BundleError(f"{shown(VOCAB)} must be a list of strings starting with {list(SPECIALS)}")
     if len(set(vocab)) != len(vocab):
@@ -178,7 +179,7 @@ def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelCon
         )
 
 
-def _check_weights(weights: bytes, model_config: ModelConfig, shown: Callable[[str], str]) -> dict[str, torch.Tensor]:
+def _check_weights(weights: bytes, model_config: ModelConfig, shown: Shown) -> dict[str, torch.Tensor]:
     """The tensors of model.safetensors, once their shapes fit the config and every value is finite."""
     try:
         state_dict = load(weights)
