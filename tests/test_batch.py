@@ -23,6 +23,10 @@ from conftest import ROOT, actor_pids, random_texts, run_cli
 pytestmark = pytest.mark.integration
 
 
+# The input's columns, then the results' (results.py), in this order.
+OUTPUT_COLUMNS = ["id", "text", "brand", "label", "confidence", "p_negative", "p_neutral", "p_positive", "error"]
+
+
 def score(bundle, input, output, **options):
     return score_parquet(ScoreSettings(str(bundle), str(input), str(output), **options))
 
@@ -56,17 +60,7 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), batch_size=256)
     out = read_output(tmp_path / "out")
     assert summary.rows_in == summary.rows_out == len(out) == 3000 and summary.rows_with_errors == 3
-    assert list(out.columns) == [
-        "id",
-        "text",
-        "brand",
-        "label",
-        "confidence",
-        "p_negative",
-        "p_neutral",
-        "p_positive",
-        "error",
-    ]
+    assert list(out.columns) == OUTPUT_COLUMNS
     assert out["id"].tolist() == list(range(3000))
     assert errors(out.loc[[5, 6, 7]]) == ["text is null", "text is empty", "text is empty"]
     assert out.loc[[5, 6, 7], "label"].isna().all() and out.loc[[5, 6, 7], "p_positive"].isna().all()
@@ -315,17 +309,7 @@ def test_an_empty_input_writes_an_empty_output_with_the_result_columns(bundle, t
     assert summary.rows_in == summary.rows_out == 0 and "rows in 0, rows out 0" in summary.line()
     table = pq.read_table(tmp_path / "out")
     assert table.num_rows == 0
-    assert table.schema.names == [
-        "id",
-        "text",
-        "brand",
-        "label",
-        "confidence",
-        "p_negative",
-        "p_neutral",
-        "p_positive",
-        "error",
-    ]
+    assert table.schema.names == OUTPUT_COLUMNS
 
 
 def test_cli_prints_the_summary_line(bundle, tmp_path):
