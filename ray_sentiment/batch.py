@@ -27,14 +27,14 @@ from .data import check_columns, list_input_files
 from .errors import DataError, user_message
 from .outputs import OutputDir, check_apart, open_output
 from .predictor import Predictor
-from .results import check_texts, result_columns
+from .results import check_texts, result_columns, result_names
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
 from .text import Encoder
 
 # Input columns with these names (or p_*) are kept as input_<name>: the results take them.
-RESERVED = ("label", "confidence", "error", "_ids", "_length")
+RESERVED = (*result_names([]), "error", "_ids", "_length")
 BLOCK_BYTES = 1 << 20
 
 
@@ -250,11 +250,15 @@ def _done_ids(out: OutputDir, id_column: str) -> np.ndarray:
     return np.unique(pa.chunked_array(chunks).to_numpy(zero_copy_only=False)) if chunks else np.array([])
 
 
+def result_fields(labels: list[str]) -> list[pa.Field]:
+    """The columns `score` adds after the input's, with their Parquet types."""
+    kinds = {"label": pa.string(), "error": pa.string()}
+    return [pa.field(name, kinds.get(name, pa.float32())) for name in [*result_names(labels), "error"]]
+
+
 def _write_empty(out: OutputDir, schema: pa.Schema, keep: list[str], renamed: dict, labels: list[str]) -> None:
     """0 rows in: one empty file with the columns a non-empty run would write, so readers still work."""
-    fields = [pa.field(renamed.get(c, c), schema.field(c).type) for c in keep]
-    fields += [pa.field("label", pa.string()), pa.field("confidence", pa.float32())]
-    fields += [pa.field(f"p_{label}", pa.float32()) for label in labels] + [pa.field("error", pa.string())]
+    fields = [pa.field(renamed.get(c, c), schema.field(c).type) for c in keep] + result_fields(labels)
     pq.write_table(pa.schema(fields).empty_table(), f"{out.path}/{out.file_prefix}_empty.parquet", filesystem=out.fs)
 
 
@@ -292,6 +296,7 @@ class _Scorer:
 
     def __init__(self, bundle: ModelBundle, device: str):
         self.predictor = Predictor(bundle, device=device)
+        self.fields = result_fields(self.predictor.labels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -300,10 +305,11 @@ class _Scorer:
         proba = np.zeros((n, len(self.predictor.labels)), dtype=np.float32)
         proba[ok] = self.predictor.predict_proba_encoded(ids[ok], batch["_length"].to_numpy()[ok])
         out = batch.drop_columns(["_ids", "_length", "error"])
-        for name, values in result_columns(proba, self.predictor.labels).items():
-            kind = pa.string() if name == "label" else pa.float32()
-            out = out.append_column(name, pa.array(values, kind, mask=~ok))
-        return out.append_column("error", batch["error"])
+        values = result_columns(proba, self.predictor.labels)
+        for column in self.fields:
+            data = batch["error"] if column.name == "error" else pa.array(values[column.name], column.type, mask=~ok)
+            out = out.append_column(column, data)
+        return out
 
 
 def _count_output(out: OutputDir) -> tuple[int, int]:

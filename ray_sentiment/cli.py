@@ -14,7 +14,7 @@ from importlib.metadata import version
 from .errors import RaySentimentError
 from .model import PRESETS
 from .results import MAX_TEXT_CHARS
-from .settings import ScoreSettings, ServeSettings, StreamSettings, TrainSettings, default, settings_from
+from .settings import ScoreSettings, ServeSettings, StreamSettings, TrainSettings, default, flag, settings_from
 
 MODEL_HELP = "bundle directory; local or s3:// gs://"
 MAX_TEXT_CHARS_HELP = "longer texts are refused, with that reason"
@@ -32,9 +32,7 @@ class Flags:
             options.setdefault("type", type(value))
         elif isinstance(value, tuple):  # MIN,MAX: the CLI takes it as text
             value = ",".join(map(str, value))
-        self.parser.add_argument(
-            "--" + name.replace("_", "-"), default=value, help=f"{help} (default: %(default)s)", **options
-        )
+        self.parser.add_argument(flag(name), default=value, help=f"{help} (default: %(default)s)", **options)
 
     def add(self, *names: str, **options) -> None:
         self.parser.add_argument(*names, **options)

@@ -17,6 +17,8 @@ from .errors import DataError
 from .metrics import classification_report
 from .runtime import ensure_ray, quiet_ray_data
 
+NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
+
 
 def evaluate_path(
     model_path: str, data_path: str, text_column: str = "text", label_column: str = "label", device: str = "cpu"
@@ -44,7 +46,7 @@ def evaluate_path(
         batch_size=4096,
         concurrency=1,
         use_gpu=use_gpu,
-        max_text_chars=2**31 - 1,
+        max_text_chars=NO_LIMIT,
     )
     index = {label: i for i, label in enumerate(labels)}
     y, proba = [np.zeros(0, np.int64)], [np.zeros((0, len(labels)), np.float32)]

@@ -50,14 +50,15 @@ def settings_from(cls: type[T], options: dict[str, Any], source: str = "") -> T:
         raise ConfigError(f"{source or cls.__name__}: {exc}") from None
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The CLI flag of a setting: batch_size → --batch-size."""
     return "--" + name.replace("_", "-")
 
 
 def _at_least(settings: object, minimum: float, *names: str) -> None:
     for name in names:
         if getattr(settings, name) < minimum:
-            raise ConfigError(f"{_flag(name)} must be at least {minimum}, not {getattr(settings, name)}")
+            raise ConfigError(f"{flag(name)} must be at least {minimum}, not {getattr(settings, name)}")
 
 
 @dataclass(frozen=True)

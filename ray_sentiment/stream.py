@@ -93,7 +93,7 @@ class StreamConsumer:
     def __init__(self, bundle: ModelBundle, settings: StreamSettings, name: str):
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
         self.settings, self.name = settings, name
-        self.predictor = Predictor(bundle, "cuda" if settings.use_gpu else "cpu", settings.max_text_chars)
+        self.predictor = Predictor(bundle, device="cuda" if settings.use_gpu else "cpu")
         self.stopping = threading.Event()
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if self.restarted:

@@ -66,7 +66,7 @@ class LoopSettings:
     class_weights: tuple[float, ...] | None
     embedding: np.ndarray | None
     seed: int
-    threads: int
+    cpus: float  # reserved per worker; its whole part is the worker's torch threads
 
 
 @dataclass
@@ -179,7 +179,6 @@ def loop_settings(settings: TrainSettings, r: Preset, data: LabelledData, vocab:
     model = dataclasses.replace(r.model, num_classes=len(data.labels), vocab_size=len(vocab))
     counts = np.array([data.counts["class_counts"].get(label, 0) for label in data.labels], dtype=np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1)) if r.class_weighted else None
-    cpus = settings.cpus_per_worker or cpus_per_process(settings.num_workers, settings.use_gpu)
     embedding = None
     if r.embedding_init == "ppmi":
         embedding = word_vectors(train_ds, vocab, model.embed_dim, r.max_len, settings, data.counts)
@@ -193,18 +192,17 @@ def loop_settings(settings: TrainSettings, r: Preset, data: LabelledData, vocab:
         class_weights=None if weights is None else tuple(weights.tolist()),
         embedding=embedding,
         seed=settings.seed,
-        threads=max(1, int(cpus)),
+        cpus=settings.cpus_per_worker or cpus_per_process(settings.num_workers, settings.use_gpu),
     )
 
 
 def fit(settings: TrainSettings, loop: LoopSettings, train_ds, val_ds) -> tuple[TrainState, str]:
     """Run the workers; returns the last checkpoint's state and where that checkpoint is."""
-    cpus = settings.cpus_per_worker or cpus_per_process(settings.num_workers, settings.use_gpu)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"loop": loop},
         scaling_config=ScalingConfig(
-            num_workers=settings.num_workers, use_gpu=settings.use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=settings.num_workers, use_gpu=settings.use_gpu, resources_per_worker={"CPU": loop.cpus}
         ),
         run_config=RunConfig(
             name=f"ray-sentiment-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -246,7 +244,7 @@ def _absolute(path: str | None) -> str | None:
 def train_loop(config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs each report at INFO through the root logger
     cfg: LoopSettings = config["loop"]
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(max(1, int(cfg.cpus)))
     torch.manual_seed(cfg.seed)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
