@@ -129,9 +129,10 @@ def _add_serve(sub) -> None:
     parser = sub.add_parser("serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
     f = Flags(parser, ServeSettings)
     f.add("--model", required=True, help=MODEL_HELP)
-    f.add("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    f.add("--port", type=int, default=8000, help="port (default: %(default)s)")
+    f.setting("host", "the address every replica listens on; 0.0.0.0 for other machines")
+    f.setting("port", "the port clients use, shared by the replicas on a machine")
     f.setting("replicas", "model replicas: N, or MIN,MAX to autoscale", type=str)
+    f.setting("cpus_per_replica", "CPUs reserved for each replica, and its torch threads")
     f.add("--use-gpu", action="store_true", help="one GPU per model replica")
     f.setting("max_batch_size", "texts per model call, across requests")
     f.setting("batch_wait_ms", "how long a batch waits to fill")
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> None:
     elif command == "serve":
         from .serve import serve_until_signalled
 
-        serve_until_signalled(settings_from(ServeSettings, _options(args, "host", "port")), args.host, args.port)
+        serve_until_signalled(settings_from(ServeSettings, _options(args)))
     elif command == "predict":
         predict(args.model, args.texts, args.max_text_chars)
 

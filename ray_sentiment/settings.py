@@ -182,10 +182,13 @@ class ServeSettings:
     """`serve`: the HTTP endpoint."""
 
     model: str
+    host: str = "127.0.0.1"  # every replica listens here, on `port`
+    port: int = 8000
     replicas: Concurrency = 1
+    cpus_per_replica: float = 1.0  # also its torch threads
     use_gpu: bool = False
     max_batch_size: int = 2048  # texts per model call, from however many requests
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 0.0  # under load a batch fills while the one before it is scored
     batching: bool = True
     max_ongoing_requests: int = 64  # per model replica: a batch is built from these
     max_queued_requests: int = 256  # beyond this, 503
@@ -201,3 +204,7 @@ class ServeSettings:
         if self.batch_wait_ms < 0:
             raise ConfigError("--batch-wait-ms must be 0 or more")
         _at_least(self, 1, "max_ongoing_requests", "max_queued_requests", "max_text_chars")
+        if self.cpus_per_replica <= 0:
+            raise ConfigError(f"--cpus-per-replica must be more than 0, not {self.cpus_per_replica}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be between 1 and 65535, not {self.port}")

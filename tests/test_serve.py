@@ -1,4 +1,4 @@
-"""The Serve app over real HTTP, on a real local Ray, on a free port."""
+"""The Serve app over real HTTP, on a real local Ray, on a free port: two replicas share it."""
 
 import contextlib
 import json
@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import requests
 
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError
-from ray_sentiment.serve import API_KEY_ENV, app_builder, build, start
+from ray_sentiment.http_api import API_KEY_ENV
+from ray_sentiment.serve import app_builder, build, start
 from ray_sentiment.settings import ServeSettings
 
 from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy
@@ -26,14 +28,35 @@ from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run
 pytestmark = pytest.mark.integration
 
 
+REPLICA = "ServeReplica:sentiment:SentimentServer"
+# Two replicas of half a CPU each leave a CPU of the 2-core test cluster for the other apps below.
+HALF = {"cpus_per_replica": 0.5}
+
+
 @pytest.fixture(scope="module")
 def server(ray_local, bundle):
     from ray import serve
 
-    url = start(build(ServeSettings(model=str(bundle))), port=free_port())
+    port = free_port()
+    start(build(ServeSettings(model=str(bundle), port=port, replicas=2, **HALF)))
+    url = f"http://127.0.0.1:{port}"
     wait_healthy(url)
     yield url
     serve.shutdown()
+
+
+@contextlib.contextmanager
+def another_app(name: str, settings: ServeSettings):
+    """A second application on its own port, deleted afterwards."""
+    from ray import serve
+
+    start(build(settings), name=name)
+    try:
+        url = f"http://127.0.0.1:{settings.port}"
+        wait_healthy(url)
+        yield url
+    finally:
+        serve.delete(name)
 
 
 def post(url: str, body, **kwargs) -> requests.Response:
@@ -112,13 +135,8 @@ def test_health_model_and_docs(server):
 
 
 def test_api_key_guards_v1_and_the_docs_but_not_healthz(server, bundle, monkeypatch):
-    from ray import serve
-
     monkeypatch.setenv(API_KEY_ENV, "s3cret")
-    serve.run(build(ServeSettings(model=str(bundle))), name="secured", route_prefix="/secured")
-    url = f"{server}/secured"
-    try:
-        wait_healthy(url)
+    with another_app("secured", ServeSettings(model=str(bundle), port=free_port(), **HALF)) as url:
         assert post(url, {"texts": ["hi"]}).status_code == 401
         assert post(url, {"texts": ["hi"]}, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert post(url, {"texts": ["hi"]}, headers={"Authorization": "Basic s3cret"}).status_code == 401
@@ -129,8 +147,7 @@ def test_api_key_guards_v1_and_the_docs_but_not_healthz(server, bundle, monkeypa
             )
         for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: the scheme is case-insensitive
             assert post(url, {"texts": ["hi"]}, headers={"Authorization": f"{scheme} s3cret"}).status_code == 200
-    finally:
-        serve.delete("secured")
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
 
 
 def test_an_empty_api_key_is_refused_not_taken_as_no_key(bundle, monkeypatch):
@@ -139,61 +156,89 @@ def test_an_empty_api_key_is_refused_not_taken_as_no_key(bundle, monkeypatch):
         build(ServeSettings(model=str(bundle)))
 
 
-def test_a_full_queue_sheds_load_with_503_and_retry_after(server, bundle):
-    from ray import serve
-
-    tiny = ServeSettings(model=str(bundle), batching=False, max_ongoing_requests=1, max_queued_requests=1)
-    serve.run(build(tiny), name="tiny", route_prefix="/tiny")
-    url = f"{server}/tiny"
-    try:
-        wait_healthy(url)
-        statuses, headers = [], []
+def test_a_full_queue_sheds_load_with_json_503_and_retry_after(server, bundle):
+    tiny = ServeSettings(
+        model=str(bundle), port=free_port(), batching=False, max_ongoing_requests=1, max_queued_requests=1, **HALF
+    )
+    with another_app("tiny", tiny) as url:
+        answers = []
 
         def call():
-            response = post(url, {"texts": ["a long comment about the app " * 20] * 1000})
-            statuses.append(response.status_code)
-            headers.append(response.headers.get("Retry-After"))
+            answers.append(post(url, {"texts": ["a long comment about the app " * 20] * 1000}))
 
         threads = [threading.Thread(target=call) for _ in range(16)]
         [t.start() for t in threads]
         [t.join() for t in threads]
+        statuses = [a.status_code for a in answers]
         assert set(statuses) <= {200, 503} and statuses.count(503) >= 1 and statuses.count(200) >= 1
-        assert all(h == "1" for s, h in zip(statuses, headers) if s == 503)
+        for answer in answers:
+            if answer.status_code == 503:
+                assert answer.headers["Retry-After"] == "1"
+                assert answer.json() == {"detail": "busy: too many requests queued; retry shortly"}
         assert post(url, {"texts": ["after the rush"]}).status_code == 200
-    finally:
-        serve.delete("tiny")
 
 
-def test_a_model_replica_killed_under_traffic_is_replaced(server):
+def test_requests_spread_over_two_replicas_behind_one_port(server):
+    """Twenty connections at once: the kernel hands them to both replicas (the chance that all
+    twenty land on one is 2^-19), and every one is answered."""
+    import psutil
+
+    port = int(server.rsplit(":", 1)[1])
+    sessions = [requests.Session() for _ in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(
+            pool.map(lambda s: s.post(f"{server}/v1/sentiment", json={"texts": ["hi"]}).status_code, sessions)
+        )
+    assert statuses == [200] * 20
+    replicas = actor_pids(REPLICA)
+    assert len(replicas) == 2
+    held = {
+        pid: sum(
+            1 for c in psutil.Process(pid).net_connections("tcp") if c.status == "ESTABLISHED" and c.laddr.port == port
+        )
+        for pid in replicas
+    }
+    [s.close() for s in sessions]
+    assert sum(held.values()) == 20 and all(held.values()), held
+
+
+def test_a_replica_killed_under_traffic_is_replaced_while_the_other_answers(server):
+    """A killed process loses the requests it held (their connections reset: a client may resend,
+    since scoring changes nothing); the other replica answers the rest and a new one joins."""
     outcomes, stop = [], threading.Event()
 
     def traffic():
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                outcomes.append((post(server, {"texts": ["steady traffic"]}).status_code, time.monotonic() - started))
-            except requests.RequestException as exc:
-                outcomes.append((type(exc).__name__, time.monotonic() - started))
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = session.post(f"{server}/v1/sentiment", json={"texts": ["steady traffic"]}, timeout=60)
+                    outcomes.append((status.status_code, started, time.monotonic()))
+                except requests.ConnectionError:
+                    outcomes.append(("reset", started, time.monotonic()))
+                    session.close()  # a new connection, as a client that resends would open
 
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     [t.start() for t in threads]
     try:
         time.sleep(1)
-        [victim] = actor_pids("ServeReplica:sentiment:SentimentModel")
+        victim = actor_pids(REPLICA)[0]
+        killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            time.sleep(1)
-            if actor_pids("ServeReplica:sentiment:SentimentModel") and outcomes[-1][0] == 200:
-                break
+        while time.monotonic() < deadline and len(set(actor_pids(REPLICA)) - {victim}) < 2:
+            time.sleep(0.5)
+        time.sleep(1)
     finally:
         stop.set()
         [t.join(timeout=90) for t in threads]
     assert not any(t.is_alive() for t in threads), "a request hung"
-    statuses = [status for status, _ in outcomes]
-    assert set(statuses) <= {200, 503}, statuses  # never a 500, never a client-side timeout
-    assert statuses[-1] == 200 and statuses.count(200) > 10
-    assert max(seconds for _, seconds in outcomes) < 65  # none past the model timeout (30 s) by much
+    assert len(set(actor_pids(REPLICA)) - {victim}) == 2, "no replacement"
+    statuses = [status for status, _, _ in outcomes]
+    assert set(statuses) <= {200, "reset"}, statuses  # never a 5xx, never a timeout
+    assert statuses.count("reset") <= 4  # at most the requests in flight on the killed replica
+    after = [status for status, started, _ in outcomes if started > killed + 0.5]
+    assert after.count(200) > 10 and "reset" not in after  # the other replica took over at once
 
 
 def test_the_serve_config_file_is_valid_and_its_builder_takes_its_args(bundle):
@@ -215,41 +260,44 @@ def test_settings_refuse_a_batch_smaller_than_a_request(bundle):
         ServeSettings(model=str(bundle), max_batch_size=100)
 
 
-def test_serve_command_keeps_the_key_out_of_ray_logs_binds_every_port_to_host_and_stops_fast(bundle):
-    """The whole command: API key, both ports on --host, a request in flight at SIGTERM, a fast stop,
-    and afterwards no file Ray wrote holds the key."""
+def test_serve_command_keeps_the_key_out_of_ray_logs_opens_no_port_off_host_and_drains_on_sigterm(bundle):
+    """The whole command, two replicas: the API key; the one HTTP port on --host and no other
+    port of Serve's answering HTTP; SIGTERM under steady traffic and with large requests in
+    flight stops it in seconds with no request failed (a client stops sending at its first 503,
+    as a load balancer would); no file Ray wrote holds the key."""
     port, key = free_port(), "k3y-" + os.urandom(12).hex()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env[API_KEY_ENV] = key
     auth = {"Authorization": f"Bearer {key}"}
     started = time.time()
-    with cli_process("serve", "--model", str(bundle), "--port", str(port), env=env) as proc:
-        wait_healthy(f"http://127.0.0.1:{port}")
+    with cli_process("serve", "--model", str(bundle), "--port", str(port), "--replicas", "2", env=env) as proc:
+        url = f"http://127.0.0.1:{port}"
         banner = proc.stdout.readline()
-        assert f"at http://127.0.0.1:{port}" in banner, banner
-        [direct] = [int(p) for p in re.findall(r"direct ingress: 127\.0\.0\.1:(\d+)", banner)]
-        for p in (port, direct):
-            url = f"http://127.0.0.1:{p}"
-            assert post(url, {"texts": ["hello"]}).status_code == 401
-            assert post(url, {"texts": ["hello"]}, headers=auth).status_code == 200
-            assert post(url, b"[" * 100_000, headers=auth).status_code == 422
-            assert _listening_addresses(proc.pid, p) == {"127.0.0.1"}, p
-        # Eight large requests at once (the replica scores them in turn), then SIGTERM while they
-        # are in flight; as behind a load balancer that has deregistered the server, none follow.
-        outcomes = []
-        clients = [threading.Thread(target=_one_large_request, args=(port, auth, outcomes)) for _ in range(8)]
+        assert f"at {url} " in banner and "no other port is opened" in banner, banner
+        assert post(url, {"texts": ["hello"]}).status_code == 401
+        assert post(url, {"texts": ["hello"]}, headers=auth).status_code == 200
+        assert post(url, b"[" * 100_000, headers=auth).status_code == 422
+        assert _listening_addresses(proc.pid, port) == {"127.0.0.1"}
+        assert _other_ports_answering_http(proc.pid, port) == []
+        steady, large = [], []
+        clients = [threading.Thread(target=_steady_client, args=(url, auth, steady)) for _ in range(4)]
+        clients += [threading.Thread(target=_one_large_request, args=(url, auth, large)) for _ in range(2)]
         [c.start() for c in clients]
-        time.sleep(0.3)
+        time.sleep(0.5)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
         stop_seconds = time.monotonic() - signalled
         [c.join(timeout=60) for c in clients]
     assert proc.returncode == 0, err
-    assert out.strip().endswith("stopped")
-    assert [status for status, _ in outcomes] == [200] * 8, outcomes  # every request accepted was answered
-    assert any(ended > signalled for _, ended in outcomes), "no request was still in flight at SIGTERM"
-    assert stop_seconds < 20, stop_seconds  # was 37-38 s; a loose bound, the figure is in the README
+    assert re.search(r"stopped in [\d.]+ s$", out.strip()), out
+    assert [status for status, _ in large] == [200, 200], large  # accepted before SIGTERM, answered
+    assert any(ended > signalled for _, ended in large), "no large request was still in flight at SIGTERM"
+    for answers in steady:
+        *served, last = answers
+        assert set(served) == {200} and len(served) > 5, answers
+        assert last == (503, "1", "shutting down; retry on another server"), answers
+    assert stop_seconds < 10, stop_seconds  # loose: the command's figure is benchmarks/serve_stop.py's
     leaks = [
         str(p)
         for p in Path(tempfile.gettempdir(), "ray").rglob("*")
@@ -284,13 +332,30 @@ def test_serve_command_refuses_an_empty_api_key(bundle):
     )
 
 
-def _one_large_request(port: int, auth: dict, outcomes: list) -> None:
+def _one_large_request(url: str, auth: dict, outcomes: list) -> None:
     texts = ["a long comment about the new update " * 20] * 1000  # about 700 KB
     try:
-        status = post(f"http://127.0.0.1:{port}", {"texts": texts}, headers=auth).status_code
+        status = post(url, {"texts": texts}, headers=auth).status_code
     except requests.RequestException as exc:
         status = repr(exc)
     outcomes.append((status, time.monotonic()))
+
+
+def _steady_client(url: str, auth: dict, outcomes: list) -> None:
+    """One request after another on one connection, until the first answer that is not a 200."""
+    answers: list = []
+    outcomes.append(answers)
+    with requests.Session() as session:
+        while True:
+            try:
+                r = session.post(f"{url}/v1/sentiment", json={"texts": ["steady"]}, headers=auth, timeout=60)
+            except requests.RequestException as exc:
+                answers.append(repr(exc))
+                return
+            if r.status_code != 200:
+                answers.append((r.status_code, r.headers.get("Retry-After"), r.json().get("detail")))
+                return
+            answers.append(200)
 
 
 def _listening_addresses(root_pid: int, port: int) -> set[str]:
@@ -305,3 +370,24 @@ def _listening_addresses(root_pid: int, port: int) -> set[str]:
                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port
             }
     return addresses
+
+
+def _other_ports_answering_http(root_pid: int, port: int) -> list[int]:
+    """Ports that Serve's processes (controller, replicas) listen on, other than `port`, that answer
+    an HTTP request: there should be none (Ray's own gRPC servers, token-protected, do not)."""
+    import psutil
+
+    answering = []
+    for process in psutil.Process(root_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if not process.cmdline()[0].startswith("ray::Serve"):
+                continue
+            for c in process.net_connections(kind="inet"):
+                if c.status != psutil.CONN_LISTEN or c.laddr.port == port:
+                    continue
+                with socket.create_connection(("127.0.0.1", c.laddr.port), timeout=2) as probe:
+                    probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    with contextlib.suppress(OSError):
+                        if probe.recv(16).startswith(b"HTTP/1."):
+                            answering.append(c.laddr.port)
+    return answering
