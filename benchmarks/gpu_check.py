@@ -16,7 +16,6 @@ no files, no HTTP (the in-process ceiling).
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -75,7 +74,6 @@ def main() -> None:
     gpu = not args.cpu
     rows_to_score = args.rows or (100_000 if args.cpu else 1_000_000)
     started = time.perf_counter()
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as `ray-sentiment serve` does
     results = []
     import ray
 
@@ -141,7 +139,9 @@ def main() -> None:
 
 
 def serve_under_load(bundle: str, texts: np.ndarray, gpu: bool, seconds: float) -> list[dict]:
-    url = start(build(ServeSettings(model=bundle, use_gpu=gpu)), port=free_port())
+    port = free_port()
+    start(build(ServeSettings(model=bundle, use_gpu=gpu, port=port)))
+    url = f"http://127.0.0.1:{port}"
     wait_healthy(url)
     sample = [t for t in texts[:5000] if t.strip()]
     drive(url, sample[:1], 2, concurrency=4)  # warm-up

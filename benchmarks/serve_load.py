@@ -1,14 +1,18 @@
-"""HTTP load on the Serve app against what a user would write instead, from a separate process.
+"""HTTP load on `ray-sentiment serve` against what a user would write instead, in one run.
 
-Targets, in one run: (1) the Serve app with dynamic batching; (2) the same app with batching off;
-(3) the model in a plain single-process FastAPI app under uvicorn (same checks, same answers). For
-each: closed-loop load (aiohttp; each of C clients sends its next request when the last one is
-answered) at concurrency 1, 16 and 64, with 1-text and 100-text requests; then open-loop load at
-half of (1)'s peak 1-text rate for the latency there. Also the in-process ceiling
-(`Predictor.predict_proba` on batches of 2,048 texts, no HTTP). Only 2xx answers count.
-The model is the `seed` preset with untrained weights: speed does not depend on what they hold.
+Targets: (1) the Serve app with one replica on its port; (2) the same with two replicas sharing
+the port; (3) baseline: the model in a plain FastAPI app under uvicorn, one process (same checks,
+same answers). The model is the `seed` preset with untrained weights: speed does not depend on
+what they hold. Cells, each target in turn, `--rounds` times (the median is reported):
+- 1 text, 64 connections and 100 texts, 16 connections: wrk (C, one thread), 2xx only;
+- 1 text, 1 connection: latency, from a Python client (aiohttp);
+- overload: wrk with 512 connections; the answers' statuses (only 2xx and 503 with Retry-After
+  are allowed) and the latency of a 1-connection probe running meanwhile (2xx).
+Also the in-process ceiling (`Predictor.predict_proba` on batches of 2,048 texts, no HTTP), and
+the generator check: the plain app at 64 connections with wrk given one thread, then two.
+Needs `wrk` (apt-get install wrk).
 
-    python benchmarks/serve_load.py [--seconds 8] [--concurrency 1,16,64]
+    python benchmarks/serve_load.py [--seconds 5] [--rounds 3]
 """
 
 import argparse
@@ -16,6 +20,8 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +38,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 
 from _common import DATASETS, add_json_option, finish, free_port, seed_bundle
+
+# wrk: POST the body in wrk.body; count statuses, and 503s without Retry-After, in each thread.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("BODY")
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init() statuses = {}; bare503 = 0 end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status == 503 and headers["Retry-After"] == nil then bare503 = bare503 + 1 end
+end
+function done(summary, latency, requests)
+  local total, bare = {}, 0
+  for _, t in ipairs(threads) do
+    for status, n in pairs(t:get("statuses")) do total[status] = (total[status] or 0) + n end
+    bare = bare + t:get("bare503")
+  end
+  local parts = {}
+  for status, n in pairs(total) do table.insert(parts, string.format('"%d": %d', status, n)) end
+  io.write(string.format('RESULT {"statuses": {%s}, "bare503": %d, "p50": %f, "p99": %f, "seconds": %f}\\n',
+    table.concat(parts, ", "), bare, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.duration / 1e6))
+end
+"""
 
 
 def wait_healthy(url: str, timeout: float = 180) -> None:
@@ -51,10 +83,10 @@ def wait_healthy(url: str, timeout: float = 180) -> None:
 
 def plain_server(port: int, bundle: str) -> None:
     import uvicorn
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, HTTPException, Request
 
+    from ray_sentiment.http_api import HTTPError, parse_texts
     from ray_sentiment.results import result_records
-    from ray_sentiment.serve import parse_texts
 
     predictor = Predictor.load(bundle)
     app = FastAPI()
@@ -65,80 +97,80 @@ def plain_server(port: int, bundle: str) -> None:
 
     @app.post("/v1/sentiment")
     async def sentiment(request: Request):
-        texts = parse_texts(await request.body())
+        try:
+            texts = parse_texts(await request.body())
+        except HTTPError as error:
+            raise HTTPException(error.status, error.detail) from None
         return {"results": result_records(predictor.predict_proba(texts), predictor.labels)}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-# -- the load generator, in its own process -------------------------------------------------------
+# -- load generators -------------------------------------------------------------------------------
 
 
-async def closed_loop(url: str, body: bytes, concurrency: int, seconds: float) -> list[tuple[int, float]]:
+def wrk(url: str, texts: list[str], connections: int, seconds: float, threads: int = 1) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    env = {**os.environ, "BODY": json.dumps({"texts": texts})}
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{round(seconds)}s", "--timeout", "30s", "-s", script.name]
+    out = subprocess.run([*command, f"{url}/v1/sentiment"], capture_output=True, text=True, env=env, check=True)
+    os.unlink(script.name)
+    result = json.loads(re.search(r"^RESULT (.*)$", out.stdout, re.M).group(1))
+    ok = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
+    return {
+        "req/s": ok / result["seconds"],
+        "texts/s": ok * len(texts) / result["seconds"],
+        "p50 ms": result["p50"],
+        "p99 ms": result["p99"],
+        "statuses": result["statuses"],
+        "503 without Retry-After": result["bare503"],
+    }
+
+
+async def closed_loop(url: str, body: bytes, seconds: float) -> list[tuple[int, float]]:
     import aiohttp
 
     results, deadline = [], time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-        async def client():
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                results.append((r.status, time.perf_counter() - started))
-
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    return results
-
-
-async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> list[tuple[int, float]]:
-    import aiohttp
-
-    results = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-        async def one():
+    async with aiohttp.ClientSession() as session:
+        while time.perf_counter() < deadline:
             started = time.perf_counter()
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
                 await r.read()
             results.append((r.status, time.perf_counter() - started))
-
-        tasks, started = [], time.perf_counter()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
     return results
 
 
-def load(url, body, concurrency, rate, seconds, queue):
-    run = open_loop(url, body, rate, seconds) if rate else closed_loop(url, body, concurrency, seconds)
-    queue.put(asyncio.run(run))
+def _probe(url, body, seconds, queue):
+    queue.put(asyncio.run(closed_loop(url, body, seconds)))
 
 
-def drive(url: str, texts: list[str], seconds: float, concurrency: int = 0, rate: float = 0.0) -> dict:
-    body = json.dumps({"texts": texts}).encode()
+def probe(url: str, text: str, seconds: float) -> multiprocessing.Process:
+    """One connection, one request after another, in its own process; `.result()` when done."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=load, args=(f"{url}/v1/sentiment", body, concurrency, rate, seconds, queue))
+    body = json.dumps({"texts": [text]}).encode()
+    process = ctx.Process(target=_probe, args=(f"{url}/v1/sentiment", body, seconds, queue))
     process.start()
-    results = queue.get()
-    process.join()
-    ok = np.array([s for status, s in results if 200 <= status < 300]) * 1000
-    return {
-        "req/s": len(ok) / seconds,
-        "texts/s": len(ok) * len(texts) / seconds,
-        "p50 ms": float(np.percentile(ok, 50)) if len(ok) else float("nan"),
-        "p95 ms": float(np.percentile(ok, 95)) if len(ok) else float("nan"),
-        "p99 ms": float(np.percentile(ok, 99)) if len(ok) else float("nan"),
-        "non-2xx": len(results) - len(ok),
-    }
+
+    def result() -> dict:
+        answers = queue.get()
+        process.join()
+        ok = np.array([s for status, s in answers if 200 <= status < 300]) * 1000
+        rate = len(ok) / seconds
+        return {"p50 ms": np.percentile(ok, 50), "p99 ms": np.percentile(ok, 99), "req/s": rate, "texts/s": rate}
+
+    process.result = result  # type: ignore[attr-defined]
+    return process
+
+
+# -- the run ---------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "BUNDLE"), help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
@@ -151,13 +183,13 @@ def main() -> None:
         bundle = str(seed_bundle(train["text"].tolist(), Path(tmp) / "bundle"))
         ceiling = in_process_ceiling(bundle, texts)
         rows = measure(args, bundle, texts)
-    # Each row against the plain uvicorn app under the same load.
-    plain = {(r["request"], r["clients"]): r["texts/s"] for r in rows if r["target"] == "plain uvicorn"}
+    plain = {r["cell"]: r for r in rows if r["target"] == "plain uvicorn"}
     for r in rows:
-        r["× plain uvicorn"] = r["texts/s"] / plain[(r["request"], r["clients"])]
+        base = plain.get(r["cell"])
+        r["× plain"] = r["texts/s"] / base["texts/s"] if base and base.get("texts/s") else None
+        r["of ceiling"] = r["texts/s"] / ceiling if r.get("texts/s") else None
     title = (
-        f"seed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, "
-        f"RAY_SERVE_THROUGHPUT_OPTIMIZED={os.environ['RAY_SERVE_THROUGHPUT_OPTIMIZED']}; "
+        f"seed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, median of {args.rounds} rounds; "
         f"in-process ceiling {ceiling:,.0f} texts/s"
     )
     finish(rows, args, title)
@@ -181,50 +213,61 @@ def measure(args, bundle: str, texts: list[str]) -> list[dict]:
     from ray_sentiment.serve import build, start
     from ray_sentiment.settings import ServeSettings
 
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # as `ray-sentiment serve` does
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    port, plain_port = free_port(), free_port()
-    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port), bundle])
-    rows = []
+    ports = {name: free_port() for name in ("serve, 1 replica", "serve, 2 replicas", "plain uvicorn")}
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(ports["plain uvicorn"]), bundle])
+    cells: dict[tuple[str, str], list[dict]] = {}
     try:
-        ensure_ray()
-        url = start(build(ServeSettings(model=bundle)), port=port)
-        serve.run(build(ServeSettings(model=bundle, batching=False)), name="unbatched", route_prefix="/unbatched")
-        targets = {
-            "serve, batching": url,
-            "serve, no batching": f"{url}/unbatched",
-            "plain uvicorn": f"http://127.0.0.1:{plain_port}",
-        }
-        for target_url in targets.values():
-            wait_healthy(target_url)
-            drive(target_url, texts[:1], 2, concurrency=4)  # warm-up
-        for size in (1, 100):
-            for clients in concurrency:
-                for name, target_url in targets.items():
-                    rows.append(
-                        {
-                            "target": name,
-                            "request": f"{size} text{'s' if size > 1 else ''}",
-                            "clients": str(clients),
-                            **drive(target_url, texts[:size], args.seconds, clients),
-                        }
-                    )
-        peak = max(r["req/s"] for r in rows if r["target"] == "serve, batching" and r["request"] == "1 text")
-        for name, target_url in targets.items():
-            rows.append(
-                {
-                    "target": name,
-                    "request": "1 text",
-                    "clients": f"open {peak / 2:,.0f}/s",
-                    **drive(target_url, texts[:1], args.seconds, rate=peak / 2),
-                }
-            )
+        # Logical CPUs for both apps at once, so that the targets take turns within each round;
+        # an app waiting for its turn is idle.
+        ensure_ray(num_cpus=2 * psutil.cpu_count())
+        start(build(ServeSettings(model=bundle, port=ports["serve, 1 replica"])), name="one")
+        start(build(ServeSettings(model=bundle, port=ports["serve, 2 replicas"], replicas=2)), name="two")
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        for url in urls.values():
+            wait_healthy(url)
+            wrk(url, texts[:1], 16, 2)  # warm-up
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                for cell, result in run_cells(url, texts, args.seconds).items():
+                    cells.setdefault((name, cell), []).append(result)
+            for threads in (1, 2):  # does the plain app's figure rise when wrk gets more CPU?
+                result = wrk(urls["plain uvicorn"], texts[:1], 64, args.seconds, threads)
+                cells.setdefault((f"plain uvicorn, wrk {threads} thread(s)", "1 text, c64"), []).append(result)
     finally:
         plain.terminate()
         plain.wait()
         serve.shutdown()
         ray.shutdown()
-    return rows
+    return [{"target": name, "cell": cell, **medians(results)} for (name, cell), results in cells.items()]
+
+
+def run_cells(url: str, texts: list[str], seconds: float) -> dict[str, dict]:
+    cells = {
+        "1 text, c64": wrk(url, texts[:1], 64, seconds),
+        "100 texts, c16": wrk(url, texts[:100], 16, seconds),
+        "1 text, c1": probe(url, texts[0], seconds).result(),  # type: ignore[attr-defined]
+    }
+    watcher = probe(url, texts[1], seconds)
+    overload = wrk(url, texts[:1], 512, seconds)
+    latency = watcher.result()  # type: ignore[attr-defined]
+    cells["overload: c512 (latency: probe at c1)"] = {
+        **overload,
+        "p50 ms": latency["p50 ms"],
+        "p99 ms": latency["p99 ms"],
+    }
+    return cells
+
+
+def medians(results: list[dict]) -> dict:
+    row = {k: statistics.median(r[k] for r in results) for k in ("req/s", "texts/s", "p50 ms", "p99 ms")}
+    if "statuses" in results[0]:
+        totals: dict[str, int] = {}
+        for r in results:
+            for status, n in r["statuses"].items():
+                totals[status] = totals.get(status, 0) + n
+        row["statuses"] = " ".join(f"{s}:{n}" for s, n in sorted(totals.items()))
+        row["503 without Retry-After"] = sum(r["503 without Retry-After"] for r in results)
+    return row
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Seconds from SIGTERM to exit for `ray-sentiment serve`, against the baseline it replaced.
+"""Seconds from SIGTERM to exit for `ray-sentiment serve` under steady traffic, against a baseline.
 
-Targets, in one run, each started and stopped `--runs` times (idle, once /healthz answers):
-(1) the `serve` command: drain the ingress, then shut the local Ray down;
-(2) baseline: the same application stopped with `serve.shutdown()`, as the command did before.
+Targets, in one run, each started and stopped `--runs` times, two replicas, SIGTERM while four
+clients send one request after another (each stops at its first 503, as a load balancer would):
+(1) the `serve` command: each replica drains (new requests 503, those in flight answered), then
+the local Ray is shut down; (2) baseline: the same application stopped with `serve.shutdown()`.
+Failed requests: answers other than 200 before a client's first 503, connection errors, timeouts.
 Kubernetes gives a pod 30 s after SIGTERM before it kills it.
 
     python benchmarks/serve_stop.py [--runs 3]
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -29,24 +32,37 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 BASELINE = textwrap.dedent("""
-    import os, signal, sys, threading
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    import signal, sys, threading
     from ray import serve
     from ray_sentiment.runtime import ensure_ray
     from ray_sentiment.serve import build, start
     from ray_sentiment.settings import ServeSettings
-    application = build(ServeSettings(model=sys.argv[1]))
+    application = build(ServeSettings(model=sys.argv[1], port=int(sys.argv[2]), replicas=2))
     ensure_ray()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    start(application, port=int(sys.argv[2]))
+    start(application)
     while not stop.wait(0.5):
         pass
     serve.shutdown()
 """)
 
 
-def stop_seconds(command: list[str], port: int) -> float:
+def client(url: str, failures: list) -> None:
+    with requests.Session() as session:
+        while True:
+            try:
+                r = session.post(f"{url}/v1/sentiment", json={"texts": ["steady traffic"]}, timeout=60)
+            except requests.RequestException as exc:
+                failures.append(type(exc).__name__)
+                return
+            if r.status_code == 503 and r.headers.get("Retry-After"):
+                return
+            if r.status_code != 200:
+                failures.append(r.status_code)
+
+
+def stop_seconds(command: list[str], port: int) -> tuple[float, int]:
     proc = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -60,10 +76,16 @@ def stop_seconds(command: list[str], port: int) -> float:
                 time.sleep(0.3)
         else:
             raise RuntimeError(f"{command} never became healthy")
+        failures: list = []
+        clients = [threading.Thread(target=client, args=(f"http://127.0.0.1:{port}", failures)) for _ in range(4)]
+        [c.start() for c in clients]
+        time.sleep(1)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-        return time.monotonic() - signalled
+        seconds = time.monotonic() - signalled
+        [c.join(timeout=60) for c in clients]
+        return seconds, len(failures)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # Ray's daemons too, whatever happened
@@ -78,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = str(seed_bundle(texts, Path(tmp) / "bundle"))
         targets = {
-            "ray-sentiment serve (drain, then end the local Ray)": lambda port: [
+            "ray-sentiment serve (replicas drain, then end the local Ray)": lambda port: [
                 sys.executable,
                 "-m",
                 "ray_sentiment.cli",
@@ -87,17 +109,27 @@ def main() -> None:
                 bundle,
                 "--port",
                 str(port),
+                "--replicas",
+                "2",
             ],
             "baseline: serve.shutdown()": lambda port: [sys.executable, "-c", BASELINE, bundle, str(port)],
         }
         rows = []
         for name, command in targets.items():
-            seconds = []
+            runs = []
             for _ in range(args.runs):
                 port = free_port()
-                seconds.append(stop_seconds(command(port), port))
-            rows.append({"target": name, "median s": median(seconds), "runs": ", ".join(f"{s:.1f}" for s in seconds)})
-    finish(ratios(rows, "median s", rows[1]["median s"]), args, "seconds from SIGTERM to exit, idle server")
+                runs.append(stop_seconds(command(port), port))
+            rows.append(
+                {
+                    "target": name,
+                    "median s": median([s for s, _ in runs]),
+                    "runs": ", ".join(f"{s:.1f}" for s, _ in runs),
+                    "failed requests": sum(f for _, f in runs),
+                }
+            )
+    title = "seconds from SIGTERM to exit, two replicas, four clients sending"
+    finish(ratios(rows, "median s", rows[1]["median s"]), args, title)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ class SentimentApp:
             if path in self.OPEN:
                 if self.draining:
                     raise HTTPError(503, "shutting down")
+                if path == "/-/healthz":  # what KubeRay's readiness probe looks for
+                    return await _send(send, 200, b"success", "text/plain")
                 return await _send(send, 200, b'{"status":"ok"}')
             if self.key and not self.key.allows(scope):
                 raise HTTPError(

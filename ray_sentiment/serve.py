@@ -17,29 +17,24 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import ray
 import torch
 import uvicorn
 from ray import serve
 
+from .batcher import Batcher
 from .bundle import ModelBundle, load_bundle
 from .errors import ConfigError
 from .http_api import API_KEY_ENV, MODEL_TIMEOUT_S, KeyDigest, Limits, SentimentApp, api_docs, api_key_digest
 from .predictor import Predictor
 from .runtime import ensure_ray, stop_on_signals
-from .settings import MAX_TEXTS_PER_REQUEST, ServeSettings, settings_from
+from .settings import ServeSettings, settings_from
 
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
 # A stopping replica drains (http_api.SentimentApp.drain) inside Serve's graceful shutdown, which
 # must outlast it; Serve checks this often whether the replica is done.
 SHUTDOWN = {"graceful_shutdown_wait_loop_s": 0.1, "graceful_shutdown_timeout_s": MODEL_TIMEOUT_S + 5}
-
-
-def count_texts(requests: list[list[str]]) -> int:
-    return sum(len(texts) for texts in requests)
 
 
 @serve.deployment
@@ -49,24 +44,11 @@ class SentimentServer:
     async def __init__(self, bundle: ModelBundle, settings: ServeSettings, summary: dict, key: KeyDigest | None):  # type: ignore[misc]  # Serve awaits it
         self.predictor = Predictor(bundle, "cuda" if settings.use_gpu else "cpu", settings.max_text_chars)
         torch.set_num_threads(max(1, int(settings.cpus_per_replica)))
-        # The model runs on its own thread (torch releases the GIL), so the event loop keeps reading
-        # requests meanwhile and the next batch forms while this one is scored.
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.score_batched.set_max_batch_size(settings.max_batch_size)
-        self.score_batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
-        score = self.score_batched if settings.batching else self.score
+        max_texts = settings.max_batch_size if settings.batching else 0  # 0: each request on its own
+        self.batcher = Batcher(self.predictor.predict_proba, max_texts, settings.batch_wait_ms / 1000)
         limits = Limits(settings.max_text_chars, settings.max_ongoing_requests, settings.max_queued_requests)
-        self.app = SentimentApp(score, summary, key, limits, api_docs())
+        self.app = SentimentApp(self.batcher.score, summary, key, limits, api_docs())
         self.server = await listen(self.app, settings.host, settings.port)
-
-    # The real limits come from ServeSettings in __init__; these are placeholders Serve requires.
-    @serve.batch(max_batch_size=MAX_TEXTS_PER_REQUEST, batch_wait_timeout_s=0.0, batch_size_fn=count_texts)
-    async def score_batched(self, requests: list[list[str]]) -> list[np.ndarray]:
-        proba = await self.score([t for texts in requests for t in texts])
-        return np.split(proba, np.cumsum([len(texts) for texts in requests])[:-1])
-
-    async def score(self, texts: list[str]) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(self.model_thread, self.predictor.predict_proba, texts)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"in_flight": self.app.in_flight}
@@ -81,7 +63,7 @@ class SentimentServer:
             return
         await self.app.drain()
         await self.server.stop()
-        self.model_thread.shutdown(wait=False)
+        self.batcher.close()
 
 
 async def listen(app, host: str, port: int) -> ReplicaServer:

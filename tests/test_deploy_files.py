@@ -61,8 +61,13 @@ def test_cluster_requires_a_token_and_keeps_the_dashboard_on_the_head(cluster):
 # -- deploy/k8s: KubeRay custom resources ------------------------------------------------------------
 
 
+def _manifests(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()))
+
+
 def _manifest(name: str) -> dict:
-    return yaml.safe_load((ROOT / "deploy" / "k8s" / name).read_text())
+    """The file's Ray resource (a RayJob or RayService); service.yaml also holds a Service."""
+    return _manifests(name)[0]
 
 
 def _cluster_spec(manifest: dict) -> dict:
@@ -80,7 +85,7 @@ def _check_pod_template(template: dict, where: str) -> list[dict]:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_has_the_fields_kuberay_requires(path):
-    manifest = yaml.safe_load(path.read_text())
+    manifest = _manifest(path.name)
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] in ("RayJob", "RayService")
     assert DNS_LABEL.match(manifest["metadata"]["name"])
     spec = _cluster_spec(manifest)
@@ -121,4 +126,12 @@ def test_service_serve_config_is_valid_and_serves_from_gpus():
     assert application.import_path == "ray_sentiment.serve:app_builder"
     assert set(application.args) <= set(ServeSettings.__dataclass_fields__)
     assert application.args["use_gpu"] is True and application.args["model"].startswith("s3://")
-    assert config.http_options.host == "0.0.0.0"  # inside the pod, for KubeRay's Service
+    assert application.args["host"] == "0.0.0.0"  # inside the pod, for the Service
+    assert config.proxy_location == "Disabled"  # the replicas answer HTTP themselves
+    [service] = [m for m in _manifests("service.yaml") if m["kind"] == "Service"]
+    assert service["spec"]["ports"][0]["targetPort"] == application.args["port"]
+    # The Service picks this RayService's GPU workers, the pods that hold replicas, once ready.
+    assert service["spec"]["selector"]["ray.io/originated-from-cr-name"] == manifest["metadata"]["name"]
+    [gpu] = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    [container] = gpu["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/-/healthz", "port": application.args["port"]}

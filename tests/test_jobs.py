@@ -221,8 +221,7 @@ def test_serve_deploy_answers_over_http(head, s3, trained, tmp_path):
     assert trained[0].returncode == 0, "the training job failed; see the test above"
     config = yaml.safe_load((ROOT / "jobs" / "serve.yaml").read_text())
     port = free_port()
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["model"] = model
+    config["applications"][0]["args"].update(model=model, port=port)
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     deployed = head.run(str(BIN / "serve"), "deploy", str(path), "--address", head.dashboard)

@@ -45,7 +45,9 @@ def via_serve(bundle, texts, tmp_path, redis_server) -> list[dict]:
 
     from ray_sentiment.serve import build, start
 
-    url = start(build(ServeSettings(model=str(bundle), max_text_chars=LIMIT)), port=free_port())
+    port = free_port()
+    start(build(ServeSettings(model=str(bundle), port=port, max_text_chars=LIMIT)))
+    url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url)
         records = []
