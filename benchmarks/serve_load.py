@@ -49,7 +49,7 @@ function setup(thread) table.insert(threads, thread) end
 function init() statuses = {}; bare503 = 0 end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
-  if status == 503 and headers["Retry-After"] == nil then bare503 = bare503 + 1 end
+  if status == 503 and headers["retry-after"] == nil and headers["Retry-After"] == nil then bare503 = bare503 + 1 end
 end
 function done(summary, latency, requests)
   local total, bare = {}, 0
