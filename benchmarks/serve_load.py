@@ -4,10 +4,9 @@ Targets: (1) the Serve app with one replica on its port; (2) the same with two r
 the port; (3) baseline: the model in a plain FastAPI app under uvicorn, one process (same checks,
 same answers). The model is the `seed` preset with untrained weights: speed does not depend on
 what they hold. Cells, each target in turn, `--rounds` times (the median is reported):
-- 1 text, 64 connections and 100 texts, 16 connections: wrk (C, one thread), 2xx only;
-- 1 text, 1 connection: latency, from a Python client (aiohttp);
+- 1 text at 1 and 64 connections, 100 texts at 16: wrk (C, one thread), 2xx only;
 - overload: wrk with 512 connections; the answers' statuses (only 2xx and 503 with Retry-After
-  are allowed) and the latency of a 1-connection probe running meanwhile (2xx).
+  are allowed) and the latency of a Python client (aiohttp) on one connection meanwhile (2xx).
 Also the in-process ceiling (`Predictor.predict_proba` on batches of 2,048 texts, no HTTP), and
 the generator check: the plain app at 64 connections with wrk given one thread, then two.
 Needs `wrk` (apt-get install wrk).
@@ -128,40 +127,53 @@ def wrk(url: str, texts: list[str], connections: int, seconds: float, threads: i
     }
 
 
-async def closed_loop(url: str, body: bytes, seconds: float) -> list[tuple[int, float]]:
+async def closed_loop(url: str, body: bytes, seconds: float, concurrency: int) -> list[tuple[int, float]]:
     import aiohttp
 
     results, deadline = [], time.perf_counter() + seconds
-    async with aiohttp.ClientSession() as session:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
-                await r.read()
-            results.append((r.status, time.perf_counter() - started))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def client():
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                results.append((r.status, time.perf_counter() - started))
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
     return results
 
 
-def _probe(url, body, seconds, queue):
-    queue.put(asyncio.run(closed_loop(url, body, seconds)))
+def _load(url, body, seconds, concurrency, queue):
+    queue.put(asyncio.run(closed_loop(url, body, seconds, concurrency)))
 
 
-def probe(url: str, text: str, seconds: float) -> multiprocessing.Process:
-    """One connection, one request after another, in its own process; `.result()` when done."""
+def start_drive(url: str, texts: list[str], seconds: float, concurrency: int = 1):
+    """Python clients (aiohttp) in their own process, each sending its next request when the last
+    is answered; call the returned function for the figures (2xx only) when it is done."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    body = json.dumps({"texts": [text]}).encode()
-    process = ctx.Process(target=_probe, args=(f"{url}/v1/sentiment", body, seconds, queue))
+    body = json.dumps({"texts": texts}).encode()
+    process = ctx.Process(target=_load, args=(f"{url}/v1/sentiment", body, seconds, concurrency, queue))
     process.start()
 
     def result() -> dict:
         answers = queue.get()
         process.join()
         ok = np.array([s for status, s in answers if 200 <= status < 300]) * 1000
-        rate = len(ok) / seconds
-        return {"p50 ms": np.percentile(ok, 50), "p99 ms": np.percentile(ok, 99), "req/s": rate, "texts/s": rate}
+        return {
+            "req/s": len(ok) / seconds,
+            "texts/s": len(ok) * len(texts) / seconds,
+            "p50 ms": np.percentile(ok, 50),
+            "p99 ms": np.percentile(ok, 99),
+            "non-2xx": len(answers) - len(ok),
+        }
 
-    process.result = result  # type: ignore[attr-defined]
-    return process
+    return result
+
+
+def drive(url: str, texts: list[str], seconds: float, concurrency: int = 1) -> dict:
+    return start_drive(url, texts, seconds, concurrency)()
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -245,11 +257,11 @@ def run_cells(url: str, texts: list[str], seconds: float) -> dict[str, dict]:
     cells = {
         "1 text, c64": wrk(url, texts[:1], 64, seconds),
         "100 texts, c16": wrk(url, texts[:100], 16, seconds),
-        "1 text, c1": probe(url, texts[0], seconds).result(),  # type: ignore[attr-defined]
+        "1 text, c1": wrk(url, texts[:1], 1, seconds),
     }
-    watcher = probe(url, texts[1], seconds)
+    watcher = start_drive(url, texts[1:2], seconds)
     overload = wrk(url, texts[:1], 512, seconds)
-    latency = watcher.result()  # type: ignore[attr-defined]
+    latency = watcher()
     cells["overload: c512 (latency: probe at c1)"] = {
         **overload,
         "p50 ms": latency["p50 ms"],

@@ -1,8 +1,13 @@
 """HTTP scoring on Ray Serve: each replica holds the model, batches the texts of concurrent requests
-(`@serve.batch`) and answers HTTP itself, on `--host:--port`, with the plain ASGI app of
-http_api.py under uvicorn. Replicas on one machine share the port (SO_REUSEPORT: the kernel spreads
+(batcher.py) and answers HTTP itself, on `--host:--port`, with the plain ASGI app of http_api.py
+under uvicorn. Replicas on one machine share the port (SO_REUSEPORT: the kernel spreads
 connections over them), so a request makes no hop between processes. Serve places, restarts and
 scales the replicas; its own proxy is off.
+
+Why not Serve's own front doors (Ray 2.60): its HTTP proxy adds a hop per request and capped every
+design at about a third of this one; direct ingress gives each replica a port of its own, not one
+shared port; and HAProxy mode binds its stats and Prometheus listeners on every interface (ports
+8404 and 9101, fixed), which `--host` could not keep on loopback.
 
     ray-sentiment serve --model runs/example --port 8000 [--replicas 2 | --replicas 1,4]
 """
