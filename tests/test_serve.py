@@ -134,6 +134,16 @@ def test_health_model_and_docs(server):
     assert "/v1/sentiment" in requests.get(f"{server}/openapi.json", timeout=10).json()["paths"]
 
 
+def test_other_routes_and_methods_get_json_404_and_405_and_kuberay_gets_its_probe(server):
+    wrong_method = requests.get(f"{server}/v1/sentiment", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+    assert wrong_method.json() == {"detail": "use POST"}
+    missing = requests.get(f"{server}/v2/sentiment", timeout=10)
+    assert missing.status_code == 404 and missing.json() == {"detail": "no route /v2/sentiment; see /docs"}
+    probe = requests.get(f"{server}/-/healthz", timeout=10)
+    assert probe.status_code == 200 and probe.text == "success"
+
+
 def test_api_key_guards_v1_and_the_docs_but_not_healthz(server, bundle, monkeypatch):
     monkeypatch.setenv(API_KEY_ENV, "s3cret")
     with another_app("secured", ServeSettings(model=str(bundle), port=free_port(), **HALF)) as url:
