@@ -137,6 +137,8 @@ def _add_serve(sub) -> None:
     f.setting("max_batch_size", "texts per model call, across requests")
     f.setting("batch_wait_ms", "how long a batch waits to fill")
     f.add("--no-batching", dest="batching", action="store_false", help="score each request on its own")
+    f.setting("max_ongoing_requests", "requests per replica whose texts may share a model call")
+    f.setting("max_queued_requests", "requests per replica waiting beyond those; more get 503")
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
 
 

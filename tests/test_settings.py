@@ -62,7 +62,7 @@ def test_result_records_carry_the_float32_values_exactly():
     [
         (["score", "--model", "m", "--input", "i", "--output", "o"], ScoreSettings, ()),
         (["stream", "--model", "m", "--input-stream", "a", "--output-stream", "b"], StreamSettings, ("model",)),
-        (["serve", "--model", "m"], ServeSettings, ("host", "port")),
+        (["serve", "--model", "m"], ServeSettings, ()),
         (["train", "--train", "t", "--output", "o"], TrainSettings, ()),
     ],
 )
@@ -77,7 +77,7 @@ def test_every_flag_maps_onto_a_setting_with_the_settings_default(command, cls, 
 
 
 def test_an_unknown_or_missing_setting_is_one_clear_error():
-    with pytest.raises(ConfigError, match=r"app_builder args: unknown settings replica; known: model, replicas"):
+    with pytest.raises(ConfigError, match=r"app_builder args: unknown settings replica; known: model, host, port, replicas"):
         settings_from(ServeSettings, {"model": "m", "replica": 2}, "app_builder args")
     with pytest.raises(ConfigError, match="missing 1 required positional argument: 'model'"):
         settings_from(ServeSettings, {})
@@ -135,5 +135,5 @@ def test_flags_reach_the_settings_typed():
     built = settings_from(ScoreSettings, {k: v for k, v in args.items() if k != "command"})
     assert (built.concurrency, built.columns, built.batch_size) == ((1, 4), ("id", "brand"), 64)
     args = vars(build_parser().parse_args(["serve", "--model", "m", "--replicas", "2", "--max-text-chars", "500"]))
-    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k not in ("command", "host", "port")})
-    assert (built.replicas, built.max_text_chars) == (2, 500)
+    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k != "command"})
+    assert (built.replicas, built.max_text_chars, built.port) == (2, 500, 8000)
