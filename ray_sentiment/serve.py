@@ -147,6 +147,7 @@ def build(settings: ServeSettings) -> serve.Application:
                 "min_replicas": replicas[0],
                 "max_replicas": replicas[1],
                 "target_ongoing_requests": max(1, settings.max_ongoing_requests // 2),
+                "upscale_delay_s": 5,  # Serve's default waits 30 s of load; scaling down stays slow (600 s)
                 "policy": {"policy_function": scale_on_requests_in_flight},
             }
         }
@@ -211,10 +212,14 @@ def serve_until_signalled(settings: ServeSettings) -> None:
         f"replica(s); no other port is opened; SIGTERM or Ctrl-C stops",
         flush=True,
     )
-    while not stop.wait(0.5):
+    while not stop.wait(0.1):
         pass
     started = time.monotonic()
-    serve.delete("sentiment")  # each replica drains (see SentimentServer.__del__) before it exits
+    # Each replica drains (see SentimentServer.__del__) before it exits. Polled here every 0.1 s:
+    # a blocking serve.delete polls once a second.
+    serve.delete("sentiment", _blocking=False)
+    while "sentiment" in serve.status().applications:
+        time.sleep(0.1)
     if os.environ.get("RAY_ADDRESS"):
         serve.shutdown()  # on a cluster Serve's controller would outlive this command
     ray.shutdown()
