@@ -251,6 +251,56 @@ def test_a_replica_killed_under_traffic_is_replaced_while_the_other_answers(serv
     assert after.count(200) > 10 and "reset" not in after  # the other replica took over at once
 
 
+def test_min_max_replicas_scale_up_on_requests_in_flight_behind_the_same_port(server, bundle):
+    """Serve's autoscaler, fed by the replicas' own count of requests in flight (its default
+    counts requests through its router, which these never pass): eight large requests at a time,
+    against a target of one per replica, bring a second replica onto the same port."""
+    settings = ServeSettings(
+        model=str(bundle), port=free_port(), replicas=(1, 2), max_ongoing_requests=2, max_queued_requests=64, **HALF
+    )
+    with another_app("autoscaled", settings) as url:
+        assert len(actor_pids("ServeReplica:autoscaled:")) == 1
+        stop, statuses = threading.Event(), []
+
+        def load():
+            while not stop.is_set():
+                statuses.append(post(url, {"texts": ["a long comment about the app " * 20] * 1000}).status_code)
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        [t.start() for t in threads]
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and len(actor_pids("ServeReplica:autoscaled:")) < 2:
+                time.sleep(1)
+            replicas = actor_pids("ServeReplica:autoscaled:")
+            assert len(replicas) == 2, "no second replica after 90 s of load"
+            assert wait_for_listeners(replicas, int(url.rsplit(":", 1)[1]))
+        finally:
+            stop.set()
+            [t.join(timeout=120) for t in threads]
+        assert set(statuses) == {200}
+
+
+def wait_for_listeners(pids: list[int], port: int, timeout_s: float = 60) -> bool:
+    """True once every process listens on the port (a new replica does once its model is loaded)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listening = {
+            pid
+            for pid in pids
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                for c in psutil.Process(pid).net_connections("tcp")
+            )
+        }
+        if listening == set(pids):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_the_serve_config_file_is_valid_and_its_builder_takes_its_args(bundle):
     import yaml
     from ray import serve

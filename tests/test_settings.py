@@ -77,7 +77,9 @@ def test_every_flag_maps_onto_a_setting_with_the_settings_default(command, cls, 
 
 
 def test_an_unknown_or_missing_setting_is_one_clear_error():
-    with pytest.raises(ConfigError, match=r"app_builder args: unknown settings replica; known: model, host, port, replicas"):
+    with pytest.raises(
+        ConfigError, match=r"app_builder args: unknown settings replica; known: model, host, port, replicas"
+    ):
         settings_from(ServeSettings, {"model": "m", "replica": 2}, "app_builder args")
     with pytest.raises(ConfigError, match="missing 1 required positional argument: 'model'"):
         settings_from(ServeSettings, {})
