@@ -126,9 +126,11 @@ def api_key_digest() -> KeyDigest | None:
 
 @dataclass(frozen=True)
 class Limits:
-    max_text_chars: int = MAX_TEXT_CHARS
-    max_ongoing_requests: int = 64  # requests whose texts may be in the batch being formed
-    max_queued_requests: int = 256  # requests waiting for a place among those; beyond this, 503
+    """From ServeSettings, where the defaults are."""
+
+    max_text_chars: int
+    max_ongoing_requests: int  # requests whose texts may be in the batch being formed
+    max_queued_requests: int  # requests waiting for a place among those; beyond this, 503
 
 
 class SentimentApp:
