@@ -5,6 +5,8 @@ the port; (3) baseline: the model in a plain FastAPI app under uvicorn, one proc
 same answers). The model is the `seed` preset with untrained weights: speed does not depend on
 what they hold. Cells, each target in turn, `--rounds` times (the median is reported):
 - 1 text at 1 and 64 connections, 100 texts at 16: wrk (C, one thread), 2xx only;
+- 1 text at 1 connection again from a Python client (aiohttp), which times every request itself
+  (wrk's p99 at one connection came out far above its own mean and maximum would allow here);
 - overload: wrk with 512 connections; the answers' statuses (only 2xx and 503 with Retry-After
   are allowed) and the latency of a Python client (aiohttp) on one connection meanwhile (2xx).
 Also the in-process ceiling (`Predictor.predict_proba` on batches of 2,048 texts, no HTTP), and
@@ -257,7 +259,8 @@ def run_cells(url: str, texts: list[str], seconds: float) -> dict[str, dict]:
     cells = {
         "1 text, c64": wrk(url, texts[:1], 64, seconds),
         "100 texts, c16": wrk(url, texts[:100], 16, seconds),
-        "1 text, c1": wrk(url, texts[:1], 1, seconds),
+        "1 text, c1 (wrk)": wrk(url, texts[:1], 1, seconds),
+        "1 text, c1 (aiohttp)": drive(url, texts[:1], seconds),
     }
     watcher = start_drive(url, texts[1:2], seconds)
     overload = wrk(url, texts[:1], 512, seconds)

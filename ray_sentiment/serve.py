@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import os
 import socket
@@ -54,6 +55,9 @@ class SentimentServer:
         limits = Limits(settings.max_text_chars, settings.max_ongoing_requests, settings.max_queued_requests)
         self.app = SentimentApp(self.batcher.score, summary, key, limits, api_docs())
         self.server = await listen(self.app, settings.host, settings.port)
+        # What is loaded now lives as long as the replica: kept out of the collector's full passes,
+        # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.
+        gc.freeze()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"in_flight": self.app.in_flight}
