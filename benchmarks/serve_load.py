@@ -6,7 +6,7 @@ same answers). The model is the `seed` preset with untrained weights: speed does
 what they hold. Cells, each target in turn, `--rounds` times (the median is reported):
 - 1 text at 1 and 64 connections, 100 texts at 16: wrk (C, one thread), 2xx only;
 - 1 text at 1 connection again from a Python client (aiohttp), which times every request itself
-  (wrk's p99 at one connection came out far above its own mean and maximum would allow here);
+  (with Ray's processes running, wrk's p99 at one connection came out 10-100x the Python client's);
 - overload: wrk with 512 connections; the answers' statuses (only 2xx and 503 with Retry-After
   are allowed) and the latency of a Python client (aiohttp) on one connection meanwhile (2xx).
 Also the in-process ceiling (`Predictor.predict_proba` on batches of 2,048 texts, no HTTP), and
