@@ -26,6 +26,7 @@ import numpy as np
 from .errors import ConfigError
 from .results import MAX_TEXT_CHARS, result_records, text_problem
 from .settings import MAX_TEXTS_PER_REQUEST as MAX_TEXTS
+from .settings import ServeSettings
 
 MAX_BODY_BYTES = 1 << 20
 API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
@@ -124,26 +125,18 @@ def api_key_digest() -> KeyDigest | None:
     return KeyDigest.of(key)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """From ServeSettings, where the defaults are."""
-
-    max_text_chars: int
-    max_ongoing_requests: int  # requests whose texts may be in the batch being formed
-    max_queued_requests: int  # requests waiting for a place among those; beyond this, 503
-
-
 class SentimentApp:
     """The ASGI app. /healthz stays open without the key, for load balancers; everything else
     needs it when one is set. A request without the key has its body left unread."""
 
     OPEN = ("/healthz", "/-/healthz")
 
-    def __init__(self, score: Score, summary: dict, key: KeyDigest | None, limits: Limits, docs: dict):
-        self.score, self.summary, self.key, self.limits = score, summary, key, limits
+    def __init__(self, score: Score, summary: dict, key: KeyDigest | None, settings: ServeSettings, docs: dict):
+        """`settings` gives the limits: text length, requests scored and waiting per replica."""
+        self.score, self.summary, self.key, self.settings = score, summary, key, settings
         self.model_ref = json.dumps({"name": summary["name"], "version": summary["version"]})
         self.labels = summary["labels"]
-        self.places = asyncio.Semaphore(limits.max_ongoing_requests)
+        self.places = asyncio.Semaphore(settings.max_ongoing_requests)
         self.in_flight = self.queued = 0
         self.draining = False
         self.static = {
@@ -186,8 +179,8 @@ class SentimentApp:
     async def sentiment(self, scope, receive) -> bytes:
         if self.draining:
             raise busy("shutting down; retry on another server")
-        texts = parse_texts(await read_body(scope, receive), self.limits.max_text_chars)
-        if self.places.locked() and self.queued >= self.limits.max_queued_requests:
+        texts = parse_texts(await read_body(scope, receive), self.settings.max_text_chars)
+        if self.places.locked() and self.queued >= self.settings.max_queued_requests:
             raise busy("busy: too many requests queued; retry shortly")
         self.in_flight += 1
         self.queued += 1

@@ -32,7 +32,7 @@ from ray import serve
 from .batcher import Batcher
 from .bundle import ModelBundle, load_bundle
 from .errors import ConfigError
-from .http_api import API_KEY_ENV, MODEL_TIMEOUT_S, KeyDigest, Limits, SentimentApp, api_docs, api_key_digest
+from .http_api import API_KEY_ENV, MODEL_TIMEOUT_S, KeyDigest, SentimentApp, api_docs, api_key_digest
 from .predictor import Predictor
 from .runtime import ensure_ray, stop_on_signals
 from .settings import ServeSettings, settings_from
@@ -52,8 +52,7 @@ class SentimentServer:
         torch.set_num_threads(max(1, int(settings.cpus_per_replica)))
         max_texts = settings.max_batch_size if settings.batching else 0  # 0: each request on its own
         self.batcher = Batcher(self.predictor.predict_proba, max_texts, settings.batch_wait_ms / 1000)
-        limits = Limits(settings.max_text_chars, settings.max_ongoing_requests, settings.max_queued_requests)
-        self.app = SentimentApp(self.batcher.score, summary, key, limits, api_docs())
+        self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs())
         self.server = await listen(self.app, settings.host, settings.port)
         # What is loaded now lives as long as the replica: kept out of the collector's full passes,
         # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.
@@ -78,14 +77,7 @@ class SentimentServer:
 async def listen(app, host: str, port: int) -> ReplicaServer:
     """uvicorn serving `app` on host:port, on this event loop, with SO_REUSEPORT so that every
     replica on the machine can bind the same port."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = bind(host, port, reuse_port=True)
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -158,7 +150,7 @@ def build(settings: ServeSettings) -> serve.Application:
     )
     return SentimentServer.options(  # type: ignore[attr-defined]  # added by @serve.deployment
         ray_actor_options={"num_gpus": 1 if settings.use_gpu else 0, "num_cpus": settings.cpus_per_replica},
-        # Each replica sheds its own load (http_api.Limits); Serve's router never sees a request.
+        # Each replica sheds its own load (http_api.SentimentApp.sentiment); Serve's router never sees a request.
         max_ongoing_requests=settings.max_batch_size,  # else Serve warns that no batch can fill
         logging_config=QUIET,
         **SHUTDOWN,
@@ -179,18 +171,21 @@ def start(application: serve.Application, name: str = "sentiment") -> None:
     serve.run(application, name=name, route_prefix=None, blocking=False)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """A busy port is refused in one line before Ray starts, not by replicas that fail to start."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to host:port, or a ConfigError in one line naming what is wrong."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
         raise ConfigError(f"--host {host}: {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    return sock
 
 
 def serve_until_signalled(settings: ServeSettings) -> None:
@@ -204,7 +199,7 @@ def serve_until_signalled(settings: ServeSettings) -> None:
             file=sys.stderr,
             flush=True,
         )
-    check_port_free(host, port)
+    bind(host, port).close()  # a busy port is refused in one line before Ray starts
     ensure_ray()
     stop = threading.Event()
     stop_on_signals(stop)

@@ -283,19 +283,9 @@ def test_min_max_replicas_scale_up_on_requests_in_flight_behind_the_same_port(se
 
 def wait_for_listeners(pids: list[int], port: int, timeout_s: float = 60) -> bool:
     """True once every process listens on the port (a new replica does once its model is loaded)."""
-    import psutil
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        listening = {
-            pid
-            for pid in pids
-            if any(
-                c.status == psutil.CONN_LISTEN and c.laddr.port == port
-                for c in psutil.Process(pid).net_connections("tcp")
-            )
-        }
-        if listening == set(pids):
+        if all(_listening_addresses(pid, port) for pid in pids):
             return True
         time.sleep(0.5)
     return False
