@@ -197,12 +197,16 @@ class SentimentApp:
         return f'{{"model":{self.model_ref},"results":{results}}}'.encode()
 
     async def drain(self) -> int:
-        """Before the socket closes: /healthz and new requests answer 503 for DRAIN_NOTICE_S, and
-        the requests in flight finish (within the model timeout). Returns how many did not."""
+        """Before the socket closes: /healthz and new requests answer 503 until DRAIN_NOTICE_S
+        after the last request in flight was answered (within the model timeout), so that a client
+        reconnecting after that answer gets its 503 rather than a closing socket. Returns how many
+        requests were still in flight at the timeout."""
         self.draining = True
         loop = asyncio.get_running_loop()
-        notice_until, deadline = loop.time() + DRAIN_NOTICE_S, loop.time() + MODEL_TIMEOUT_S
-        while (self.in_flight or loop.time() < notice_until) and loop.time() < deadline:
+        quiet_until, deadline = loop.time() + DRAIN_NOTICE_S, loop.time() + MODEL_TIMEOUT_S
+        while (self.in_flight or loop.time() < quiet_until) and loop.time() < deadline:
+            if self.in_flight:
+                quiet_until = loop.time() + DRAIN_NOTICE_S
             await asyncio.sleep(0.02)
         return self.in_flight
 
