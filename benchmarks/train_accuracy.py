@@ -1,11 +1,18 @@
-"""Accuracy of the `seed` and `default` presets against the TF-IDF + logistic regression baseline.
+"""Accuracy of each preset on later tweets, on tweets/val and on airline tweets, against TF-IDF + LR.
 
-Each model is trained through the real pipeline (`ray_sentiment.train.train` on local Ray) and
-scored on a split it never saw; presets with PPMI word vectors also read the unlabelled tweets.
-In the same run the baseline (TF-IDF word 1-2 grams + char 2-5 grams, balanced logistic
-regression) is fitted on the same training rows.
+Every model is trained through the real pipeline (`ray_sentiment.train.train` on local Ray), with
+each seed, and scored on rows it never saw:
+- temporal: trained on tweets/train without its latest year (source twitter-2016test), validated
+  (early stopping) on the latest year left (twitter-2016dev and -devtest), scored on twitter-2016test;
+- tweets: trained on all of tweets/train (validated on a stratified 10% of it), scored on tweets/val;
+- airline: trained on the `train` split (validated on 10% of it), scored on the `test` split.
+Presets other than `seed` also read the unlabelled tweets (vocabulary, word vectors, pretraining).
+A hybrid run is scored three ways: the whole hybrid, its LSTM alone (the `pretrained` preset's
+model, pretraining included) and its linear model alone. The baseline (TF-IDF word 1-2 grams +
+char 2-5 grams, balanced logistic regression, scikit-learn) is fitted on the same rows in the same run.
 
-    python benchmarks/train_accuracy.py [--presets seed,default] [--datasets tweets,airline] [--num-workers 1]
+    python benchmarks/train_accuracy.py [--splits temporal,tweets,airline] [--presets seed,bilstm,hybrid]
+                                        [--seeds 0,1] [--num-workers 2] [--json PATH]
 """
 
 import argparse
@@ -16,107 +23,157 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 from ray_sentiment.metrics import classification_report
 from ray_sentiment.model import get_preset
 from ray_sentiment.settings import TrainSettings
+from ray_sentiment.text import tokenize_batch
 from ray_sentiment.train import train
 
 from _common import DATASETS, add_json_option, finish, table, tfidf_baseline
 
+LATEST = "twitter-2016test"
+LATEST_LEFT = ("twitter-2016dev", "twitter-2016devtest")
+SPEED_TEXTS = 20_000
 
-def splits(name: str, tmp: Path) -> tuple[Path, Path | None, pd.DataFrame, pd.DataFrame]:
-    """(train file, validation file or None, train rows, evaluation rows)."""
+
+def split(name: str, tmp: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(TrainSettings options for the data, training rows, evaluation rows)."""
+    tweets = pd.read_parquet(DATASETS / "tweets/train.parquet")
+    if name == "temporal":
+        rows, later = tweets[tweets["source"] != LATEST], tweets[tweets["source"] == LATEST]
+        path = tmp / "temporal_train.parquet"
+        rows[["text", "label", "source"]].to_parquet(path)
+        options = {"train_path": str(path), "split_column": "source", "val_split": LATEST_LEFT}
+        return options, rows[~rows["source"].isin(LATEST_LEFT)], later
     if name == "tweets":
-        train_rows = pd.read_parquet(DATASETS / "tweets/train.parquet")
-        eval_rows = pd.read_parquet(DATASETS / "tweets/val.parquet")
-        return DATASETS / "tweets/train.parquet", DATASETS / "tweets/val.parquet", train_rows, eval_rows
-    rows = pd.read_parquet(DATASETS / "airline/tweets.parquet")
-    train_rows, eval_rows = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
-    path = tmp / "airline_train.parquet"
-    train_rows[["text", "label"]].to_parquet(path)
-    return path, None, train_rows, eval_rows  # early stopping on a held-out 10% of train
+        return (
+            {"train_path": str(DATASETS / "tweets/train.parquet")},
+            tweets,
+            pd.read_parquet(DATASETS / "tweets/val.parquet"),
+        )
+    airline = pd.read_parquet(DATASETS / "airline/tweets.parquet")
+    options = {
+        "train_path": str(DATASETS / "airline/tweets.parquet"),
+        "split_column": "split",
+        "train_split": ("train",),
+    }
+    return options, airline[airline["split"] == "train"], airline[airline["split"] == "test"]
 
 
-def baseline(train_rows: pd.DataFrame, eval_rows: pd.DataFrame, labels: list[str]) -> tuple[dict, float]:
+def candidates(bundle_path: str, preset: str) -> dict:
+    """Name → a function from texts to probabilities (columns in the bundle's label order)."""
+    predictor = Predictor.load(bundle_path)
+    found = {preset: predictor.predict_proba}
+    if predictor.linear is not None:
+        alone = Predictor.load(bundle_path)
+        alone.linear = None
+        found[f"{preset}: its LSTM alone"] = alone.predict_proba
+        found[f"{preset}: its linear model alone"] = lambda texts: predictor.linear.predict_proba(tokenize_batch(texts))
+    return found
+
+
+def texts_per_s(predict, texts: list[str]) -> float:
+    predict(texts[:2048])  # warm up
     started = time.perf_counter()
-    model = tfidf_baseline(train_rows["text"], train_rows["label"].str.strip().str.lower())
-    seconds = time.perf_counter() - started
-    order = [list(model.classes_).index(label) for label in labels]
-    return _report(eval_rows, model.predict_proba(list(eval_rows["text"]))[:, order], labels), seconds
+    predict(texts)
+    return len(texts) / (time.perf_counter() - started)
 
 
-def _report(rows: pd.DataFrame, proba: np.ndarray, labels: list[str]) -> dict:
+def report(rows: pd.DataFrame, proba: np.ndarray, labels: list[str]) -> dict:
     y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
-    return classification_report(y, proba, labels)
+    result = classification_report(y, proba, labels)
+    result["shares"] = np.bincount(proba.argmax(axis=1), minlength=len(labels)) / len(y)
+    return result
+
+
+def shares(values: np.ndarray) -> str:
+    return "/".join(f"{100 * v:.0f}" for v in values)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="seed,default")
-    parser.add_argument("--datasets", default="tweets,airline")
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument(
-        "--unlabelled",
-        default=str(DATASETS / "unlabeled/tweets.parquet"),
-        help="unlabelled tweets for the default preset's word vectors ('' for none)",
-    )
+    parser.add_argument("--splits", default="temporal,tweets,airline")
+    parser.add_argument("--presets", default="seed,bilstm,hybrid")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--unlabelled", default=str(DATASETS / "unlabeled/tweets.parquet"), help="'' for none")
     add_json_option(parser)
     args = parser.parse_args()
-
-    results = []
+    torch.set_num_threads(2)  # scoring speed: the in-process ceiling with both cores
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in args.datasets.split(","):
-            train_path, val_path, train_rows, eval_rows = splits(name, tmp)
-            labels = sorted(train_rows["label"].str.strip().str.lower().unique())
+        for name in args.splits.split(","):
+            options, train_rows, eval_rows = split(name, tmp)
+            labels = sorted(train_rows["label"].unique())
+            texts = eval_rows["text"].tolist()
+            speed_texts = (texts * (SPEED_TEXTS // len(texts) + 1))[:SPEED_TEXTS]
+            results: dict[str, list] = {}
             for preset in args.presets.split(","):
-                started = time.perf_counter()
-                bundle = train(
-                    TrainSettings(
-                        train_path=str(train_path),
-                        val_path=val_path and str(val_path),
-                        output=str(tmp / f"{name}-{preset}"),
-                        preset=preset,
-                        num_workers=args.num_workers,
-                        storage_path=str(tmp / "ckpt"),
-                        unlabelled_path=(args.unlabelled or None)
-                        if get_preset(preset).embedding_init == "ppmi"
-                        else None,
+                for seed in seeds:
+                    started = time.perf_counter()
+                    pretrained = get_preset(preset).embedding_init == "ppmi" or get_preset(preset).pretrain_epochs
+                    path = train(
+                        TrainSettings(
+                            **options,
+                            output=str(tmp / f"{name}-{preset}-{seed}"),
+                            preset=preset,
+                            seed=seed,
+                            num_workers=args.num_workers,
+                            storage_path=str(tmp / "checkpoints"),
+                            unlabelled_path=(args.unlabelled or None) if pretrained else None,
+                        )
                     )
+                    minutes = (time.perf_counter() - started) / 60
+                    for model, predict in candidates(path, preset).items():
+                        entry = report(eval_rows, predict(texts), labels)
+                        entry["minutes"] = minutes
+                        if seed == seeds[0]:
+                            entry["texts/s"] = texts_per_s(predict, speed_texts)
+                        results.setdefault(model, []).append(entry)
+                        print(f"{name} {model} seed {seed}: macro recall {100 * entry['macro_recall']:.1f}", flush=True)
+            started = time.perf_counter()
+            lr = tfidf_baseline(train_rows["text"], train_rows["label"])
+            order = [list(lr.classes_).index(label) for label in labels]
+            base = report(eval_rows, lr.predict_proba(texts)[:, order], labels)
+            base["minutes"] = (time.perf_counter() - started) / 60
+            base["texts/s"] = texts_per_s(lr.predict_proba, speed_texts)
+            results["TF-IDF + LR (baseline)"] = [base]
+            truth = eval_rows["label"].value_counts(normalize=True).reindex(labels).to_numpy()
+            for model, entries in results.items():
+                recall = [100 * e["macro_recall"] for e in entries]
+                rows.append(
+                    {
+                        "split": name,
+                        "model": model,
+                        "macro recall": float(np.mean(recall)),
+                        "spread": float(max(recall) - min(recall)),
+                        "vs LR": float(np.mean(recall)) - 100 * base["macro_recall"],
+                        "accuracy": 100 * float(np.mean([e["accuracy"] for e in entries])),
+                        "seeds": len(entries),
+                        f"predicted % ({'/'.join(label[:3] for label in labels)})": shares(
+                            np.mean([e["shares"] for e in entries], axis=0)
+                        ),
+                        "true %": shares(truth),
+                        "train min": float(np.mean([e["minutes"] for e in entries])),
+                        "texts/s": entries[0]["texts/s"],
+                    }
                 )
-                seconds = time.perf_counter() - started
-                predictor = Predictor.load(bundle)
-                report = _report(eval_rows, predictor.predict_proba(eval_rows["text"].tolist()), predictor.labels)
-                results.append(_row(name, f"LSTM {preset}", report, seconds))
-                print(table(results[-1:]), flush=True)
-            report, seconds = baseline(train_rows, eval_rows, labels)
-            base = _row(name, "TF-IDF + LR (baseline)", report, seconds)
-            for row in results:
-                if row["dataset"] == name:
-                    row["macro recall vs baseline"] = row["macro recall"] - base["macro recall"]
-            results.append({**base, "macro recall vs baseline": 0.0})
+            print(table([r for r in rows if r["split"] == name]), flush=True)
     import ray
 
     ray.shutdown()
     finish(
-        results,
+        rows,
         args,
-        "evaluated on tweets/val and on the airline test split; rates in percent, " "'vs baseline' in points",
+        "macro recall in percent, mean over the seeds; spread: best minus worst seed; vs LR in points; "
+        "texts/s: Predictor.predict_proba in one process, 2 threads",
     )
-
-
-def _row(dataset: str, model: str, report: dict, seconds: float) -> dict:
-    return {
-        "dataset": dataset,
-        "model": model,
-        "macro recall": 100 * report["macro_recall"],
-        "accuracy": 100 * report["accuracy"],
-        "macro F1": 100 * report["macro_f1"],
-        "train s": seconds,
-    }
 
 
 if __name__ == "__main__":

@@ -25,13 +25,14 @@ from ray.data.datasource import FilenameProvider
 from .bundle import ModelBundle, load_bundle
 from .data import check_columns, list_input_files
 from .errors import DataError, user_message
+from .linear import LinearModel
 from .outputs import OutputDir, check_apart, open_output
 from .predictor import Predictor
 from .results import check_texts, result_columns, result_names
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
-from .text import Encoder
+from .text import Encoder, tokenize_batch
 
 # Input columns with these names (or p_*) are kept as input_<name>: the results take them.
 RESERVED = (*result_names([]), "error", "_ids", "_length")
@@ -136,7 +137,7 @@ def score_dataset(
     encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
     tokenised = ds.map_batches(
         _tokenise,
-        fn_args=(text_column, keep, renamed, encoder, max_text_chars),
+        fn_args=(text_column, keep, renamed, encoder, bundle.linear, max_text_chars),
         batch_format="pyarrow",
         batch_size=batch_size,
     )
@@ -277,17 +278,30 @@ def _texts(column: pa.ChunkedArray) -> list:
 
 
 def _tokenise(
-    batch: pa.Table, text_column: str, keep: list[str], renamed: dict, encoder: Encoder, max_text_chars: int
+    batch: pa.Table,
+    text_column: str,
+    keep: list[str],
+    renamed: dict,
+    encoder: Encoder,
+    linear: LinearModel | None,
+    max_text_chars: int,
 ) -> pa.Table:
+    """The CPU side: checks, token ids and, for a hybrid bundle, the linear model's probabilities."""
     good, problems = check_texts(_texts(batch[text_column]), max_text_chars)
     ok = np.array([p is None for p in problems], dtype=bool)
     ids = np.zeros((len(problems), encoder.max_len), dtype=np.int32)
     lengths = np.zeros(len(problems), dtype=np.int32)
+    tokens = tokenize_batch(good)
     if good:
-        ids[ok], lengths[ok] = encoder(good)
+        ids[ok], lengths[ok] = encoder.encode_tokens(tokens)
     out = batch.select(keep).rename_columns([renamed.get(c, c) for c in keep])
     out = out.append_column("_ids", pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), encoder.max_len))
     out = out.append_column("_length", pa.array(lengths))
+    if linear is not None:
+        proba = np.zeros((len(problems), linear.intercept.shape[0]), dtype=np.float32)
+        if good:
+            proba[ok] = linear.predict_proba(tokens)
+        out = out.append_column("_linear", pa.FixedSizeListArray.from_arrays(pa.array(proba.ravel()), proba.shape[1]))
     return out.append_column("error", pa.array(problems, pa.string()))
 
 
@@ -301,15 +315,21 @@ class _Scorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
-        ids = batch["_ids"].combine_chunks().flatten().to_numpy().reshape(n, -1)
+        ids = _matrix(batch["_ids"], n)
+        linear = _matrix(batch["_linear"], n)[ok] if "_linear" in batch.column_names else None
         proba = np.zeros((n, len(self.predictor.labels)), dtype=np.float32)
-        proba[ok] = self.predictor.predict_proba_encoded(ids[ok], batch["_length"].to_numpy()[ok])
-        out = batch.drop_columns(["_ids", "_length", "error"])
+        proba[ok] = self.predictor.predict_proba_encoded(ids[ok], batch["_length"].to_numpy()[ok], linear)
+        out = batch.drop_columns([c for c in ("_ids", "_length", "_linear", "error") if c in batch.column_names])
         values = result_columns(proba, self.predictor.labels)
         for column in self.fields:
             data = batch["error"] if column.name == "error" else pa.array(values[column.name], column.type, mask=~ok)
             out = out.append_column(column, data)
         return out
+
+
+def _matrix(column: pa.ChunkedArray, rows: int) -> np.ndarray:
+    """A fixed-size list column as a [rows, size] array."""
+    return column.combine_chunks().flatten().to_numpy().reshape(rows, -1)
 
 
 def _count_output(out: OutputDir) -> tuple[int, int]:

@@ -3,7 +3,11 @@
     config.json        format version, labels in order, model and tokenizer settings, versions
     vocab.json         tokens in id order
     model.safetensors  weights
+    linear.safetensors the `hybrid` preset's linear n-gram model (format version 2 only)
     metrics.json       final validation metrics, per-epoch history, row counts
+
+A pretrained encoder (`ray-sentiment pretrain`) is a directory of the same shape without labels:
+config.json (kind "encoder"), vocab.json, encoder.safetensors (embedding and LSTM), metrics.json.
 
 A bundle path is a local directory or a URI (s3://bucket/models/v1): training writes there,
 every runtime reads from there.
@@ -21,18 +25,24 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 from safetensors.torch import load, save
 
 from .errors import BundleError, ConfigError
+from .linear import CHAR_BITS, WORD_BITS, LinearModel
 from .model import ModelConfig, SentimentLSTM, model_config_from_dict, model_config_to_dict, nonfinite_tensors
 from .storage import download_dir, is_uri, upload_dir
 from .text import SPECIALS, TokenizerConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)  # 2: a linear model beside the LSTM, which a reader of version 1 would ignore
 Shown = Callable[[str], str]  # a part name → how messages name that file of the bundle
 CONFIG, VOCAB, WEIGHTS, METRICS = "config.json", "vocab.json", "model.safetensors", "metrics.json"
+LINEAR, ENCODER = "linear.safetensors", "encoder.safetensors"
+ENCODER_PARTS = ("embedding.", "lstm.")  # the tensors pretraining learns; the classifier head is not among them
 
 
 @dataclass
@@ -46,6 +56,8 @@ class ModelBundle:
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     version: str = ""  # the first 12 hex digits of the weights file's SHA-256, once saved or loaded
+    linear: LinearModel | None = None  # hybrid: probabilities are averaged with this model's
+    linear_weight: float = 0.0  # the linear model's share of the average
 
     def build_model(self) -> SentimentLSTM:
         model = SentimentLSTM(self.model_config)
@@ -76,20 +88,24 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> str:
 def _write(bundle: ModelBundle, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     config = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if bundle.linear else 1,
         "labels": bundle.labels,
         "preset": bundle.preset,
         "model": model_config_to_dict(bundle.model_config),
         "tokenizer": {"vocab_size": bundle.tokenizer.vocab_size, "max_len": bundle.tokenizer.max_len},
         "versions": bundle.versions or _versions(),
     }
+    weights = save({k: v.detach().to("cpu").contiguous() for k, v in bundle.state_dict.items()})
+    parts = [weights]
+    if bundle.linear:
+        config["linear"] = {"weight": bundle.linear_weight, "word_bits": WORD_BITS, "char_bits": CHAR_BITS}
+        parts.append(save_arrays(bundle.linear.tensors()))
+        (path / LINEAR).write_bytes(parts[-1])
     _write_json(path / CONFIG, config)
     _write_json(path / VOCAB, bundle.vocab)
     _write_json(path / METRICS, bundle.metrics)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in bundle.state_dict.items()}
-    weights = save(tensors)
     (path / WEIGHTS).write_bytes(weights)
-    bundle.version = _digest(weights)
+    bundle.version = _digest(*parts)
     return path
 
 
@@ -119,6 +135,10 @@ def _read(path: Path, name: str) -> ModelBundle:
     labels, model_config, tokenizer = _check_config(config, shown(CONFIG))
     _check_vocab(vocab, tokenizer, model_config, shown)
     weights = (path / WEIGHTS).read_bytes()
+    parts, linear = [weights], None
+    if config["format_version"] == 2:
+        parts.append(_read_part(path, LINEAR, shown))
+        linear = _check_linear(parts[-1], config.get("linear"), len(labels), shown)
     bundle = ModelBundle(
         labels=labels,
         vocab=vocab,
@@ -128,7 +148,9 @@ def _read(path: Path, name: str) -> ModelBundle:
         preset=config.get("preset", "custom"),
         metrics=metrics,
         versions=config.get("versions", {}),
-        version=_digest(weights),
+        version=_digest(*parts),
+        linear=linear,
+        linear_weight=config["linear"]["weight"] if linear else 0.0,
     )
     bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
     return bundle
@@ -139,9 +161,9 @@ def _check_config(config: dict, shown: str) -> tuple[list[str], ModelConfig, Tok
     for key in ("format_version", "labels", "model", "tokenizer"):
         if key not in config:
             raise BundleError(f"{shown} has no {key!r}")
-    if config["format_version"] != FORMAT_VERSION:
+    if config["format_version"] not in FORMAT_VERSIONS or isinstance(config["format_version"], bool):
         found = json.dumps(config["format_version"])[:40]
-        raise BundleError(f"{shown} has format version {found}, this ray-sentiment reads version {FORMAT_VERSION}")
+        raise BundleError(f"{shown} has format version {found}, this ray-sentiment reads versions 1 and 2")
     labels = config["labels"]
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x.strip() for x in labels)):
         raise BundleError(f"{shown}: 'labels' must be a list of at least two non-empty strings")
@@ -253,8 +275,46 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _digest(weights: bytes) -> str:
-    return hashlib.sha256(weights).hexdigest()[:12]
+def _digest(*parts: bytes) -> str:
+    digest = hashlib.sha256(parts[0])
+    for part in parts[1:]:  # a plain bundle's version is the SHA-256 of its weights file, as before
+        digest.update(part)
+    return digest.hexdigest()[:12]
+
+
+def _read_part(path: Path, part: str, shown: Shown) -> bytes:
+    if not (path / part).is_file():
+        raise BundleError(f"{shown(CONFIG)} says format version 2, but {shown(part)} is missing")
+    return (path / part).read_bytes()
+
+
+def _check_linear(data: bytes, config: object, num_classes: int, shown: Shown) -> LinearModel:
+    """The linear model's arrays, once their shapes fit the hash sizes and the labels."""
+    if not (isinstance(config, dict) and isinstance(config.get("weight"), (int, float)) and 0 <= config["weight"] <= 1):
+        raise BundleError(f"{shown(CONFIG)}: 'linear.weight' must be a number between 0 and 1")
+    if (config.get("word_bits"), config.get("char_bits")) != (WORD_BITS, CHAR_BITS):
+        raise BundleError(
+            f"{shown(CONFIG)}: the linear model hashes into 2^{config.get('word_bits')} + 2^{config.get('char_bits')} "
+            f"buckets; this ray-sentiment uses 2^{WORD_BITS} + 2^{CHAR_BITS}"
+        )
+    try:
+        arrays = load_arrays(data)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{shown(LINEAR)} is corrupt: {exc}") from None
+    expected = {
+        "word_idf": (1 << WORD_BITS,),
+        "char_idf": (1 << CHAR_BITS,),
+        "coef": (num_classes, (1 << WORD_BITS) + (1 << CHAR_BITS)),
+        "intercept": (num_classes,),
+    }
+    for name, shape in expected.items():
+        array = arrays.get(name)
+        if array is None or array.shape != shape or array.dtype != np.float32:
+            found = "missing" if array is None else f"{array.dtype} {list(array.shape)}"
+            raise BundleError(f"{shown(LINEAR)}: {name} should be float32 {list(shape)}, it is {found}")
+        if not np.isfinite(array).all():
+            raise BundleError(f"{shown(LINEAR)} holds NaN or infinite values in {name}")
+    return LinearModel(**{name: arrays[name] for name in expected})
 
 
 def _read_json(path: Path, kind: type, shown: str):
@@ -267,3 +327,91 @@ def _read_json(path: Path, kind: type, shown: str):
     if not isinstance(data, kind):
         raise BundleError(f"{shown} should hold a JSON {'object' if kind is dict else 'array'}")
     return data
+
+
+@dataclass
+class EncoderBundle:
+    """A pretrained embedding and LSTM with their vocabulary: where `train --init-from` starts."""
+
+    vocab: list[str]
+    model_config: ModelConfig  # num_classes means nothing here
+    tokenizer: TokenizerConfig
+    state_dict: dict[str, torch.Tensor]  # embedding.* and lstm.* only
+    metrics: dict = field(default_factory=dict)
+
+
+def save_encoder(encoder: EncoderBundle, path: str) -> str:
+    def write(directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "kind": "encoder",
+            "format_version": 1,
+            "model": model_config_to_dict(encoder.model_config),
+            "tokenizer": {"vocab_size": encoder.tokenizer.vocab_size, "max_len": encoder.tokenizer.max_len},
+            "versions": _versions(),
+        }
+        _write_json(directory / CONFIG, config)
+        _write_json(directory / VOCAB, encoder.vocab)
+        _write_json(directory / METRICS, encoder.metrics)
+        (directory / ENCODER).write_bytes(
+            save({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict.items()})
+        )
+
+    if is_uri(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            upload_dir(tmp, path)
+        return path
+    write(Path(path))
+    return path
+
+
+def load_encoder(path: str) -> EncoderBundle:
+    if is_uri(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            download_dir(path, tmp)
+            return _read_encoder(Path(tmp), path.rstrip("/"))
+    return _read_encoder(Path(path), path)
+
+
+def _read_encoder(path: Path, name: str) -> EncoderBundle:
+    def shown(part: str) -> str:
+        return f"{name.rstrip('/')}/{part}"
+
+    missing = [p for p in (CONFIG, VOCAB, ENCODER) if not (path / p).is_file()]
+    if missing:
+        hint = " (a trained model bundle is not a pretrained encoder)" if (path / WEIGHTS).is_file() else ""
+        raise BundleError(f"pretrained encoder {name} is missing {', '.join(missing)}{hint}")
+    config = _read_json(path / CONFIG, dict, shown(CONFIG))
+    if config.get("kind") != "encoder" or config.get("format_version") != 1:
+        raise BundleError(f"{shown(CONFIG)} does not describe a pretrained encoder of format version 1")
+    try:
+        _check_fields(config.get("model", {}), "model", MODEL_FIELDS)
+        _check_fields(config.get("tokenizer", {}), "tokenizer", TOKENIZER_FIELDS)
+        model_config = model_config_from_dict(config["model"])
+        tokenizer = TokenizerConfig(**config["tokenizer"])
+    except (TypeError, KeyError, ConfigError) as exc:
+        raise BundleError(f"{shown(CONFIG)}: {exc}") from None
+    vocab = _read_json(path / VOCAB, list, shown(VOCAB))
+    _check_vocab(vocab, tokenizer, model_config, shown)
+    try:
+        state_dict = load((path / ENCODER).read_bytes())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{shown(ENCODER)} is corrupt: {exc}") from None
+    rows = tuple(state_dict["embedding.weight"].shape) if "embedding.weight" in state_dict else None
+    if rows != (len(vocab), model_config.embed_dim):
+        raise BundleError(
+            f"{shown(ENCODER)} has an embedding of shape {list(rows or [])}, but {VOCAB} holds {len(vocab)} "
+            f"tokens of dimension {model_config.embed_dim}: the vocabulary does not match the weights"
+        )
+    expected = {k: v for k, v in SentimentLSTM(model_config).state_dict().items() if k.startswith(ENCODER_PARTS)}
+    wrong = [k for k in expected if k not in state_dict or state_dict[k].shape != expected[k].shape]
+    if wrong or set(state_dict) - set(expected):
+        raise BundleError(
+            f"{shown(ENCODER)} does not fit the model in {CONFIG} (first difference: {(wrong or ['extra tensors'])[0]})"
+        )
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise BundleError(f"{shown(ENCODER)} holds NaN or infinite values in {', '.join(bad)}")
+    metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
+    return EncoderBundle(vocab, model_config, tokenizer, state_dict, metrics)

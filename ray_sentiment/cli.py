@@ -14,7 +14,16 @@ from importlib.metadata import version
 from .errors import RaySentimentError
 from .model import PRESETS
 from .results import MAX_TEXT_CHARS
-from .settings import ScoreSettings, ServeSettings, StreamSettings, TrainSettings, default, flag, settings_from
+from .settings import (
+    PretrainSettings,
+    ScoreSettings,
+    ServeSettings,
+    StreamSettings,
+    TrainSettings,
+    default,
+    flag,
+    settings_from,
+)
 
 MODEL_HELP = "bundle directory; local or s3:// gs://"
 MAX_TEXT_CHARS_HELP = "longer texts are refused, with that reason"
@@ -60,13 +69,43 @@ def _add_train(sub) -> None:
     )
     weighting.add_argument("--no-class-weighted", dest="class_weighted", action="store_false")
     f.add("--embedding-init", choices=["random", "ppmi"], help="embedding from noise or PPMI-SVD word vectors (preset)")
+    f.add("--pretrain-epochs", type=int, help="language-model epochs before the classifier's; 0: none (preset)")
     f.add(
         "--unlabelled",
         dest="unlabelled_path",
         metavar="PATH",
-        help="unlabelled comments (same --text-column) that the word vectors also learn from",
+        help="comments without labels (same --text-column) for the vocabulary, word vectors and pretraining",
     )
+    f.add(
+        "--init-from",
+        metavar="DIR",
+        help="start from a pretrained encoder (`ray-sentiment pretrain`); no pretraining then",
+    )
+    f.add("--split-column", help="a column naming each row's part (e.g. split, or the source year)")
+    f.add(
+        "--train-split", metavar="V[,V]", help="--split-column values whose rows train (default: all but --val-split)"
+    )
+    f.add("--val-split", metavar="V[,V]", help="--split-column values whose rows validate, e.g. the latest slice")
     f.setting("seed", "seed of the split, the weights and the batch order")
+    f.setting("max_failures", "worker-group restarts from the last checkpoint")
+    f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
+
+
+def _add_pretrain(sub) -> None:
+    parser = sub.add_parser("pretrain", help="pretrain an encoder on comments without labels (Ray Train)")
+    f = Flags(parser, PretrainSettings)
+    f.add("--unlabelled", dest="unlabelled_path", required=True, metavar="PATH", help="comments without labels")
+    f.add("--train", dest="train_path", metavar="PATH", help="labelled comments whose texts also count")
+    f.add("--output", required=True, help="encoder directory to write; local or s3:// gs://")
+    f.setting("text_column", "column holding the comment text")
+    f.setting("preset", "the architecture the encoder is for", choices=sorted(PRESETS))
+    f.add("--epochs", type=int, help="language-model epochs (default: the preset's, else 2)")
+    f.add("--vocab-size", type=int, help="vocabulary size, <pad> and <unk> included (preset: 10000)")
+    f.add("--max-len", type=int, help="tokens kept per text (preset: 100)")
+    f.setting("num_workers", "Ray Train workers")
+    f.add("--use-gpu", action="store_true", help="one GPU per worker")
+    f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker")
+    f.setting("seed", "seed of the weights and the batch order")
     f.setting("max_failures", "worker-group restarts from the last checkpoint")
     f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
 
@@ -147,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('ray-sentiment')}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_pretrain(sub)
     _add_evaluate(sub)
     _add_score(sub)
     _add_stream(sub)
@@ -169,6 +209,10 @@ def run(args: argparse.Namespace) -> None:
         from .train import train
 
         train(settings_from(TrainSettings, _options(args)))
+    elif command == "pretrain":
+        from .pretrain import pretrain
+
+        pretrain(settings_from(PretrainSettings, _options(args)))
     elif command == "evaluate":
         from .evaluate import evaluate_path
         from .storage import write_text

@@ -165,11 +165,14 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
             raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
 
 
-def read_labelled(path: str, text_column: str = "text", label_column: str | None = "label") -> Split:
+def read_labelled(
+    path: str, text_column: str = "text", label_column: str | None = "label", split_column: str | None = None
+) -> Split:
     """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows.
 
-    With `label_column=None`, unlabelled comments: only the text is kept."""
-    columns = [text_column] + ([label_column] if label_column else [])
+    With `label_column=None`, unlabelled comments: only the text is kept. A `split_column` is kept
+    as `split` (text), for `load_labelled` to divide the rows by."""
+    columns = [text_column] + ([label_column] if label_column else []) + ([split_column] if split_column else [])
     ds = read_table(path, tuple(columns))
     require_columns(ds, path, columns, text_column)
 
@@ -180,7 +183,10 @@ def read_labelled(path: str, text_column: str = "text", label_column: str | None
             return pa.table({"text": text.filter(pc.fill_null(keep, False))})
         label = pc.utf8_lower(pc.utf8_trim_whitespace(batch[label_column].cast(pa.string())))
         keep = pc.fill_null(pc.and_kleene(keep, pc.greater(pc.utf8_length(label), 0)), False)
-        return pa.table({"text": text.filter(keep), "label": label.filter(keep)})
+        out = {"text": text.filter(keep), "label": label.filter(keep)}
+        if split_column:
+            out["split"] = batch[split_column].cast(pa.string()).filter(keep)
+        return pa.table(out)
 
     try:
         rows_read = ds.count()
@@ -237,6 +243,20 @@ def stratified_split(ds: ray.data.Dataset, fraction: float, seed: int) -> tuple[
     return train, val
 
 
+def split_rows(ds: ray.data.Dataset, values: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """The rows whose `split` is one of `values` (all of them if None) and none of `exclude`."""
+
+    def select(batch: pa.Table) -> pa.Table:
+        split = batch["split"]
+        mask = pc.fill_null(pc.is_in(split, pa.array(values, pa.string())), False) if values else None
+        if exclude:
+            outside = pc.invert(pc.fill_null(pc.is_in(split, pa.array(exclude, pa.string())), False))
+            mask = outside if mask is None else pc.and_(mask, outside)
+        return (batch if mask is None else batch.filter(mask)).drop_columns(["split"])
+
+    return ds.map_batches(select, batch_format="pyarrow").materialize()
+
+
 def load_labelled(
     train_path: str,
     val_path: str | None = None,
@@ -244,8 +264,18 @@ def load_labelled(
     label_column: str = "label",
     val_fraction: float = 0.1,
     seed: int = 0,
+    split_column: str | None = None,
+    train_split: tuple[str, ...] | None = None,
+    val_split: tuple[str, ...] | None = None,
 ) -> LabelledData:
-    train = read_labelled(train_path, text_column, label_column)
+    """Training and validation rows: --val, else the --val-split rows, else a stratified fraction."""
+    train = read_labelled(train_path, text_column, label_column, split_column)
+    val_rows = None
+    if split_column:
+        val_rows = split_rows(train.dataset, val_split) if val_split else None
+        train.dataset = split_rows(train.dataset, train_split, exclude=val_split or ())
+        if train.dataset.count() == 0:
+            raise DataError(f"{train_path}: no row has {split_column} in {', '.join(train_split or ())}")
     counts = label_counts(train.dataset)
     if len(counts) < 2:
         found = next(iter(counts), None)
@@ -262,6 +292,15 @@ def load_labelled(
             raise DataError(f"{val_path} has labels not in the training data: {', '.join(sorted(unknown))}")
         train_ds, val_ds = train.dataset, val.dataset
         summary["val"] = {"read": val.rows_read, "dropped": val.rows_dropped}
+    elif val_rows is not None:
+        unknown = set(label_counts(val_rows)) - set(labels)
+        if unknown:
+            raise DataError(
+                f"the {split_column} {', '.join(val_split or ())} rows have labels not in training: "
+                f"{', '.join(sorted(unknown))}"
+            )
+        train_ds, val_ds = train.dataset, val_rows
+        summary["val"] = {"split": list(val_split or ())}
     else:
         train_ds, val_ds = stratified_split(train.dataset, val_fraction, seed)
         summary["val"] = {"held_out_from_train": val_fraction}
@@ -269,7 +308,8 @@ def load_labelled(
     summary["train"]["rows"] = train_ds.count()
     summary["val"]["rows"] = val_ds.count()
     if summary["val"]["rows"] == 0:
-        raise DataError("the validation set is empty; give --val or more training rows")
+        where = f"no row has {split_column} in {', '.join(val_split or ())}" if val_split else "it is empty"
+        raise DataError(f"no validation rows: {where}; give --val, --val-split or more training rows")
     summary["class_counts"] = dict(sorted(counts.items()))
     return LabelledData(train_ds, val_ds, labels, summary)
 

@@ -6,6 +6,7 @@ the result) → pooled features → Dropout → Dense(ReLU) → Dropout → Dens
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -41,23 +42,46 @@ class Preset:
     learning_rate: float = 1e-3
     class_weighted: bool = False
     embedding_init: str = "random"  # or "ppmi": word vectors from co-occurrence counts (embeddings.py)
+    # Language-model epochs over the training and --unlabelled texts before the classifier learns
+    # (language_model.py); 0: none.
+    pretrain_epochs: int = 0
+    pretrain_batch_size: int = 128
+    pretrain_learning_rate: float = 2e-3
+    linear_weight: float = 0.0  # > 0: a hybrid, averaging the LSTM with a linear n-gram model (linear.py)
     description: str = ""
 
 
+BILSTM = ModelConfig(embed_dim=100, hidden_dim=64, bidirectional=True, pooling="last+max")
 PRESETS: dict[str, Preset] = {
     "seed": Preset(
         ModelConfig(),
         description="reference: Embedding(10k,64) → LSTM(128) → Dropout → Dense(64) → Dropout → Dense",
     ),
-    # Measured against "seed" by benchmarks/train_accuracy.py; the README quotes the figures.
-    "default": Preset(
-        ModelConfig(embed_dim=100, hidden_dim=64, bidirectional=True, pooling="last+max"),
+    # Measured against each other by benchmarks/train_accuracy.py; the README quotes the figures.
+    "bilstm": Preset(
+        BILSTM,
         class_weighted=True,
         embedding_init="ppmi",
         description="bidirectional LSTM(64 per direction), last states + max-pooled outputs, "
         "class-weighted loss, embedding started from PPMI-SVD word vectors",
     ),
+    "pretrained": Preset(
+        BILSTM,
+        class_weighted=True,
+        embedding_init="ppmi",
+        pretrain_epochs=2,
+        description="bilstm, whose embedding and LSTM first learn as forward and backward language models",
+    ),
+    "hybrid": Preset(
+        BILSTM,
+        class_weighted=True,
+        embedding_init="ppmi",
+        pretrain_epochs=2,
+        linear_weight=0.5,
+        description="pretrained, averaged with a linear model of TF-IDF word 1-2 and character 2-5 grams",
+    ),
 }
+PRESETS["default"] = dataclasses.replace(PRESETS["hybrid"], description="hybrid (chosen by measurement)")
 
 
 def get_preset(name: str) -> Preset:

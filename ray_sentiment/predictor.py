@@ -15,7 +15,7 @@ import torch
 from .bundle import ModelBundle, load_bundle
 from .errors import InvalidTextError
 from .results import MAX_TEXT_CHARS, check_texts, refused, result_records
-from .text import Encoder
+from .text import Encoder, tokenize_batch
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -31,6 +31,9 @@ class Predictor:
     UTF-8, empty, longer than `max_text_chars`). `predict_proba` and `predict` (scikit-learn's
     shape) refuse the whole call with InvalidTextError naming the bad positions instead: a made-up
     probability would be silently wrong.
+
+    A hybrid bundle's probabilities are a weighted average of the LSTM's and the linear model's;
+    both read the same tokens, split once.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
         self._model = bundle.build_model().to(self.device)
+        self.linear = bundle.linear
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu", **options) -> Predictor:
@@ -62,19 +66,34 @@ class Predictor:
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=1)]
 
-    def predict_proba_encoded(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Probabilities for texts already encoded by `encoder` (tokenised elsewhere, e.g. CPU tasks)."""
+    def predict_proba_encoded(
+        self, ids: np.ndarray, lengths: np.ndarray, linear_proba: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Probabilities for texts already encoded by `encoder` (tokenised elsewhere, e.g. CPU tasks).
+        A hybrid bundle also needs `linear_proba`, the linear model's answer for the same texts."""
         if len(ids) == 0:
             return np.empty((0, len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             logits = self._model(torch.as_tensor(ids).to(self.device), torch.as_tensor(lengths))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            proba = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if self.linear is None:
+            return proba
+        if linear_proba is None:
+            raise ValueError("a hybrid bundle needs the linear model's probabilities too")
+        w = self.bundle.linear_weight
+        return ((1 - w) * proba + w * linear_proba).astype(np.float32)
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """What a model call needs, made on CPU: (ids, lengths, the linear model's probabilities or None)."""
+        tokens = tokenize_batch(texts)
+        ids, lengths = self.encoder.encode_tokens(tokens)
+        return ids, lengths, None if self.linear is None else self.linear.predict_proba(tokens)
 
     def _proba(self, texts: list[str], batch_size: int = 2048) -> np.ndarray:
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            ids, lengths = self.encoder(texts[start : start + batch_size])
-            out[start : start + len(ids)] = self.predict_proba_encoded(ids, lengths)
+            ids, lengths, linear = self.encode(texts[start : start + batch_size])
+            out[start : start + len(ids)] = self.predict_proba_encoded(ids, lengths, linear)
         return out
 
     @staticmethod

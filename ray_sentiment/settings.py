@@ -78,7 +78,12 @@ class TrainSettings:
     vocab_size: int | None = None
     class_weighted: bool | None = None
     embedding_init: str | None = None
-    unlabelled_path: str | None = None  # extra comments, without labels, for the word vectors
+    pretrain_epochs: int | None = None
+    unlabelled_path: str | None = None  # comments without labels, for the vocabulary, word vectors and pretraining
+    init_from: str | None = None  # a pretrained encoder (`ray-sentiment pretrain`) to fine-tune
+    split_column: str | None = None  # a column naming each row's part, e.g. train/test or the source year
+    train_split: tuple[str, ...] | None = None  # its values whose rows train (default: all but val_split)
+    val_split: tuple[str, ...] | None = None  # its values whose rows validate (default: val_fraction of train)
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float | None = None
@@ -94,6 +99,20 @@ class TrainSettings:
                 _at_least(self, 1, name)
         if self.vocab_size is not None:
             _at_least(self, 3, "vocab_size")
+        if self.pretrain_epochs is not None:
+            _at_least(self, 0, "pretrain_epochs")
+        for name in ("train_split", "val_split"):
+            if isinstance(getattr(self, name), str):  # as the CLI gives it: comma-separated
+                values = tuple(v.strip() for v in getattr(self, name).split(",") if v.strip())
+                object.__setattr__(self, name, values)
+            if getattr(self, name) is not None and not self.split_column:
+                raise ConfigError(f"{flag(name)} needs --split-column, the column whose values it names")
+        if self.split_column and not (self.train_split or self.val_split):
+            raise ConfigError("--split-column needs --train-split, --val-split or both")
+        if self.val_split and self.val_path:
+            raise ConfigError("give --val or --val-split, not both")
+        if set(self.train_split or ()) & set(self.val_split or ()):
+            raise ConfigError("--train-split and --val-split name the same value")
         if self.learning_rate is not None and not 0 < self.learning_rate < float("inf"):
             raise ConfigError("--learning-rate must be a positive number")
         if self.embedding_init not in (None, "random", "ppmi"):
@@ -102,6 +121,38 @@ class TrainSettings:
             raise ConfigError("the validation fraction must be between 0 and 1")
         if self.max_failures < 0:
             raise ConfigError("--max-failures must be 0 or more (-1 is not supported: a bug would retry forever)")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ConfigError("--cpus-per-worker must be more than 0")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """`pretrain`: a language-model encoder from comments without labels. None: the preset's value."""
+
+    unlabelled_path: str
+    output: str
+    train_path: str | None = None  # labelled comments whose texts also count (labels are not read)
+    text_column: str = "text"
+    preset: str = "default"  # the architecture the encoder is for
+    epochs: int | None = None
+    vocab_size: int | None = None
+    max_len: int | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    seed: int = 0
+    max_failures: int = 0
+    storage_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "num_workers")
+        for name in ("epochs", "max_len"):
+            if getattr(self, name) is not None:
+                _at_least(self, 1, name)
+        if self.vocab_size is not None:
+            _at_least(self, 3, "vocab_size")
+        if self.max_failures < 0:
+            raise ConfigError("--max-failures must be 0 or more")
         if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ConfigError("--cpus-per-worker must be more than 0")
 

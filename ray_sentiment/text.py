@@ -83,8 +83,13 @@ def encode_batch(texts: Sequence[str], vocab: dict[str, int], max_len: int) -> t
 
     A text with no tokens at all gets length 0; the model treats it as a single padding step.
     """
+    return encode_tokens(tokenize_batch(texts), vocab, max_len)
+
+
+def encode_tokens(tokens: Sequence[list[str]], vocab: dict[str, int], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_batch` for texts already split by `tokenize_batch`."""
     get = vocab.get
-    rows = [[get(t, UNK_ID) for t in toks[:max_len]] for toks in tokenize_batch(texts)]
+    rows = [[get(t, UNK_ID) for t in toks[:max_len]] for toks in tokens]
     n = len(rows)
     lengths = np.fromiter(map(len, rows), dtype=np.int32, count=n)
     ids = np.zeros((n, max_len), dtype=np.int32)
@@ -105,3 +110,6 @@ class Encoder:
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return encode_batch(texts, self.index, self.max_len)
+
+    def encode_tokens(self, tokens: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        return encode_tokens(tokens, self.index, self.max_len)

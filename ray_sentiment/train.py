@@ -1,12 +1,14 @@
 """Train the LSTM with Ray Train: labelled comments in, a model bundle out.
 
-    ray-sentiment train --train examples/train.csv --output runs/example [--num-workers 2] [--use-gpu]
+    ray-sentiment train --train examples/train.csv --output runs/example [--unlabelled more.parquet]
 
-Driver: read and split the data, fit the vocabulary and encode every text once (Ray Data), then
-hand the encoded datasets to a TorchTrainer. Workers (`train_loop`): data-parallel (DDP) epochs,
-validation on every worker's shard gathered into one report, a checkpoint every epoch holding
-everything needed to resume (so a restarted worker group continues, not starts over), early
-stopping on validation loss. The best epoch's weights become the bundle.
+Driver: read and split the data, fit the vocabulary on labelled and unlabelled texts and encode
+every text once (Ray Data), start the hybrid's linear model in a Ray task, then hand the encoded
+datasets to a TorchTrainer. Workers (`train_loop`): language-model pretraining epochs if the recipe
+has them (language_model.py), then data-parallel (DDP) classifier epochs, validation on every
+worker's shard gathered into one report, a checkpoint every epoch holding everything needed to
+resume (so a restarted worker group continues, not starts over), early stopping on validation loss.
+The best epoch's weights become the bundle; the pretrained encoder is kept beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from .bundle import ModelBundle, save_bundle
+from .bundle import ENCODER_PARTS, EncoderBundle, ModelBundle, load_encoder, save_bundle, save_encoder
 from .data import (
     LabelledData,
     check_input,
@@ -41,6 +43,8 @@ from .data import (
 )
 from .embeddings import ppmi_vectors
 from .errors import ConfigError, DataError, TrainingError
+from .language_model import LanguageModelHeads, pretrain_epoch
+from .linear import LinearModel, fit_linear
 from .metrics import classification_report
 from .model import ModelConfig, Preset, SentimentLSTM, get_preset, nonfinite_tensors
 from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
@@ -50,7 +54,16 @@ from .text import TokenizerConfig
 
 STATE_FILE = "state.pt"
 EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoch's record, as val_<name>
-RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "max_len", "class_weighted", "embedding_init")
+RECIPE_FIELDS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "max_len",
+    "class_weighted",
+    "embedding_init",
+    "pretrain_epochs",
+)
+PRETRAINED_DIR = "pretrained"  # in the bundle directory: the encoder, for `train --init-from`
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,10 @@ class LoopSettings:
     embedding: np.ndarray | None
     seed: int
     cpus: float  # reserved per worker; its whole part is the worker's torch threads
+    initial: dict | None = None  # embedding and LSTM weights to start from (a pretrained encoder)
+    pretrain_epochs: int = 0
+    pretrain_batch_size: int = 128  # per worker
+    pretrain_learning_rate: float = 2e-3
 
 
 @dataclass
@@ -83,7 +100,11 @@ class TrainState:
     best_model: dict | None = None
     bad_epochs: int = 0
     model: dict | None = None
-    optimizer: dict | None = None
+    optimizer: dict | None = None  # of the phase in progress
+    pretrain_epoch: int = 0
+    pretrain_history: list = field(default_factory=list)
+    heads: dict | None = None  # the language model's outputs, while pretraining
+    encoder: dict | None = None  # embedding and LSTM as pretraining left them
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -103,17 +124,25 @@ def recipe(settings: TrainSettings) -> Preset:
 def train(settings: TrainSettings) -> str:
     """Run the whole job; returns where the bundle went (a directory or a URI)."""
     r = recipe(settings)
+    encoder = load_encoder(settings.init_from) if settings.init_from else None
+    if encoder is not None:
+        check_encoder_fits(encoder, r, settings)
     for path in filter(None, (settings.train_path, settings.val_path, settings.unlabelled_path)):
         check_input(path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
     ensure_ray()
     quiet_ray_data()
     started = time.time()
     data = read_data(settings, r)
-    vocab = fit_vocab(data.train, r.model.vocab_size)
+    texts = all_texts(data.train, settings.unlabelled_path, settings.text_column, data.counts)
+    vocab = encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size)
     train_ds = encode_dataset(data.train, vocab, r.max_len, data.labels)
     val_ds = encode_dataset(data.val, vocab, r.max_len, data.labels)
-    loop = loop_settings(settings, r, data, vocab, train_ds)
-    state, checkpoint = fit(settings, loop, train_ds, val_ds)
+    pretraining = r.pretrain_epochs > 0 and encoder is None
+    encoded = encode_dataset(texts, vocab, r.max_len) if pretraining or r.embedding_init == "ppmi" else None
+    linear = fit_linear_task.remote(data.train, data.labels, r.class_weighted) if r.linear_weight else None
+    loop = loop_settings(settings, r, data, vocab, encoded, encoder)
+    datasets = {"train": train_ds, "val": val_ds, **({"lm": encoded} if pretraining else {})}
+    state, checkpoint = fit(settings, loop, datasets)
     metrics = {
         **training_metrics(settings, r, state),
         "rows": data.counts,
@@ -128,8 +157,12 @@ def train(settings: TrainSettings) -> str:
         state_dict=state.best_model or {},
         preset=settings.preset,
         metrics=metrics,
+        linear=ray.get(linear) if linear else None,
+        linear_weight=r.linear_weight,
     )
     path = save_bundle(bundle, settings.output)
+    if pretraining and state.encoder:
+        save_encoder(encoder_of(bundle, state), f"{path.rstrip('/')}/{PRETRAINED_DIR}")
     report = state.best_report or {}
     print(
         f"best epoch {state.best_epoch}: val_loss {report['loss']:.4f} "
@@ -138,10 +171,65 @@ def train(settings: TrainSettings) -> str:
     return path
 
 
+def check_encoder_fits(encoder: EncoderBundle, r: Preset, settings: TrainSettings) -> None:
+    """`--init-from`: the pretrained LSTM has the preset's shape and its vocabulary is the one used."""
+    shape = ("embed_dim", "hidden_dim", "num_layers", "bidirectional")
+    theirs = {k: getattr(encoder.model_config, k) for k in shape}
+    ours = {k: getattr(r.model, k) for k in shape}
+    if theirs != ours:
+        raise ConfigError(
+            f"the pretrained encoder {settings.init_from} is {theirs}, preset {settings.preset!r} needs {ours}; "
+            f"pretrain with --preset {settings.preset}"
+        )
+    if settings.vocab_size is not None and settings.vocab_size != len(encoder.vocab):
+        raise ConfigError(
+            f"--vocab-size {settings.vocab_size} does not match the {len(encoder.vocab)}-token vocabulary of "
+            f"the pretrained encoder {settings.init_from}; its vocabulary is used as it is, so leave --vocab-size out"
+        )
+
+
+def all_texts(train_ds, unlabelled_path: str | None, text_column: str, counts: dict):
+    """The training texts and, if given, the unlabelled ones: what the vocabulary, word vectors and
+    language model learn from."""
+    texts = train_ds.select_columns(["text"])
+    if not unlabelled_path:
+        return texts
+    extra = read_labelled(unlabelled_path, text_column, label_column=None)
+    counts["unlabelled"] = {"read": extra.rows_read, "dropped": extra.rows_dropped}
+    return texts.union(extra.dataset).materialize()
+
+
+@ray.remote(num_cpus=0.5)  # beside the Train workers: cpus_per_process leaves one CPU for such work
+def fit_linear_task(train_ds, labels: list[str], class_weighted: bool) -> LinearModel:
+    rows = train_ds.to_pandas()
+    y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    return fit_linear(rows["text"].tolist(), y, len(labels), class_weighted)
+
+
+def encoder_of(bundle: ModelBundle, state: TrainState) -> EncoderBundle:
+    return EncoderBundle(
+        bundle.vocab,
+        bundle.model_config,
+        bundle.tokenizer,
+        state.encoder or {},
+        {"pretrain_history": state.pretrain_history},
+    )
+
+
 def read_data(settings: TrainSettings, r: Preset) -> LabelledData:
     """The labelled rows, split, with a line saying what was read."""
     s = settings
-    data = load_labelled(s.train_path, s.val_path, s.text_column, s.label_column, s.val_fraction, s.seed)
+    data = load_labelled(
+        s.train_path,
+        s.val_path,
+        s.text_column,
+        s.label_column,
+        s.val_fraction,
+        s.seed,
+        s.split_column,
+        s.train_split,
+        s.val_split,
+    )
     rows = data.counts["train"]["rows"]
     print(
         f"data: {rows} training rows, {data.counts['val']['rows']} validation rows, "
@@ -162,6 +250,7 @@ def training_metrics(settings: TrainSettings, r: Preset, state: TrainState) -> d
         "epochs_run": state.epoch,
         "stopped_early": state.epoch < r.epochs,
         "history": state.history,
+        "pretraining": state.pretrain_history,
         "restarts": state.restarts,
         "settings": {
             **recipe_used,
@@ -174,14 +263,21 @@ def training_metrics(settings: TrainSettings, r: Preset, state: TrainState) -> d
     }
 
 
-def loop_settings(settings: TrainSettings, r: Preset, data: LabelledData, vocab: list[str], train_ds) -> LoopSettings:
+def loop_settings(
+    settings: TrainSettings,
+    r: Preset,
+    data: LabelledData,
+    vocab: list[str],
+    encoded_texts,
+    encoder: EncoderBundle | None = None,
+) -> LoopSettings:
     # The embedding has a row per token actually seen, up to the requested vocabulary size.
     model = dataclasses.replace(r.model, num_classes=len(data.labels), vocab_size=len(vocab))
     counts = np.array([data.counts["class_counts"].get(label, 0) for label in data.labels], dtype=np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1)) if r.class_weighted else None
     embedding = None
-    if r.embedding_init == "ppmi":
-        embedding = word_vectors(train_ds, vocab, model.embed_dim, r.max_len, settings, data.counts)
+    if r.embedding_init == "ppmi" and encoder is None:
+        embedding = ppmi_vectors(cooccurrence_matrix(encoded_texts, len(vocab)), model.embed_dim, seed=settings.seed)
     return LoopSettings(
         model=model,
         labels=tuple(data.labels),
@@ -193,10 +289,14 @@ def loop_settings(settings: TrainSettings, r: Preset, data: LabelledData, vocab:
         embedding=embedding,
         seed=settings.seed,
         cpus=settings.cpus_per_worker or cpus_per_process(settings.num_workers, settings.use_gpu),
+        initial=encoder.state_dict if encoder else None,
+        pretrain_epochs=0 if encoder else r.pretrain_epochs,
+        pretrain_batch_size=max(1, r.pretrain_batch_size // settings.num_workers),
+        pretrain_learning_rate=r.pretrain_learning_rate,
     )
 
 
-def fit(settings: TrainSettings, loop: LoopSettings, train_ds, val_ds) -> tuple[TrainState, str]:
+def fit(settings, loop: LoopSettings, datasets: dict) -> tuple[TrainState, str]:
     """Run the workers; returns the last checkpoint's state and where that checkpoint is."""
     trainer = TorchTrainer(
         train_loop,
@@ -211,7 +311,7 @@ def fit(settings: TrainSettings, loop: LoopSettings, train_ds, val_ds) -> tuple[
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),  # our epoch lines say what matters
         ),
-        datasets={"train": train_ds, "val": val_ds},
+        datasets=datasets,
     )
     result = trainer.fit()
     if result.metrics and result.metrics.get("error"):
@@ -219,18 +319,6 @@ def fit(settings: TrainSettings, loop: LoopSettings, train_ds, val_ds) -> tuple[
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     return TrainState(**state), result.checkpoint.path
-
-
-def word_vectors(
-    train_ds, vocab: list[str], dim: int, max_len: int, settings: TrainSettings, counts: dict
-) -> np.ndarray:
-    """PPMI-SVD vectors from the training texts and, if given, unlabelled comments."""
-    cooccurrence = cooccurrence_matrix(train_ds, len(vocab))
-    if settings.unlabelled_path:
-        extra = read_labelled(settings.unlabelled_path, settings.text_column, label_column=None)
-        cooccurrence += cooccurrence_matrix(encode_dataset(extra.dataset, vocab, max_len), len(vocab))
-        counts["unlabelled"] = {"read": extra.rows_read, "dropped": extra.rows_dropped}
-    return ppmi_vectors(cooccurrence, dim, seed=settings.seed)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -246,15 +334,82 @@ def train_loop(config: dict) -> None:
     cfg: LoopSettings = config["loop"]
     torch.set_num_threads(max(1, int(cfg.cpus)))
     torch.manual_seed(cfg.seed)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    train_arrays, (val_ids, val_len, val_y) = _load_shard("train"), _load_shard("val")
     state = _restore(ray.train.get_checkpoint(), rank)
-    model, optimizer = _start_model(cfg, state)
+    model = _initial_model(cfg, state).to(device)
     bad = nonfinite_tensors(model.state_dict())
     if bad:  # every worker starts from the same weights, so all of them stop here together
         return _stop(f"initial weights are not finite in {', '.join(bad)}; nothing was trained", rank)
+    if state.pretrain_epoch < cfg.pretrain_epochs:
+        language_model_phase(cfg, state, model, device, rank)
+    if cfg.epochs == 0:  # `ray-sentiment pretrain`: the encoder is the result
+        return None
+    return classifier_phase(cfg, state, model, device, rank)
+
+
+def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
+    """Word vectors, a pretrained encoder or a checkpoint, whichever is latest, loaded."""
+    model = SentimentLSTM(cfg.model)
+    with torch.no_grad():
+        if cfg.embedding is not None:
+            model.embedding.weight.copy_(torch.tensor(cfg.embedding))
+        if cfg.initial is not None:
+            model.load_state_dict(cfg.initial, strict=False)  # embedding and LSTM; the head starts fresh
+    if state.model is not None:
+        model.load_state_dict(state.model)
+        state.model = None
+    return model
+
+
+def language_model_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int) -> None:
+    """Language-model epochs over the "lm" shard; a checkpoint after each. Gradients are averaged by
+    hand (language_model.average_gradients): DDP wraps the model only for the classifier."""
+    ids, lengths = _load_shard("lm", ("ids", "length"))
+    heads = LanguageModelHeads(cfg.model).to(device)
+    if state.heads is not None:
+        heads.load_state_dict(state.heads)
+    optimizer = torch.optim.Adam([*model.parameters(), *heads.parameters()], lr=cfg.pretrain_learning_rate)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+        state.optimizer = None
+    batch = cfg.pretrain_batch_size
+    steps = int(_all_reduce(len(ids) // batch, device, dist.ReduceOp.MIN))
+    if steps == 0:
+        raise ValueError(f"a worker's shard has fewer texts ({len(ids)}) than one pretraining batch ({batch})")
+    for epoch in range(state.pretrain_epoch + 1, cfg.pretrain_epochs + 1):
+        started = time.perf_counter()
+        order = np.random.default_rng([cfg.seed, epoch, rank, 1]).permutation(len(ids))
+        loss = pretrain_epoch(model, heads, optimizer, (ids, lengths), order, batch, steps, device)
+        loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / _world()
+        seconds = time.perf_counter() - started
+        rate = steps * batch * _world() / seconds
+        record = {"pretrain_epoch": epoch, "lm_loss": loss, "texts_per_s": rate, "seconds": seconds}
+        state.pretrain_history.append(record)
+        state.pretrain_epoch = epoch
+        last = epoch == cfg.pretrain_epochs
+        state.heads = None if last else heads.state_dict()
+        state.encoder = {k: v for k, v in _cpu_state(model).items() if k.startswith(ENCODER_PARTS)}
+        if rank == 0:
+            _progress(
+                f"pretrain epoch {epoch}/{cfg.pretrain_epochs} language-model loss {loss:.4f} "
+                f"{record['texts_per_s']:.0f} texts/s"
+            )
+        # After the last epoch the classifier starts with a fresh optimizer; a restart from here must too.
+        _report(record, state, model, None if last else optimizer, rank)
+
+
+def classifier_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int) -> None:
+    """The classifier's epochs, with early stopping on the validation loss."""
+    world = _world()
+    train_arrays = _load_shard("train", ("ids", "length", "label_id"))
+    val_ids, val_len, val_y = _load_shard("val", ("ids", "length", "label_id"))
+    model = ray.train.torch.prepare_model(model)  # DDP when world > 1
+    # Created after the move, so a restored optimizer state lands on the parameters' device.
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+        state.optimizer = None
     weights = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
 
@@ -293,24 +448,6 @@ def train_loop(config: dict) -> None:
                 _progress(f"early stop: validation loss has not improved for {cfg.patience} epochs")
             break
     return None
-
-
-def _start_model(cfg: LoopSettings, state: TrainState) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model (word vectors or checkpoint loaded, on its device, DDP-wrapped) and its optimizer."""
-    model = SentimentLSTM(cfg.model)
-    if cfg.embedding is not None:
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.tensor(cfg.embedding))
-    if state.model is not None:
-        model.load_state_dict(state.model)
-        state.model = None
-    model = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
-    # Created after the move, so a restored optimizer state lands on the parameters' device.
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    if state.optimizer is not None:
-        optimizer.load_state_dict(state.optimizer)
-        state.optimizer = None
-    return model, optimizer
 
 
 def _validate(model, ids: np.ndarray, lengths: np.ndarray, y: np.ndarray, device, labels) -> dict:
@@ -356,12 +493,17 @@ def _progress(line: str) -> None:
     sys.stdout.flush()
 
 
-def _load_shard(name: str) -> tuple[np.ndarray, ...]:
+def _load_shard(name: str, columns: tuple[str, ...]) -> tuple[np.ndarray, ...]:
     """This worker's encoded rows, held in memory: numbers only, read once and reused every epoch."""
     parts = list(ray.train.get_dataset_shard(name).iter_batches(batch_size=8192, batch_format="numpy"))
     if not parts:
-        return np.zeros((0, 1), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
-    return tuple(np.concatenate([p[key] for p in parts]) for key in ("ids", "length", "label_id"))
+        empty: dict[str, np.ndarray] = {
+            "ids": np.zeros((0, 1), np.int32),
+            "length": np.zeros(0, np.int32),
+            "label_id": np.zeros(0, np.int64),
+        }
+        return tuple(empty[c] for c in columns)
+    return tuple(np.concatenate([p[key] for p in parts]) for key in columns)
 
 
 def _restore(checkpoint: Checkpoint | None, rank: int) -> TrainState:
@@ -381,7 +523,9 @@ def _report(record: dict, state: TrainState, model, optimizer, rank: int) -> Non
         ray.train.report(record)
         return
     with tempfile.TemporaryDirectory() as directory:
-        saved = dataclasses.replace(state, model=_cpu_state(model), optimizer=optimizer.state_dict())
+        saved = dataclasses.replace(
+            state, model=_cpu_state(model), optimizer=optimizer.state_dict() if optimizer else None
+        )
         torch.save(saved.as_dict(), Path(directory) / STATE_FILE)
         (Path(directory) / "history.json").write_text(json.dumps(state.history, indent=2))
         ray.train.report(record, checkpoint=Checkpoint.from_directory(directory))
@@ -412,6 +556,10 @@ def _predict(model, ids: np.ndarray, lengths: np.ndarray, device, batch: int = 1
             logits = inner(torch.from_numpy(ids[s : s + batch]).to(device), torch.from_numpy(lengths[s : s + batch]))
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out)
+
+
+def _world() -> int:
+    return dist.get_world_size() if _distributed() else 1
 
 
 def _distributed() -> bool:
