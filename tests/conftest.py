@@ -133,14 +133,23 @@ def bundle(tmp_path_factory):
     return write_random_bundle(tmp_path_factory.mktemp("model") / "bundle")[0]
 
 
+@pytest.fixture(scope="module")
+def hybrid_bundle(tmp_path_factory):
+    """A random-weights hybrid bundle: LSTM and linear model (see write_random_bundle)."""
+    return write_random_bundle(tmp_path_factory.mktemp("model") / "hybrid", seed=1, hybrid=True)[0]
+
+
 SAMPLE_TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "soooo good!!! #win", "meh " * 300]
 
 
-def write_random_bundle(path: Path, seed: int = 0):
-    """A small bundle with random weights: enough to check that every path gives the same numbers."""
+def write_random_bundle(path: Path, seed: int = 0, hybrid: bool = False):
+    """A small bundle with random weights: enough to check that every path gives the same numbers.
+    A hybrid one also has a random linear model, weighted 0.4."""
+    import numpy as np
     import torch
 
     from ray_sentiment.bundle import ModelBundle, save_bundle
+    from ray_sentiment.linear import CHAR_BITS, WORD_BITS, LinearModel
     from ray_sentiment.model import ModelConfig, SentimentLSTM
     from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
 
@@ -165,6 +174,16 @@ def write_random_bundle(path: Path, seed: int = 0):
         preset="test",
         metrics={"note": "unit"},
     )
+    if hybrid:
+        rng = np.random.default_rng(seed)
+        buckets = (1 << WORD_BITS) + (1 << CHAR_BITS)
+        bundle.linear = LinearModel(
+            word_idf=rng.uniform(0, 3, 1 << WORD_BITS).astype(np.float32),
+            char_idf=rng.uniform(0, 3, 1 << CHAR_BITS).astype(np.float32),
+            coef=rng.normal(0, 3, (3, buckets)).astype(np.float32),
+            intercept=rng.normal(0, 1, 3).astype(np.float32),
+        )
+        bundle.linear_weight = 0.4
     return Path(save_bundle(bundle, path)), model
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -78,7 +79,8 @@ def _corrupt(path, name, content: bytes):
         (lambda p: _edit_config(p, format_version=99), "format version 99"),
         (lambda p: _edit_config(p, labels=["only"]), "at least two non-empty strings"),
         (lambda p: _edit_config(p, labels=["a", "", "c"]), "at least two non-empty strings"),
-        (lambda p: _edit_config(p, format_version="1"), 'has format version "1", this ray-sentiment reads version 1'),
+        (lambda p: _edit_config(p, format_version="1"), 'has format version "1", this ray-sentiment reads versions 1'),
+        (lambda p: _edit_config(p, format_version=2), r"says format version 2, but .*linear.safetensors is missing"),
         (lambda p: _edit_config(p, preset=5), "'preset' must be a string"),
         (lambda p: _edit_vocab(p, lambda v: v[:5] + [v[4]] + v[6:]), "lists a token more than once"),
         (lambda p: _edit_section(p, "tokenizer", vocab_size=999), "'tokenizer.vocab_size' is 999 but vocab.json holds"),
@@ -116,6 +118,62 @@ def test_corrupt_bundles_say_what_is_wrong(bundle_dir, damage, message):
     damage(path)
     with pytest.raises(BundleError, match=message):
         Predictor.load(path)
+
+
+@pytest.fixture()
+def hybrid_dir(tmp_path):
+    return write_random_bundle(tmp_path / "hybrid", seed=3, hybrid=True)[0]
+
+
+def test_hybrid_round_trip_predicts_identically_and_pickles_nothing(hybrid_dir):
+    from ray_sentiment.text import tokenize_batch
+
+    bundle = load_bundle(hybrid_dir)
+    assert json.loads((hybrid_dir / "config.json").read_text())["format_version"] == 2
+    predictor = Predictor(bundle)
+    proba = predictor.predict_proba(TEXTS)
+    alone = Predictor(bundle)
+    alone.linear = None
+    expected = 0.6 * alone.predict_proba(TEXTS) + 0.4 * bundle.linear.predict_proba(tokenize_batch(TEXTS))
+    np.testing.assert_allclose(proba, expected, rtol=1e-6, atol=1e-7)
+    assert np.abs(proba - alone.predict_proba(TEXTS)).max() > 0.01  # the linear model counts
+    copy = Path(save_bundle(bundle, hybrid_dir.parent / "copy"))
+    np.testing.assert_array_equal(Predictor.load(copy).predict_proba(TEXTS), proba)
+    assert load_bundle(copy).version == bundle.version
+    assert {p.name for p in hybrid_dir.iterdir()} == {
+        "config.json",
+        "vocab.json",
+        "model.safetensors",
+        "linear.safetensors",
+        "metrics.json",
+    }
+
+
+def _edit_linear(path, name, change):
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(path / "linear.safetensors")
+    arrays[name] = change(arrays[name])
+    save_file(arrays, path / "linear.safetensors")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: (p / "linear.safetensors").unlink(), "linear.safetensors is missing"),
+        (lambda p: _corrupt(p, "linear.safetensors", b"\x00" * 40), "linear.safetensors is corrupt"),
+        (lambda p: _edit_linear(p, "coef", lambda a: a[:2]), r"coef should be float32 \[3, 786432\], it is float32"),
+        (lambda p: _edit_linear(p, "intercept", lambda a: a.astype("float64")), "intercept should be float32"),
+        (lambda p: _edit_linear(p, "word_idf", lambda a: a * np.nan), "NaN or infinite values in word_idf"),
+        (lambda p: _edit_section(p, "linear", weight=2), "'linear.weight' must be a number between 0 and 1"),
+        (lambda p: _edit_section(p, "linear", char_bits=20), "buckets; this ray-sentiment uses"),
+        (lambda p: _edit_config(p, linear=None), "'linear.weight' must be a number"),
+    ],
+)
+def test_corrupt_hybrid_bundles_say_what_is_wrong(hybrid_dir, damage, message):
+    damage(hybrid_dir)
+    with pytest.raises(BundleError, match=message):
+        Predictor.load(hybrid_dir)
 
 
 def test_missing_bundle_directory(tmp_path):

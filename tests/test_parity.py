@@ -92,10 +92,13 @@ def via_stream(bundle, texts, tmp_path, redis_server) -> list[dict]:
 RUNTIMES = {"predict": via_predict, "score": via_score, "serve": via_serve, "stream": via_stream}
 
 
+@pytest.mark.parametrize("kind", ["lstm", "hybrid"])
 @pytest.mark.parametrize("runtime", list(RUNTIMES))
 def test_every_runtime_gives_the_predictors_labels_probabilities_and_reasons(
-    runtime, ray_local, redis_server, bundle, tmp_path
+    runtime, kind, ray_local, redis_server, bundle, hybrid_bundle, tmp_path
 ):
+    """A hybrid's linear model runs in the tokenising tasks of `score`, in the Predictor elsewhere."""
+    bundle = hybrid_bundle if kind == "hybrid" else bundle
     expected = Predictor.load(bundle, max_text_chars=LIMIT).score(TEXTS)
     assert [e["error"] for e in expected] == [None] * 4 + [
         "text is empty",

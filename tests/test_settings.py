@@ -10,7 +10,14 @@ import pytest
 from ray_sentiment.cli import build_parser
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.results import MAX_TEXT_CHARS, check_texts, refused, result_records, text_problem
-from ray_sentiment.settings import ScoreSettings, ServeSettings, StreamSettings, TrainSettings, settings_from
+from ray_sentiment.settings import (
+    PretrainSettings,
+    ScoreSettings,
+    ServeSettings,
+    StreamSettings,
+    TrainSettings,
+    settings_from,
+)
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ray_sentiment"
 
@@ -64,6 +71,7 @@ def test_result_records_carry_the_float32_values_exactly():
         (["stream", "--model", "m", "--input-stream", "a", "--output-stream", "b"], StreamSettings, ("model",)),
         (["serve", "--model", "m"], ServeSettings, ()),
         (["train", "--train", "t", "--output", "o"], TrainSettings, ()),
+        (["pretrain", "--unlabelled", "u", "--output", "o"], PretrainSettings, ()),
     ],
 )
 def test_every_flag_maps_onto_a_setting_with_the_settings_default(command, cls, leave_out):
@@ -91,6 +99,26 @@ def test_an_unknown_or_missing_setting_is_one_clear_error():
         ScoreSettings("m", "i", "o", max_text_chars=0)
     with pytest.raises(ConfigError, match="--learning-rate must be a positive number"):
         TrainSettings("t", "o", learning_rate=float("nan"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"val_split": "2016"}, "--val-split needs --split-column"),
+        ({"split_column": "source"}, "--split-column needs --train-split, --val-split or both"),
+        ({"split_column": "s", "train_split": "a,b", "val_split": "b"}, "name the same value"),
+        ({"split_column": "s", "val_split": "b", "val_path": "v.csv"}, "give --val or --val-split, not both"),
+        ({"pretrain_epochs": -1}, "--pretrain-epochs must be at least 0"),
+    ],
+)
+def test_split_and_pretraining_options_are_checked(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainSettings("t", "o", **options)
+
+
+def test_split_values_are_comma_separated():
+    built = TrainSettings("t", "o", split_column="source", val_split="twitter-2016dev, twitter-2016devtest")
+    assert built.val_split == ("twitter-2016dev", "twitter-2016devtest") and built.train_split is None
 
 
 def _imports(path: Path) -> set[str]:

@@ -105,3 +105,38 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweet
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["epochs_run"] + 1))
     assert metrics["epochs_run"] == 4 or metrics["stopped_early"]
     Predictor.load(bundle).predict(["still works after a crash"])
+
+
+@pytest.fixture(scope="module")
+def airline_parts(tmp_path_factory):
+    """600 labelled airline tweets, the rest of the airline training texts without labels, the test split."""
+    rows = pd.read_parquet(dataset("airline/tweets.parquet"))
+    train_rows, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
+    directory = tmp_path_factory.mktemp("airline")
+    labelled = train_rows.sample(n=600, random_state=0)
+    labelled[["text", "label"]].to_parquet(directory / "labelled.parquet")
+    train_rows[["text"]].to_parquet(directory / "unlabelled.parquet")
+    return directory / "labelled.parquet", directory / "unlabelled.parquet", test
+
+
+def _macro_recall(bundle: str, rows: pd.DataFrame) -> float:
+    predictor = Predictor.load(bundle)
+    y = rows["label"].map({label: i for i, label in enumerate(predictor.labels)}).to_numpy()
+    return classification_report(y, predictor.predict_proba(rows["text"].tolist()), predictor.labels)["macro_recall"]
+
+
+def test_pretraining_on_unlabelled_texts_beats_training_from_scratch(ray_local, airline_parts, tmp_path):
+    labelled, unlabelled, test = airline_parts
+    common = dict(train_path=str(labelled), preset="pretrained", num_workers=2, storage_path=str(tmp_path / "ckpt"))
+    scratch = train(
+        TrainSettings(**common, output=str(tmp_path / "scratch"), pretrain_epochs=0, embedding_init="random")
+    )
+    pretrained = train(
+        TrainSettings(**common, output=str(tmp_path / "pretrained"), pretrain_epochs=3, unlabelled_path=str(unlabelled))
+    )
+    before, after = _macro_recall(scratch, test), _macro_recall(pretrained, test)
+    assert after > before + 0.05, (before, after)
+    metrics = json.loads((Path(pretrained) / "metrics.json").read_text())
+    losses = [epoch["lm_loss"] for epoch in metrics["pretraining"]]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert (Path(pretrained) / "pretrained" / "encoder.safetensors").is_file()
