@@ -65,6 +65,19 @@ def fit_linear(texts: Sequence[str], y: np.ndarray, num_classes: int, class_weig
     return LinearModel(word_idf, char_idf, coef, intercept)
 
 
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def best_weight(lstm: np.ndarray, linear: np.ndarray, y: np.ndarray) -> tuple[float, dict[float, float]]:
+    """The share w of `linear` in (1 - w)·lstm + w·linear with the lowest log loss on labels `y`
+    (ties: the one nearest 0.5), and every candidate's loss. One number fitted on validation rows."""
+    losses = {}
+    for w in WEIGHTS:
+        p = (1 - w) * lstm[np.arange(len(y)), y] + w * linear[np.arange(len(y)), y]
+        losses[w] = float(-np.log(np.clip(p, 1e-12, None)).mean()) if len(y) else 0.0
+    return min(WEIGHTS, key=lambda w: (losses[w], abs(w - 0.5))), losses
+
+
 def idf(counts: sp.csr_matrix) -> np.ndarray:
     """Smoothed inverse document frequency per bucket (scikit-learn's formula); 0 where df < 2."""
     df = np.bincount(counts.indices, minlength=counts.shape[1])

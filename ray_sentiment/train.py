@@ -44,13 +44,14 @@ from .data import (
 from .embeddings import ppmi_vectors
 from .errors import ConfigError, DataError, TrainingError
 from .language_model import LanguageModelHeads, pretrain_epoch
-from .linear import LinearModel, fit_linear
+from .linear import LinearModel, best_weight, fit_linear
 from .metrics import classification_report
 from .model import ModelConfig, Preset, SentimentLSTM, get_preset, nonfinite_tensors
+from .predictor import Predictor
 from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
 from .settings import TrainSettings
 from .storage import is_uri
-from .text import TokenizerConfig
+from .text import TokenizerConfig, tokenize_batch
 
 STATE_FILE = "state.pt"
 EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoch's record, as val_<name>
@@ -157,9 +158,10 @@ def train(settings: TrainSettings) -> str:
         state_dict=state.best_model or {},
         preset=settings.preset,
         metrics=metrics,
-        linear=ray.get(linear) if linear else None,
-        linear_weight=r.linear_weight,
     )
+    if linear:
+        bundle.linear = fitted = ray.get(linear)
+        bundle.linear_weight, metrics["linear_weight"] = weigh_linear(bundle, fitted, data.val, data.labels)
     path = save_bundle(bundle, settings.output)
     if pretraining and state.encoder:
         save_encoder(encoder_of(bundle, state), f"{path.rstrip('/')}/{PRETRAINED_DIR}")
@@ -169,6 +171,21 @@ def train(settings: TrainSettings) -> str:
         f"macro_recall {report['macro_recall']:.4f} accuracy {report['accuracy']:.4f}; bundle written to {path}"
     )
     return path
+
+
+MAX_WEIGHING_ROWS = 20_000  # validation rows brought to the driver to weigh the hybrid's halves
+
+
+def weigh_linear(bundle: ModelBundle, linear: LinearModel, val_ds, labels: list[str]) -> tuple[float, dict]:
+    """The linear model's share of the hybrid average with the lowest validation log loss."""
+    rows = val_ds.limit(MAX_WEIGHING_ROWS).to_pandas()
+    tokens = tokenize_batch(rows["text"].tolist())
+    lstm = Predictor(dataclasses.replace(bundle, linear=None))
+    ids, lengths = lstm.encoder.encode_tokens(tokens)
+    y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    weight, losses = best_weight(lstm.predict_proba_encoded(ids, lengths), linear.predict_proba(tokens), y)
+    print(f"hybrid: the linear model's weight is {weight:.1f} (lowest validation log loss, {losses[weight]:.4f})")
+    return weight, {"chosen": weight, "val_log_loss": losses}
 
 
 def check_encoder_fits(encoder: EncoderBundle, r: Preset, settings: TrainSettings) -> None:
