@@ -1,5 +1,6 @@
 """Ray Train end to end on real tweets: 2 data-parallel workers, checkpoints, recovery."""
 
+import itertools
 import json
 import os
 import signal
@@ -11,8 +12,10 @@ import pandas as pd
 import pytest
 
 from ray_sentiment import Predictor
+from ray_sentiment.bundle import load_encoder
 from ray_sentiment.metrics import classification_report
 from ray_sentiment.settings import TrainSettings
+from ray_sentiment.text import tokenize_batch
 from ray_sentiment.train import train
 
 from conftest import actor_pids, dataset
@@ -66,6 +69,19 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert metrics["restarts"] == []
     assert metrics["rows"]["unlabelled"]["read"] == 20_000
     assert metrics["settings"]["embedding_init"] == "ppmi"
+    # The default is the hybrid: pretraining on labelled and unlabelled texts, then a linear model
+    # weighed against the LSTM on the validation rows.
+    losses = [epoch["lm_loss"] for epoch in metrics["pretraining"]]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    assert predictor.linear is not None
+    assert predictor.bundle.linear_weight == metrics["linear_weight"]["chosen"]
+    assert len(metrics["linear_weight"]["val_log_loss"]) == 11
+    encoder = load_encoder(str(Path(bundle) / "pretrained"))
+    assert encoder.vocab == predictor.bundle.vocab
+    labelled_tokens = set(
+        itertools.chain.from_iterable(tokenize_batch(pd.read_parquet(tweets_sample)["text"].tolist()))
+    )
+    assert len(set(encoder.vocab) - labelled_tokens) > 1000  # the vocabulary also comes from the unlabelled texts
 
 
 def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweets_sample, tmp_path):
@@ -105,38 +121,3 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweet
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["epochs_run"] + 1))
     assert metrics["epochs_run"] == 4 or metrics["stopped_early"]
     Predictor.load(bundle).predict(["still works after a crash"])
-
-
-@pytest.fixture(scope="module")
-def airline_parts(tmp_path_factory):
-    """600 labelled airline tweets, the rest of the airline training texts without labels, the test split."""
-    rows = pd.read_parquet(dataset("airline/tweets.parquet"))
-    train_rows, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
-    directory = tmp_path_factory.mktemp("airline")
-    labelled = train_rows.sample(n=600, random_state=0)
-    labelled[["text", "label"]].to_parquet(directory / "labelled.parquet")
-    train_rows[["text"]].to_parquet(directory / "unlabelled.parquet")
-    return directory / "labelled.parquet", directory / "unlabelled.parquet", test
-
-
-def _macro_recall(bundle: str, rows: pd.DataFrame) -> float:
-    predictor = Predictor.load(bundle)
-    y = rows["label"].map({label: i for i, label in enumerate(predictor.labels)}).to_numpy()
-    return classification_report(y, predictor.predict_proba(rows["text"].tolist()), predictor.labels)["macro_recall"]
-
-
-def test_pretraining_on_unlabelled_texts_beats_training_from_scratch(ray_local, airline_parts, tmp_path):
-    labelled, unlabelled, test = airline_parts
-    common = dict(train_path=str(labelled), preset="pretrained", num_workers=2, storage_path=str(tmp_path / "ckpt"))
-    scratch = train(
-        TrainSettings(**common, output=str(tmp_path / "scratch"), pretrain_epochs=0, embedding_init="random")
-    )
-    pretrained = train(
-        TrainSettings(**common, output=str(tmp_path / "pretrained"), pretrain_epochs=3, unlabelled_path=str(unlabelled))
-    )
-    before, after = _macro_recall(scratch, test), _macro_recall(pretrained, test)
-    assert after > before + 0.05, (before, after)
-    metrics = json.loads((Path(pretrained) / "metrics.json").read_text())
-    losses = [epoch["lm_loss"] for epoch in metrics["pretraining"]]
-    assert len(losses) == 3 and losses[-1] < losses[0], losses
-    assert (Path(pretrained) / "pretrained" / "encoder.safetensors").is_file()
