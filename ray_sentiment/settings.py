@@ -55,6 +55,20 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_run(settings: TrainSettings | PretrainSettings) -> None:
+    """What `train` and `pretrain` share: workers, failures, CPUs, sizes."""
+    _at_least(settings, 1, "num_workers")
+    for name in ("epochs", "max_len", "batch_size"):
+        if getattr(settings, name, None) is not None:
+            _at_least(settings, 1, name)
+    if settings.vocab_size is not None:
+        _at_least(settings, 3, "vocab_size")
+    if settings.max_failures < 0:
+        raise ConfigError("--max-failures must be 0 or more (-1 is not supported: a bug would retry forever)")
+    if settings.cpus_per_worker is not None and not settings.cpus_per_worker > 0:
+        raise ConfigError("--cpus-per-worker must be more than 0")
+
+
 def _at_least(settings: object, minimum: float, *names: str) -> None:
     for name in names:
         if getattr(settings, name) < minimum:
@@ -93,12 +107,7 @@ class TrainSettings:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "num_workers")
-        for name in ("epochs", "max_len", "batch_size"):
-            if getattr(self, name) is not None:
-                _at_least(self, 1, name)
-        if self.vocab_size is not None:
-            _at_least(self, 3, "vocab_size")
+        _check_run(self)
         if self.pretrain_epochs is not None:
             _at_least(self, 0, "pretrain_epochs")
         for name in ("train_split", "val_split"):
@@ -119,10 +128,6 @@ class TrainSettings:
             raise ConfigError(f"unknown embedding init {self.embedding_init!r}; use 'random' or 'ppmi'")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("the validation fraction must be between 0 and 1")
-        if self.max_failures < 0:
-            raise ConfigError("--max-failures must be 0 or more (-1 is not supported: a bug would retry forever)")
-        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
-            raise ConfigError("--cpus-per-worker must be more than 0")
 
 
 @dataclass(frozen=True)
@@ -145,16 +150,7 @@ class PretrainSettings:
     storage_path: str | None = None
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "num_workers")
-        for name in ("epochs", "max_len"):
-            if getattr(self, name) is not None:
-                _at_least(self, 1, name)
-        if self.vocab_size is not None:
-            _at_least(self, 3, "vocab_size")
-        if self.max_failures < 0:
-            raise ConfigError("--max-failures must be 0 or more")
-        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
-            raise ConfigError("--cpus-per-worker must be more than 0")
+        _check_run(self)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -319,3 +320,26 @@ def s3_server(monkeypatch):
         monkeypatch.setenv(key, value)
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def worker_killed_after_first_checkpoint(storage: Path):
+    """Kills one Ray Train worker once the run under `storage` has registered a checkpoint (Ray
+    Train writes its snapshot then: from then on a restarted worker group must resume from it).
+    Yields a dict that holds the killed process id afterwards."""
+    killed: dict = {}
+
+    def kill() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(storage.glob("*/checkpoint_manager_snapshot.json")):
+            time.sleep(0.2)
+        workers = actor_pids("RayTrainWorker")
+        if workers:
+            os.kill(workers[-1], signal.SIGKILL)
+            killed["pid"] = workers[-1]
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    yield killed
+    killer.join(timeout=5)
+    assert "pid" in killed, "the test never found a worker to kill"

@@ -2,10 +2,6 @@
 fine-tuned with `train --init-from`; encoders that do not fit are refused before Ray starts."""
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +15,7 @@ from ray_sentiment.pretrain import pretrain
 from ray_sentiment.settings import PretrainSettings, TrainSettings
 from ray_sentiment.train import train
 
-from conftest import actor_pids, dataset, run_cli
+from conftest import dataset, run_cli, worker_killed_after_first_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -31,33 +27,19 @@ def encoder(ray_local, tmp_path_factory):
     directory = tmp_path_factory.mktemp("pretrain")
     texts = directory / "unlabelled.parquet"
     pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(12_000).to_parquet(texts)
-    storage, killed = directory / "ckpt", {}
-
-    def kill_a_worker_after_first_checkpoint():
-        deadline = time.time() + 240
-        while time.time() < deadline and not list(storage.glob("*/checkpoint_manager_snapshot.json")):
-            time.sleep(0.2)
-        workers = actor_pids("RayTrainWorker")
-        if workers:
-            os.kill(workers[-1], signal.SIGKILL)
-            killed["pid"] = workers[-1]
-
-    killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
-    killer.start()
-    path = pretrain(
-        PretrainSettings(
-            unlabelled_path=str(texts),
-            output=str(directory / "encoder"),
-            preset="pretrained",
-            epochs=3,
-            vocab_size=5000,
-            num_workers=2,
-            max_failures=1,
-            storage_path=str(storage),
+    with worker_killed_after_first_checkpoint(directory / "ckpt"):
+        path = pretrain(
+            PretrainSettings(
+                unlabelled_path=str(texts),
+                output=str(directory / "encoder"),
+                preset="pretrained",
+                epochs=3,
+                vocab_size=5000,
+                num_workers=2,
+                max_failures=1,
+                storage_path=str(directory / "ckpt"),
+            )
         )
-    )
-    killer.join(timeout=5)
-    assert "pid" in killed, "the test never found a worker to kill"
     return Path(path)
 
 

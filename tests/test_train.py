@@ -2,10 +2,6 @@
 
 import itertools
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +14,7 @@ from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text import tokenize_batch
 from ray_sentiment.train import train
 
-from conftest import actor_pids, dataset
+from conftest import dataset, worker_killed_after_first_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -86,34 +82,18 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
 
 def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweets_sample, tmp_path):
     storage = tmp_path / "ckpt"
-    killed = {}
-
-    def kill_a_worker_after_first_checkpoint():
-        # Ray Train writes this snapshot once the controller has registered a checkpoint: from
-        # then on a restarted worker group must resume from it.
-        deadline = time.time() + 240
-        while time.time() < deadline and not list(storage.glob("*/checkpoint_manager_snapshot.json")):
-            time.sleep(0.2)
-        workers = actor_pids("RayTrainWorker")
-        if workers:
-            os.kill(workers[-1], signal.SIGKILL)
-            killed["pid"] = workers[-1]
-
-    killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
-    killer.start()
-    bundle = train(
-        TrainSettings(
-            train_path=str(tweets_sample),
-            output=str(tmp_path / "bundle"),
-            preset="seed",
-            num_workers=2,
-            epochs=4,
-            max_failures=1,
-            storage_path=str(storage),
+    with worker_killed_after_first_checkpoint(storage):
+        bundle = train(
+            TrainSettings(
+                train_path=str(tweets_sample),
+                output=str(tmp_path / "bundle"),
+                preset="seed",
+                num_workers=2,
+                epochs=4,
+                max_failures=1,
+                storage_path=str(storage),
+            )
         )
-    )
-    killer.join(timeout=5)
-    assert "pid" in killed, "the test never found a worker to kill"
     metrics = json.loads((Path(bundle) / "metrics.json").read_text())
     restarts = metrics["restarts"]
     assert len(restarts) == 1 and restarts[0]["resumed_after_epoch"] >= 1, metrics["restarts"]
