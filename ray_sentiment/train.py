@@ -390,10 +390,12 @@ def language_model_phase(cfg: LoopSettings, state: TrainState, model: SentimentL
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         state.optimizer = None
-    batch = cfg.pretrain_batch_size
-    steps = int(_all_reduce(len(ids) // batch, device, dist.ReduceOp.MIN))
-    if steps == 0:
-        raise ValueError(f"a worker's shard has fewer texts ({len(ids)}) than one pretraining batch ({batch})")
+    # A handful of texts pretrains in smaller batches; the same number of steps on every worker.
+    texts = int(_all_reduce(len(ids), device, dist.ReduceOp.MIN))
+    if texts == 0:
+        raise ValueError("a worker's shard holds no texts to pretrain on")
+    batch = min(cfg.pretrain_batch_size, texts)
+    steps = texts // batch
     for epoch in range(state.pretrain_epoch + 1, cfg.pretrain_epochs + 1):
         started = time.perf_counter()
         order = np.random.default_rng([cfg.seed, epoch, rank, 1]).permutation(len(ids))

@@ -1,6 +1,7 @@
 """The `ray-sentiment` command as a user runs it: real processes, real exit codes."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -109,9 +110,7 @@ def test_bad_option_value(tmp_path):
 
 def test_corrupt_bundle(example_bundle, tmp_path):
     broken = tmp_path / "broken"
-    broken.mkdir()
-    for part in example_bundle.iterdir():
-        (broken / part.name).write_bytes(part.read_bytes())
+    shutil.copytree(example_bundle, broken)
     (broken / "model.safetensors").write_bytes(b"not weights")
     for args in (
         ("predict", "--model", str(broken), "hi"),
