@@ -47,7 +47,8 @@ class Preset:
     pretrain_epochs: int = 0
     pretrain_batch_size: int = 128
     pretrain_learning_rate: float = 2e-3
-    linear_weight: float = 0.0  # > 0: a hybrid, averaging the LSTM with a linear n-gram model (linear.py)
+    # A hybrid: the LSTM averaged with a linear n-gram model (linear.py), weighed on validation rows.
+    linear: bool = False
     description: str = ""
 
 
@@ -77,7 +78,7 @@ PRESETS: dict[str, Preset] = {
         class_weighted=True,
         embedding_init="ppmi",
         pretrain_epochs=2,
-        linear_weight=0.5,
+        linear=True,
         description="pretrained, averaged with a linear model of TF-IDF word 1-2 and character 2-5 grams",
     ),
 }

@@ -140,7 +140,7 @@ def train(settings: TrainSettings) -> str:
     val_ds = encode_dataset(data.val, vocab, r.max_len, data.labels)
     pretraining = r.pretrain_epochs > 0 and encoder is None
     encoded = encode_dataset(texts, vocab, r.max_len) if pretraining or r.embedding_init == "ppmi" else None
-    linear = fit_linear_task.remote(data.train, data.labels, r.class_weighted) if r.linear_weight else None
+    linear = fit_linear_task.remote(data.train, data.labels, r.class_weighted) if r.linear else None
     loop = loop_settings(settings, r, data, vocab, encoded, encoder)
     datasets = {"train": train_ds, "val": val_ds, **({"lm": encoded} if pretraining else {})}
     state, checkpoint = fit(settings, loop, datasets)
@@ -229,7 +229,7 @@ def encoder_of(bundle: ModelBundle, state: TrainState) -> EncoderBundle:
         bundle.model_config,
         bundle.tokenizer,
         state.encoder or {},
-        {"pretrain_history": state.pretrain_history},
+        {"pretraining": state.pretrain_history},
     )
 
 
