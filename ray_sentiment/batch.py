@@ -28,6 +28,7 @@ from .errors import DataError, user_message
 from .linear import LinearModel
 from .outputs import OutputDir, check_apart, open_output
 from .predictor import Predictor
+from .progress import Reporter, progress
 from .results import check_texts, result_columns, result_names
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
@@ -88,7 +89,7 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     if rows_in == 0:
         _write_empty(out, schema, keep, renamed, bundle.labels)
     else:
-        _run(s, files, keep, renamed, done, bundle, out)
+        _run(s, files, keep, renamed, done, bundle, out, rows_in - (0 if done is None else len(done)))
     rows_out, errors = _count_output(out)
     return ScoreSummary(
         rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed
@@ -96,9 +97,22 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
 
 
 def _run(
-    s: ScoreSettings, files: list[str], keep: list[str], renamed: dict, done, bundle: ModelBundle, out: OutputDir
+    s: ScoreSettings,
+    files: list[str],
+    keep: list[str],
+    renamed: dict,
+    done,
+    bundle: ModelBundle,
+    out: OutputDir,
+    rows: int,
 ) -> None:
     ensure_ray()
+    with progress() as reporter:
+        reporter.update("scoring", 0, rows)
+        _write_scored(s, files, keep, renamed, done, bundle, out, reporter)
+
+
+def _write_scored(s, files, keep, renamed, done, bundle, out, reporter: Reporter) -> None:
     # Small blocks: every actor gets work, and output files (the unit of resume) are written as
     # the run goes, not all at its end. Ray packs small files into one read task otherwise.
     context = ray.data.DataContext.get_current()
@@ -108,7 +122,7 @@ def _run(
         if done is not None and len(done):
             ds = ds.map_batches(_drop_done, fn_args=(s.id_column, done), batch_format="pyarrow")
         scored = score_dataset(
-            ds, bundle, s.text_column, keep, renamed, s.batch_size, s.concurrency, s.use_gpu, s.max_text_chars
+            ds, bundle, s.text_column, keep, renamed, s.batch_size, s.concurrency, s.use_gpu, s.max_text_chars, reporter
         )
         scored.write_parquet(out.shown, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
@@ -127,6 +141,7 @@ def score_dataset(
     concurrency: Concurrency,
     use_gpu: bool,
     max_text_chars: int,
+    reporter: Reporter | None = None,
 ) -> ray.data.Dataset:
     """check and tokenise (tasks) → score (actor pool): the `keep` columns (renamed) followed by
     label, confidence, p_<label>... and error. Shared by `score` and `evaluate`.
@@ -143,7 +158,7 @@ def score_dataset(
     )
     return tokenised.map_batches(
         _Scorer,
-        fn_constructor_args=(bundle, "cuda" if use_gpu else "cpu"),
+        fn_constructor_args=(bundle, "cuda" if use_gpu else "cpu", reporter),
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=pool,
@@ -308,8 +323,9 @@ def _tokenise(
 class _Scorer:
     """One per actor: the model is loaded once and reused for every batch."""
 
-    def __init__(self, bundle: ModelBundle, device: str):
+    def __init__(self, bundle: ModelBundle, device: str, reporter: Reporter | None):
         self.predictor = Predictor(bundle, device=device)
+        self.reporter = reporter
         self.fields = result_fields(self.predictor.labels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -324,6 +340,8 @@ class _Scorer:
         for column in self.fields:
             data = batch["error"] if column.name == "error" else pa.array(values[column.name], column.type, mask=~ok)
             out = out.append_column(column, data)
+        if self.reporter is not None:
+            self.reporter.add("scoring", n)
         return out
 
 

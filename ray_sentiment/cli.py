@@ -47,8 +47,16 @@ class Flags:
         self.parser.add_argument(*names, **options)
 
 
+VERBOSE = argparse.ArgumentParser(add_help=False)
+VERBOSE.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own log lines and warnings")
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, parents=[VERBOSE])  # -v on every command
+
+
 def _add_train(sub) -> None:
-    f = Flags(sub.add_parser("train", help="train a model bundle on labelled comments (Ray Train)"), TrainSettings)
+    f = Flags(_command(sub, "train", help="train a model bundle on labelled comments (Ray Train)"), TrainSettings)
     f.add("--train", dest="train_path", required=True, help="Parquet/CSV/JSONL file, directory or glob; local or s3://")
     f.add("--val", dest="val_path", help="validation data; default: a seeded, stratified 10%% of --train")
     f.add("--output", required=True, help="bundle directory to write; local or s3:// gs://")
@@ -92,7 +100,7 @@ def _add_train(sub) -> None:
 
 
 def _add_pretrain(sub) -> None:
-    parser = sub.add_parser("pretrain", help="pretrain an encoder on comments without labels (Ray Train)")
+    parser = _command(sub, "pretrain", help="pretrain an encoder on comments without labels (Ray Train)")
     f = Flags(parser, PretrainSettings)
     f.add("--unlabelled", dest="unlabelled_path", required=True, metavar="PATH", help="comments without labels")
     f.add("--train", dest="train_path", metavar="PATH", help="labelled comments whose texts also count")
@@ -111,7 +119,7 @@ def _add_pretrain(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    f = Flags(sub.add_parser("evaluate", help="score labelled data and print the metrics as JSON"))
+    f = Flags(_command(sub, "evaluate", help="score labelled data and print the metrics as JSON"))
     f.add("--model", required=True, help=MODEL_HELP)
     f.add("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
     f.setting("text_column", "column holding the comment text", default="text")
@@ -121,7 +129,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_score(sub) -> None:
-    f = Flags(sub.add_parser("score", help="score Parquet files into Parquet files (Ray Data)"), ScoreSettings)
+    f = Flags(_command(sub, "score", help="score Parquet files into Parquet files (Ray Data)"), ScoreSettings)
     f.add("--model", required=True, help=MODEL_HELP)
     f.add("--input", required=True, help="Parquet file, directory or glob; local or s3:// gs://")
     f.add("--output", required=True, help="directory for the scored Parquet files; local or s3:// gs://")
@@ -137,7 +145,7 @@ def _add_score(sub) -> None:
 
 
 def _add_stream(sub) -> None:
-    parser = sub.add_parser("stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
+    parser = _command(sub, "stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
     f = Flags(parser, StreamSettings)
     f.add("--model", required=True, help=MODEL_HELP)
     f.setting("redis", "redis://HOST:PORT/DB")
@@ -157,7 +165,7 @@ def _add_stream(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
-    stats = Flags(sub.add_parser("stream-stats", help="print the live sentiment counts per window (and key)"))
+    stats = Flags(_command(sub, "stream-stats", help="print the live sentiment counts per window (and key)"))
     stats.setting("redis", "redis://HOST:PORT/DB", default=default(StreamSettings, "redis"))
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
     stats.setting("last", "windows to show", default=10, type=int)
@@ -165,7 +173,7 @@ def _add_stream(sub) -> None:
 
 
 def _add_serve(sub) -> None:
-    parser = sub.add_parser("serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
+    parser = _command(sub, "serve", help="serve the model over HTTP (Ray Serve) until stopped (SIGTERM/Ctrl-C)")
     f = Flags(parser, ServeSettings)
     f.add("--model", required=True, help=MODEL_HELP)
     f.setting("host", "the address every replica listens on; 0.0.0.0 for other machines")
@@ -191,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_stream(sub)
     _add_serve(sub)
-    p = Flags(sub.add_parser("predict", help="print one JSON line per text (an error line for a text it cannot score)"))
+    p = Flags(_command(sub, "predict", help="print one JSON line per text (an error line for a text it cannot score)"))
     p.add("--model", required=True, help=MODEL_HELP)
     p.setting("max_text_chars", MAX_TEXT_CHARS_HELP, default=MAX_TEXT_CHARS)
     p.add("texts", nargs="+", metavar="TEXT")
@@ -199,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace, *leave_out: str) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("command", *leave_out)}
+    return {k: v for k, v in vars(args).items() if k not in ("command", "verbose", *leave_out)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -278,6 +286,10 @@ def format_counts(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        from .runtime import set_verbose
+
+        set_verbose(True)
     try:
         run(args)
     except RaySentimentError as exc:

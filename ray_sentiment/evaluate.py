@@ -15,7 +15,7 @@ from .bundle import load_bundle
 from .data import check_input, label_counts, read_labelled
 from .errors import DataError
 from .metrics import classification_report
-from .runtime import ensure_ray, quiet_ray_data
+from .runtime import ensure_ray
 
 NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
 
@@ -27,7 +27,6 @@ def evaluate_path(
     labels = bundle.labels
     check_input(data_path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
     ensure_ray()
-    quiet_ray_data()
     split = read_labelled(data_path, text_column, label_column)
     unknown = set(label_counts(split.dataset)) - set(labels)
     if unknown:

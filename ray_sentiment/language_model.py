@@ -59,7 +59,9 @@ def language_model_loss(model: SentimentLSTM, heads: LanguageModelHeads, ids: to
     return sum(losses) / len(losses)
 
 
-def pretrain_epoch(model, heads, optimizer, arrays, order: np.ndarray, batch: int, steps: int, device) -> float:
+def pretrain_epoch(
+    model, heads, optimizer, arrays, order: np.ndarray, batch: int, steps: int, device, on_step=None
+) -> float:
     """`steps` optimizer steps of language modelling over rows in `order`; the mean loss."""
     ids, lengths = arrays
     model.train()
@@ -75,6 +77,8 @@ def pretrain_epoch(model, heads, optimizer, arrays, order: np.ndarray, batch: in
             counted += 1
         average_gradients(optimizer)
         optimizer.step()
+        if on_step is not None:
+            on_step(step + 1)
     return float(total) / max(counted, 1)
 
 

@@ -18,7 +18,7 @@ from .data import check_input, cooccurrence_matrix, encode_dataset, fit_vocab, r
 from .embeddings import ppmi_vectors
 from .errors import TrainingError
 from .model import get_preset
-from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
+from .runtime import cpus_per_process, ensure_ray
 from .settings import PretrainSettings
 from .text import TokenizerConfig
 from .train import LoopSettings, fit
@@ -32,7 +32,6 @@ def pretrain(settings: PretrainSettings) -> str:
     for path in filter(None, (s.unlabelled_path, s.train_path)):
         check_input(path)
     ensure_ray()
-    quiet_ray_data()
     started = time.time()
     parts = [
         read_labelled(p, s.text_column, label_column=None) for p in filter(None, (s.unlabelled_path, s.train_path))

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
 import signal
+import sys
 import threading
 
 import ray
+
+# Loggers of Ray's libraries on the driver: quiet unless -v, since our own lines say what matters.
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """-v: Ray's own log lines, warnings and worker output, as Ray prints them."""
+    global _verbose
+    _verbose = verbose
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    if address:
+    if address:  # under `ray job submit`: the job's log is where a user looks, so Ray's lines stay
         ray.init(address=address, logging_level=logging.WARNING)
+        quiet_ray_data()
         return
+    quiet = not _verbose
     # Ray (2.59 and later) turns token authentication on for a local cluster, and that token is
     # what keeps other machines out: Ray's own gRPC servers listen on every interface, and Ray
     # replaces a node address of 127.0.0.1 with the machine's own. The dashboard (jobs API) stays
@@ -30,9 +45,51 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         address="local",
         num_cpus=num_cpus,
         dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR if quiet else logging.WARNING,
+        log_to_driver=not quiet,  # our progress reaches the driver through progress.py, not stdout
         _system_config={"enable_metrics_collection": False},
     )
+    if quiet:
+        for name in RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        _drop_native_noise()
+    quiet_ray_data()
+
+
+# A line of Ray's C++ log: "[2026-11-29 13:46:31,152 E 27453 27453] core_worker.cc:2465: ...".
+NATIVE_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ ([IWEF]) \d+ \d+\] [\w.]+:\d+: ")
+# Error lines Ray logs in normal operation: Ray Data's actors get their code through the object
+# store, and Ray warns once per process that a restart would need it (ray-project/ray#53727).
+NATIVE_NOISE = (b"has constructor arguments in the object store",)
+
+
+def _drop_native_noise() -> None:
+    """Ray's C++ core worker logs to this process's stderr (file descriptor 2), past Python's
+    logging. Its info and warning lines, and the error lines it logs in normal operation, are
+    dropped by a thread between descriptor 2 and the terminal; anything else, ours included,
+    passes. Installed after ray.init, so Ray's daemons keep the real stderr."""
+    read_end, write_end = os.pipe()
+    terminal = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                native = NATIVE_LINE.match(line)
+                if native and (native.group(1) in b"IW" or any(n in line for n in NATIVE_NOISE)):
+                    continue
+                os.write(terminal, line)
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:  # at exit: the pipe closes, the thread writes what is left and ends
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        thread.join(timeout=5)
+
+    atexit.register(restore)
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -44,7 +101,7 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 def quiet_ray_data() -> None:
     """No per-operator progress bars from Ray Data: our own progress lines say what matters."""
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING if _verbose else logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,7 +47,8 @@ from .linear import LinearModel, best_weight, fit_linear
 from .metrics import classification_report
 from .model import ModelConfig, Preset, SentimentLSTM, get_preset, nonfinite_tensors
 from .predictor import Predictor
-from .runtime import cpus_per_process, ensure_ray, quiet_ray_data
+from .progress import Reporter, progress
+from .runtime import cpus_per_process, ensure_ray
 from .settings import TrainSettings
 from .storage import is_uri
 from .text import TokenizerConfig, tokenize_batch
@@ -131,7 +131,6 @@ def train(settings: TrainSettings) -> str:
     for path in filter(None, (settings.train_path, settings.val_path, settings.unlabelled_path)):
         check_input(path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
     ensure_ray()
-    quiet_ray_data()
     started = time.time()
     data = read_data(settings, r)
     texts = all_texts(data.train, settings.unlabelled_path, settings.text_column, data.counts)
@@ -315,9 +314,14 @@ def loop_settings(
 
 def fit(settings, loop: LoopSettings, datasets: dict) -> tuple[TrainState, str]:
     """Run the workers; returns the last checkpoint's state and where that checkpoint is."""
+    with progress() as reporter:
+        return _fit(settings, loop, datasets, reporter)
+
+
+def _fit(settings, loop: LoopSettings, datasets: dict, reporter: Reporter) -> tuple[TrainState, str]:
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"loop": loop},
+        train_loop_config={"loop": loop, "progress": reporter},
         scaling_config=ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu, resources_per_worker={"CPU": loop.cpus}
         ),
@@ -349,20 +353,21 @@ def _absolute(path: str | None) -> str | None:
 def train_loop(config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs each report at INFO through the root logger
     cfg: LoopSettings = config["loop"]
+    reporter: Reporter = config["progress"]
     torch.set_num_threads(max(1, int(cfg.cpus)))
     torch.manual_seed(cfg.seed)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    state = _restore(ray.train.get_checkpoint(), rank)
+    state = _restore(ray.train.get_checkpoint(), rank, reporter)
     model = _initial_model(cfg, state).to(device)
     bad = nonfinite_tensors(model.state_dict())
     if bad:  # every worker starts from the same weights, so all of them stop here together
         return _stop(f"initial weights are not finite in {', '.join(bad)}; nothing was trained", rank)
     if state.pretrain_epoch < cfg.pretrain_epochs:
-        language_model_phase(cfg, state, model, device, rank)
+        language_model_phase(cfg, state, model, device, rank, reporter)
     if cfg.epochs == 0:  # `ray-sentiment pretrain`: the encoder is the result
         return None
-    return classifier_phase(cfg, state, model, device, rank)
+    return classifier_phase(cfg, state, model, device, rank, reporter)
 
 
 def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
@@ -379,7 +384,9 @@ def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
     return model
 
 
-def language_model_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int) -> None:
+def language_model_phase(
+    cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
+) -> None:
     """Language-model epochs over the "lm" shard; a checkpoint after each. Gradients are averaged by
     hand (language_model.average_gradients): DDP wraps the model only for the classifier."""
     ids, lengths = _load_shard("lm", ("ids", "length"))
@@ -399,7 +406,9 @@ def language_model_phase(cfg: LoopSettings, state: TrainState, model: SentimentL
     for epoch in range(state.pretrain_epoch + 1, cfg.pretrain_epochs + 1):
         started = time.perf_counter()
         order = np.random.default_rng([cfg.seed, epoch, rank, 1]).permutation(len(ids))
-        loss = pretrain_epoch(model, heads, optimizer, (ids, lengths), order, batch, steps, device)
+        what = f"pretrain epoch {epoch}/{cfg.pretrain_epochs}"
+        on_step = _on_step(reporter, what, steps, batch, rank)
+        loss = pretrain_epoch(model, heads, optimizer, (ids, lengths), order, batch, steps, device, on_step)
         loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / _world()
         seconds = time.perf_counter() - started
         rate = steps * batch * _world() / seconds
@@ -410,15 +419,14 @@ def language_model_phase(cfg: LoopSettings, state: TrainState, model: SentimentL
         state.heads = None if last else heads.state_dict()
         state.encoder = {k: v for k, v in _cpu_state(model).items() if k.startswith(ENCODER_PARTS)}
         if rank == 0:
-            _progress(
-                f"pretrain epoch {epoch}/{cfg.pretrain_epochs} language-model loss {loss:.4f} "
-                f"{record['texts_per_s']:.0f} texts/s"
-            )
+            reporter.line(f"{what} language-model loss {loss:.4f} {record['texts_per_s']:.0f} texts/s")
         # After the last epoch the classifier starts with a fresh optimizer; a restart from here must too.
         _report(record, state, model, None if last else optimizer, rank)
 
 
-def classifier_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int) -> None:
+def classifier_phase(
+    cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
+) -> None:
     """The classifier's epochs, with early stopping on the validation loss."""
     world = _world()
     train_arrays = _load_shard("train", ("ids", "length", "label_id"))
@@ -442,7 +450,8 @@ def classifier_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM,
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         order = np.random.default_rng([cfg.seed, epoch, rank]).permutation(n_train)
-        loss = train_epoch(model, optimizer, loss_fn, train_arrays, order, batch, steps, device)
+        on_step = _on_step(reporter, f"epoch {epoch}/{cfg.epochs}", steps, batch, rank)
+        loss = train_epoch(model, optimizer, loss_fn, train_arrays, order, batch, steps, device, on_step)
         seconds = time.perf_counter() - started
         train_loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / world
         if not np.isfinite(train_loss):  # all-reduced: every worker sees it and stops
@@ -456,7 +465,7 @@ def classifier_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM,
         record.update(samples_per_s=steps * batch * world / seconds, seconds=seconds)
         _advance(state, record, report, model)
         if rank == 0:
-            _progress(
+            reporter.line(
                 f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val_loss {report['loss']:.4f} "
                 f"val_macro_recall {report['macro_recall']:.4f} val_accuracy {report['accuracy']:.4f} "
                 f"{record['samples_per_s']:.0f} samples/s"
@@ -464,7 +473,7 @@ def classifier_phase(cfg: LoopSettings, state: TrainState, model: SentimentLSTM,
         _report(record, state, model, optimizer, rank)
         if state.bad_epochs >= cfg.patience:
             if rank == 0:
-                _progress(f"early stop: validation loss has not improved for {cfg.patience} epochs")
+                reporter.line(f"early stop: validation loss has not improved for {cfg.patience} epochs")
             break
     return None
 
@@ -488,7 +497,9 @@ def _advance(state: TrainState, record: dict, report: dict, model) -> None:
         state.bad_epochs += 1
 
 
-def train_epoch(model, optimizer, loss_fn, arrays, order: np.ndarray, batch: int, steps: int, device) -> float:
+def train_epoch(
+    model, optimizer, loss_fn, arrays, order: np.ndarray, batch: int, steps: int, device, on_step=None
+) -> float:
     """`steps` optimizer steps over rows in `order`; returns the mean training loss.
 
     Shared with the throughput benchmark's plain loop, so both time exactly the same work."""
@@ -503,13 +514,17 @@ def train_epoch(model, optimizer, loss_fn, arrays, order: np.ndarray, batch: int
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach()
+        if on_step is not None:
+            on_step(step + 1)
     return float(loss_sum) / steps
 
 
-def _progress(line: str) -> None:
-    # Not print(): Ray Train patches it in workers, and the line would reach the driver twice.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def _on_step(reporter: Reporter, what: str, steps: int, batch: int, rank: int):
+    """Rank 0 counts the epoch's batches; every worker runs as many, in step."""
+    if rank != 0:
+        return None
+    scale = batch * _world()
+    return lambda step: reporter.update(what, step, steps, unit="batch", scale=scale)
 
 
 def _load_shard(name: str, columns: tuple[str, ...]) -> tuple[np.ndarray, ...]:
@@ -525,7 +540,7 @@ def _load_shard(name: str, columns: tuple[str, ...]) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([p[key] for p in parts]) for key in columns)
 
 
-def _restore(checkpoint: Checkpoint | None, rank: int) -> TrainState:
+def _restore(checkpoint: Checkpoint | None, rank: int, reporter: Reporter) -> TrainState:
     """The training state of the latest checkpoint (model and optimizer included), or a fresh one."""
     if checkpoint is None:
         return TrainState()
@@ -533,7 +548,7 @@ def _restore(checkpoint: Checkpoint | None, rank: int) -> TrainState:
         state = TrainState(**torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True))
     state.restarts.append({"resumed_after_epoch": state.epoch, "time": time.time()})
     if rank == 0:
-        _progress(f"resuming from the checkpoint of epoch {state.epoch}")
+        reporter.line(f"resuming from the checkpoint of epoch {state.epoch}")
     return state
 
 

@@ -39,11 +39,10 @@ def ray_local():
     """One real local Ray cluster for the whole session, shut down even when tests fail."""
     import ray
 
-    from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+    from ray_sentiment.runtime import ensure_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     ensure_ray(num_cpus=2)
-    quiet_ray_data()
     yield ray
     ray.shutdown()
 

@@ -76,7 +76,7 @@ def test_result_records_carry_the_float32_values_exactly():
 )
 def test_every_flag_maps_onto_a_setting_with_the_settings_default(command, cls, leave_out):
     args = vars(build_parser().parse_args(command))
-    options = {k: v for k, v in args.items() if k not in ("command", *leave_out)}
+    options = {k: v for k, v in args.items() if k not in ("command", "verbose", *leave_out)}
     built = settings_from(cls, options)  # an unmapped flag would raise here
     for field in dataclasses.fields(cls):
         given = "--" + field.name.replace("_", "-") in command
@@ -162,8 +162,8 @@ def test_flags_reach_the_settings_typed():
             ]
         )
     )
-    built = settings_from(ScoreSettings, {k: v for k, v in args.items() if k != "command"})
+    built = settings_from(ScoreSettings, {k: v for k, v in args.items() if k not in ("command", "verbose")})
     assert (built.concurrency, built.columns, built.batch_size) == ((1, 4), ("id", "brand"), 64)
     args = vars(build_parser().parse_args(["serve", "--model", "m", "--replicas", "2", "--max-text-chars", "500"]))
-    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k != "command"})
+    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k not in ("command", "verbose")})
     assert (built.replicas, built.max_text_chars, built.port) == (2, 500, 8000)
