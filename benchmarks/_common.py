@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from ray_sentiment.bundle import ModelBundle, save_bundle
-from ray_sentiment.model import SentimentLSTM, get_preset
+from ray_sentiment.model import SentimentLSTM
+from ray_sentiment.presets import get_preset
 from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 from ray_sentiment.metrics import classification_report
-from ray_sentiment.model import get_preset
+from ray_sentiment.presets import get_preset
 from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text import tokenize_batch
 from ray_sentiment.train import train

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment.model import SentimentLSTM, get_preset
+from ray_sentiment.model import SentimentLSTM
+from ray_sentiment.presets import get_preset
 from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index
 from ray_sentiment.train import train, train_epoch

@@ -18,25 +18,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
-from safetensors.torch import load, save
 
 from .errors import BundleError, ConfigError
 from .linear import CHAR_BITS, WORD_BITS, LinearModel
-from .model import ModelConfig, SentimentLSTM, model_config_from_dict, model_config_to_dict, nonfinite_tensors
+from .presets import ModelConfig, model_config_from_dict, model_config_to_dict, parameter_shapes
 from .storage import download_dir, is_uri, upload_dir
 from .text import SPECIALS, TokenizerConfig
+
+if TYPE_CHECKING:
+    from .model import SentimentLSTM
 
 FORMAT_VERSIONS = (1, 2)  # 2: a linear model beside the LSTM, which a reader of version 1 would ignore
 Shown = Callable[[str], str]  # a part name → how messages name that file of the bundle
@@ -51,7 +52,7 @@ class ModelBundle:
     vocab: list[str]
     model_config: ModelConfig
     tokenizer: TokenizerConfig
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, Any]  # numpy arrays once loaded (no torch needed to check a bundle); tensors from training
     preset: str = "custom"
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
@@ -60,9 +61,13 @@ class ModelBundle:
     linear_weight: float = 0.0  # the linear model's share of the average
 
     def build_model(self) -> SentimentLSTM:
+        import torch
+
+        from .model import SentimentLSTM
+
         model = SentimentLSTM(self.model_config)
         try:
-            model.load_state_dict(self.state_dict, strict=True)
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in self.state_dict.items()}, strict=True)
         except RuntimeError as exc:  # missing/unexpected keys or wrong shapes
             first = str(exc).strip().splitlines()
             raise BundleError(f"weights do not fit the model in {CONFIG}: {' '.join(first[:3])}") from None
@@ -72,7 +77,7 @@ class ModelBundle:
 def _versions() -> dict:
     import ray
 
-    return {"ray_sentiment": version("ray-sentiment"), "torch": torch.__version__, "ray": ray.__version__}
+    return {"ray_sentiment": version("ray-sentiment"), "torch": version("torch"), "ray": ray.__version__}
 
 
 def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> str:
@@ -95,7 +100,7 @@ def _write(bundle: ModelBundle, path: Path) -> Path:
         "tokenizer": {"vocab_size": bundle.tokenizer.vocab_size, "max_len": bundle.tokenizer.max_len},
         "versions": bundle.versions or _versions(),
     }
-    weights = save({k: v.detach().to("cpu").contiguous() for k, v in bundle.state_dict.items()})
+    weights = save_arrays(_arrays(bundle.state_dict))
     parts = [weights]
     if bundle.linear:
         config["linear"] = {"weight": bundle.linear_weight, "word_bits": WORD_BITS, "char_bits": CHAR_BITS}
@@ -152,7 +157,6 @@ def _read(path: Path, name: str) -> ModelBundle:
         linear=linear,
         linear_weight=config["linear"]["weight"] if linear else 0.0,
     )
-    bundle.build_model()  # fail now, with the bundle named, if the weights do not fit
     return bundle
 
 
@@ -201,19 +205,30 @@ def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelCon
         )
 
 
-def _check_weights(weights: bytes, model_config: ModelConfig, shown: Shown) -> dict[str, torch.Tensor]:
-    """The tensors of model.safetensors, once their shapes fit the config and every value is finite."""
+def _check_weights(weights: bytes, model_config: ModelConfig, shown: Shown) -> dict[str, np.ndarray]:
+    """The arrays of model.safetensors, once their shapes fit the config and every value is finite."""
     try:
-        state_dict = load(weights)
+        state_dict = load_arrays(weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{shown(WEIGHTS)} is corrupt: {exc}") from None
     mismatch = _shape_mismatch(model_config, state_dict)  # before building: a wrong size could ask for petabytes
     if mismatch:
         raise BundleError(f"{shown(CONFIG)} does not describe {shown(WEIGHTS)}: {mismatch}")
-    bad = nonfinite_tensors(state_dict)
+    bad = _nonfinite(state_dict)
     if bad:
         raise BundleError(f"{shown(WEIGHTS)} holds NaN or infinite values in {', '.join(bad)}")
     return state_dict
+
+
+def _nonfinite(arrays: dict[str, np.ndarray]) -> list[str]:
+    return [name for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+
+
+def _arrays(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Tensors (from training) or arrays, as contiguous CPU arrays for safetensors."""
+    return {
+        k: np.ascontiguousarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()
+    }
 
 
 # Field → (type, smallest, largest). Types are exact: 3.0 or "3" is not a count.
@@ -248,27 +263,16 @@ def _kind_name(kind) -> str:
     return {int: "an integer", bool: "true or false", str: "a string"}.get(kind, "a number")
 
 
-def _shape_mismatch(config: ModelConfig, state: dict[str, torch.Tensor]) -> str | None:
-    """What the weights' shapes say that the config contradicts, or None."""
-    directions = 2 if config.bidirectional else 1
-    features = config.hidden_dim * directions * (2 if config.pooling == "last+max" else 1)
-    expected = {
-        "embedding.weight": (config.vocab_size, config.embed_dim),
-        "lstm.weight_ih_l0": (4 * config.hidden_dim, config.embed_dim),
-        "head.1.weight": (config.dense_dim, features),
-        "head.4.weight": (config.num_classes, config.dense_dim),
-    }
+def _shape_mismatch(config: ModelConfig, state: dict[str, np.ndarray]) -> str | None:
+    """What the weights' names and shapes say that the config contradicts, or None."""
+    expected = parameter_shapes(config)
     for name, shape in expected.items():
         if name not in state:
             return f"it has no tensor {name}"
         if tuple(state[name].shape) != shape:
             return f"{name} has shape {list(state[name].shape)}, the config implies {list(shape)}"
-    layers = sum(1 for k in state if re.fullmatch(r"lstm\.weight_ih_l\d+", k))
-    if layers != config.num_layers:
-        return f"the LSTM has {layers} layers, the config says {config.num_layers}"
-    if ("lstm.weight_ih_l0_reverse" in state) != config.bidirectional:
-        return f"the LSTM {'is' if directions == 1 else 'is not'} bidirectional, the config says otherwise"
-    return None
+    extra = sorted(set(state) - set(expected))
+    return f"it has tensors the model does not: {', '.join(extra[:3])}" if extra else None
 
 
 def _write_json(path: Path, data) -> None:
@@ -336,7 +340,7 @@ class EncoderBundle:
     vocab: list[str]
     model_config: ModelConfig  # num_classes means nothing here
     tokenizer: TokenizerConfig
-    state_dict: dict[str, torch.Tensor]  # embedding.* and lstm.* only
+    state_dict: dict[str, Any]  # embedding.* and lstm.* only: numpy arrays once loaded
     metrics: dict = field(default_factory=dict)
 
 
@@ -353,9 +357,7 @@ def save_encoder(encoder: EncoderBundle, path: str) -> str:
         _write_json(directory / CONFIG, config)
         _write_json(directory / VOCAB, encoder.vocab)
         _write_json(directory / METRICS, encoder.metrics)
-        (directory / ENCODER).write_bytes(
-            save({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict.items()})
-        )
+        (directory / ENCODER).write_bytes(save_arrays(_arrays(encoder.state_dict)))
 
     if is_uri(path):
         with tempfile.TemporaryDirectory() as tmp:
@@ -395,7 +397,7 @@ def _read_encoder(path: Path, name: str) -> EncoderBundle:
     vocab = _read_json(path / VOCAB, list, shown(VOCAB))
     _check_vocab(vocab, tokenizer, model_config, shown)
     try:
-        state_dict = load((path / ENCODER).read_bytes())
+        state_dict = load_arrays((path / ENCODER).read_bytes())
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{shown(ENCODER)} is corrupt: {exc}") from None
     rows = tuple(state_dict["embedding.weight"].shape) if "embedding.weight" in state_dict else None
@@ -404,13 +406,13 @@ def _read_encoder(path: Path, name: str) -> EncoderBundle:
             f"{shown(ENCODER)} has an embedding of shape {list(rows or [])}, but {VOCAB} holds {len(vocab)} "
             f"tokens of dimension {model_config.embed_dim}: the vocabulary does not match the weights"
         )
-    expected = {k: v for k, v in SentimentLSTM(model_config).state_dict().items() if k.startswith(ENCODER_PARTS)}
-    wrong = [k for k in expected if k not in state_dict or state_dict[k].shape != expected[k].shape]
+    expected = {k: v for k, v in parameter_shapes(model_config).items() if k.startswith(ENCODER_PARTS)}
+    wrong = [k for k in expected if k not in state_dict or tuple(state_dict[k].shape) != expected[k]]
     if wrong or set(state_dict) - set(expected):
         raise BundleError(
             f"{shown(ENCODER)} does not fit the model in {CONFIG} (first difference: {(wrong or ['extra tensors'])[0]})"
         )
-    bad = nonfinite_tensors(state_dict)
+    bad = _nonfinite(state_dict)
     if bad:
         raise BundleError(f"{shown(ENCODER)} holds NaN or infinite values in {', '.join(bad)}")
     metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}

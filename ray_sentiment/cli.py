@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 
 from .errors import RaySentimentError
-from .model import PRESETS
+from .presets import PRESETS
 from .results import MAX_TEXT_CHARS
 from .settings import (
     PretrainSettings,

@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .model import ModelConfig, SentimentLSTM
+from .model import SentimentLSTM
+from .presets import ModelConfig
 
 CUTOFFS = (1000, 4000)  # token ids below 1,000 (most of any text) get the full-size output
 

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import normalize
 
 from .text import tokenize_batch
 
@@ -54,6 +52,8 @@ def fit_linear(texts: Sequence[str], y: np.ndarray, num_classes: int, class_weig
     words, chars = ngram_counts(tokenize_batch(texts))
     word_idf, char_idf = idf(words), idf(chars)
     features = sp.hstack([tfidf(words, word_idf), tfidf(chars, char_idf)], format="csr")
+    from sklearn.linear_model import LogisticRegression  # only training needs scikit-learn (slow to import)
+
     lr = LogisticRegression(C=2.0, max_iter=1000, class_weight="balanced" if class_weighted else None)
     lr.fit(features, y)
     coef = np.zeros((num_classes, features.shape[1]), np.float32)
@@ -90,7 +90,9 @@ def tfidf(counts: sp.csr_matrix, weights: np.ndarray) -> sp.csr_matrix:
     """Sublinear term frequency (1 + log count) times idf, each row scaled to unit length."""
     scaled = counts.astype(np.float32)
     scaled.data = 1 + np.log(scaled.data)
-    return normalize(scaled.multiply(weights).tocsr())
+    weighted = scaled.multiply(weights).tocsr()
+    norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
+    return sp.diags(1 / np.where(norms > 0, norms, 1)).astype(np.float32) @ weighted
 
 
 def ngram_counts(tokens: Sequence[list[str]]) -> tuple[sp.csr_matrix, sp.csr_matrix]:

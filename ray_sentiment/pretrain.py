@@ -17,7 +17,7 @@ from .bundle import EncoderBundle, save_encoder
 from .data import check_input, cooccurrence_matrix, encode_dataset, fit_vocab, read_labelled
 from .embeddings import ppmi_vectors
 from .errors import TrainingError
-from .model import get_preset
+from .presets import get_preset
 from .runtime import cpus_per_process, ensure_ray
 from .settings import PretrainSettings
 from .text import TokenizerConfig

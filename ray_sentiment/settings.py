@@ -77,7 +77,7 @@ def _at_least(settings: object, minimum: float, *names: str) -> None:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What the user asked of `train`. None: take the preset's value (see model.PRESETS)."""
+    """What the user asked of `train`. None: take the preset's value (see presets.PRESETS)."""
 
     train_path: str
     output: str

@@ -45,8 +45,9 @@ from .errors import ConfigError, DataError, TrainingError
 from .language_model import LanguageModelHeads, pretrain_epoch
 from .linear import LinearModel, best_weight, fit_linear
 from .metrics import classification_report
-from .model import ModelConfig, Preset, SentimentLSTM, get_preset, nonfinite_tensors
+from .model import SentimentLSTM, nonfinite_tensors
 from .predictor import Predictor
+from .presets import ModelConfig, Preset, get_preset
 from .progress import Reporter, progress
 from .runtime import cpus_per_process, ensure_ray
 from .settings import TrainSettings
@@ -377,7 +378,8 @@ def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
         if cfg.embedding is not None:
             model.embedding.weight.copy_(torch.tensor(cfg.embedding))
         if cfg.initial is not None:
-            model.load_state_dict(cfg.initial, strict=False)  # embedding and LSTM; the head starts fresh
+            initial = {k: torch.as_tensor(v) for k, v in cfg.initial.items()}
+            model.load_state_dict(initial, strict=False)  # embedding and LSTM; the head starts fresh
     if state.model is not None:
         model.load_state_dict(state.model)
         state.model = None

@@ -150,7 +150,8 @@ def write_random_bundle(path: Path, seed: int = 0, hybrid: bool = False):
 
     from ray_sentiment.bundle import ModelBundle, save_bundle
     from ray_sentiment.linear import CHAR_BITS, WORD_BITS, LinearModel
-    from ray_sentiment.model import ModelConfig, SentimentLSTM
+    from ray_sentiment.model import SentimentLSTM
+    from ray_sentiment.presets import ModelConfig
     from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
 
     torch.manual_seed(seed)

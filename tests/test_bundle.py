@@ -106,7 +106,7 @@ def _corrupt(path, name, content: bytes):
         ),
         (lambda p: _edit_section(p, "model", num_classes="3"), r"'model.num_classes' must be an integer, not \"3\""),
         (lambda p: _edit_section(p, "model", bidirectional=1), r"'model.bidirectional' must be true or false"),
-        (lambda p: _edit_section(p, "model", num_layers=2), "the LSTM has 1 layers, the config says 2"),
+        (lambda p: _edit_section(p, "model", num_layers=2), "it has no tensor lstm.weight_ih_l1"),
         (lambda p: _edit_config(p, model=[1]), "'model' and 'tokenizer' must be JSON objects"),
         (lambda p: _corrupt(p, "config.json", b"[" * 100_000 + b"]" * 100_000), "config.json is nested too deeply"),
         (lambda p: _poison_weights(p, "lstm.bias_hh_l0", float("nan")), "NaN or infinite values in lstm.bias_hh_l0"),

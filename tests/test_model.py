@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ray_sentiment.errors import ConfigError
-from ray_sentiment.model import PRESETS, ModelConfig, SentimentLSTM, get_preset
+from ray_sentiment.model import SentimentLSTM
+from ray_sentiment.presets import PRESETS, ModelConfig, get_preset, parameter_shapes
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -44,3 +45,12 @@ def test_unknown_preset_and_pooling_are_config_errors():
         get_preset("huge")
     with pytest.raises(ConfigError, match="pooling"):
         SentimentLSTM(ModelConfig(pooling="mean"))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [p.model for p in PRESETS.values()] + [ModelConfig(num_layers=3, bidirectional=True, num_classes=5)],
+)
+def test_parameter_shapes_are_the_models_own(config):
+    """Bundles are checked against parameter_shapes without torch; it must describe the real model."""
+    assert parameter_shapes(config) == {k: tuple(v.shape) for k, v in SentimentLSTM(config).state_dict().items()}
