@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.batch import score_parquet
 from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+from ray_sentiment.score import score_parquet
 from ray_sentiment.serve import build, start
 from ray_sentiment.settings import ScoreSettings, ServeSettings, TrainSettings
 from ray_sentiment.train import train

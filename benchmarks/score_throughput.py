@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.batch import score_parquet
 from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
 from _common import DATASETS, Sampler, add_json_option, finish, ratios, seed_bundle, tfidf_baseline, write_rows

@@ -11,7 +11,9 @@ import sys
 from datetime import datetime, timezone
 from importlib.metadata import version
 
-from .errors import RaySentimentError
+from .bundle import load_bundle
+from .errors import ConfigError, RaySentimentError
+from .preflight import check_evaluate, check_pretrain, check_train
 from .presets import PRESETS
 from .results import MAX_TEXT_CHARS
 from .settings import (
@@ -124,7 +126,10 @@ def _add_evaluate(sub) -> None:
     f.add("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
     f.setting("text_column", "column holding the comment text", default="text")
     f.setting("label_column", "column holding the label", default="label")
-    f.add("--output", help="also write the report to this JSON file; local or s3:// gs://")
+    f.add("--split-column", help="a column naming each row's part (e.g. split); with --test-split")
+    f.add("--test-split", metavar="V[,V]", help="--split-column values whose rows are evaluated, e.g. test")
+    f.add("--output", help="also write the whole report to this JSON file; local or s3:// gs://")
+    f.add("--json", action="store_true", help="print the whole report as JSON instead of a summary")
     f.setting("device", "where the model runs", default="cpu", choices=["cpu", "cuda", "auto"])
 
 
@@ -214,24 +219,21 @@ def run(args: argparse.Namespace) -> None:
     """Each command: its settings from the flags, then the runtime, imported only when used."""
     command = args.command
     if command == "train":
+        settings = settings_from(TrainSettings, _options(args))
+        checked = check_train(settings)  # before Ray and torch are imported: a user error is refused at once
         from .train import train
 
-        train(settings_from(TrainSettings, _options(args)))
+        train(settings, checked)
     elif command == "pretrain":
+        pretrain_settings = settings_from(PretrainSettings, _options(args))
+        check_pretrain(pretrain_settings)
         from .pretrain import pretrain
 
-        pretrain(settings_from(PretrainSettings, _options(args)))
+        pretrain(pretrain_settings)
     elif command == "evaluate":
-        from .evaluate import evaluate_path
-        from .storage import write_text
-
-        report = evaluate_path(args.model, args.data, args.text_column, args.label_column, args.device)
-        text = json.dumps(report, indent=2)
-        if args.output:
-            write_text(args.output, text + "\n")
-        print(text)
+        evaluate(args)
     elif command == "score":
-        from .batch import score_parquet
+        from .score import score_parquet
 
         print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
     elif command == "stream":
@@ -251,12 +253,52 @@ def run(args: argparse.Namespace) -> None:
         predict(args.model, args.texts, args.max_text_chars)
 
 
+def evaluate(args: argparse.Namespace) -> None:
+    """A summary (or, with --json, the whole report) on stdout; the whole report in --output."""
+    if bool(args.split_column) != bool(args.test_split):
+        raise ConfigError("--split-column and --test-split go together")
+    split = tuple(v.strip() for v in (args.test_split or "").split(",") if v.strip())
+    bundle = check_evaluate(args.model, args.data, args.text_column, args.label_column, args.split_column, split)
+    from .evaluate import evaluate_path
+    from .storage import write_text
+
+    report = evaluate_path(
+        args.model, args.data, args.text_column, args.label_column, args.device, args.split_column, split, bundle
+    )
+    text = json.dumps(report, indent=2)
+    if args.output:
+        write_text(args.output, text + "\n")
+    print(text if args.json else format_report(report, args.output))
+
+
+def format_report(report: dict, written_to: str | None) -> str:
+    """The metrics a person reads first: overall, per class, and the confusion matrix."""
+    labels = report["confusion_matrix"]["labels"]
+    width = max(10, *map(len, labels)) + 2
+    lines = [
+        f"{report['rows_scored']:,} rows ({report['rows_skipped']:,} skipped: no text or label)  "
+        f"accuracy {report['accuracy']:.3f}  macro recall {report['macro_recall']:.3f}  "
+        f"macro F1 {report['macro_f1']:.3f}  ROC-AUC {report['roc_auc_ovr']:.3f}",
+        "".ljust(width) + "precision  recall  f1     support",
+    ]
+    for label in labels:
+        c = report["per_class"][label]
+        lines.append(f"{label.ljust(width)}{c['precision']:<11.3f}{c['recall']:<8.3f}{c['f1']:<7.3f}{c['support']:,}")
+    lines.append("confusion matrix (rows: true label, columns: predicted)")
+    lines.append("".ljust(width) + "".join(label[: width - 2].ljust(width) for label in labels))
+    for label, row in zip(labels, report["confusion_matrix"]["matrix"]):
+        lines.append(label.ljust(width) + "".join(f"{n:<{width},}" for n in row))
+    lines.append(f"whole report (JSON) in {written_to}" if written_to else "--json prints the whole report")
+    return "\n".join(lines)
+
+
 def predict(model: str, texts: list[str], max_text_chars: int) -> None:
     """One JSON line per text, in `Predictor.score`'s shape; a text that cannot be scored is a line
     with its error, and the command then exits 2."""
+    bundle = load_bundle(model)  # a broken bundle is refused before torch is imported
     from .predictor import Predictor
 
-    records = Predictor.load(model, max_text_chars=max_text_chars).score(texts)
+    records = Predictor(bundle, max_text_chars=max_text_chars).score(texts)
     for text, record in zip(texts, records):
         print(json.dumps({"text": text, **record}, ensure_ascii=False))
     refused = sum(1 for r in records if r["error"])

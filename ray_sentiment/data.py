@@ -6,9 +6,6 @@ the small partial results are merged on the driver; texts never travel to the dr
 
 from __future__ import annotations
 
-import codecs
-import fnmatch
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,16 +14,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import ray
 import scipy.sparse as sp
 
 from .embeddings import cooccurrence_counts
 from .errors import DataError, user_message
-from .storage import is_uri, resolve_filesystem
+from .inputs import check_columns, list_input_files, require_classes
 from .text import Encoder, build_vocab, count_tokens
-
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 
 
 @dataclass
@@ -48,88 +42,6 @@ class LabelledData:
     counts: dict = field(default_factory=dict)  # rows read/dropped/kept per split, per class
 
 
-def list_input_files(path: str) -> tuple[str, list[str]]:
-    """A file, a directory or a glob, local or any URI pyarrow understands → (format, files)."""
-    if is_uri(path):
-        prefix = path[: path.index("://") + 3]
-        target = path[len(prefix) :]
-    else:
-        prefix, target = "", os.path.abspath(path)
-    pattern = target if any(ch in target for ch in "*?[") else None
-    root = glob_base(target) if pattern else target
-    try:
-        fs = resolve_filesystem(prefix + root)[0]
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.Directory:
-            found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"cannot open {path}: {exc}") from None
-    if info.type == pafs.FileType.NotFound:
-        raise DataError(f"no such file or directory: {path}")
-    if info.type == pafs.FileType.File:
-        files = [root]
-    else:
-        files = sorted(
-            f.path
-            for f in found
-            if f.type == pafs.FileType.File
-            and not os.path.basename(f.path).startswith(("_", "."))
-            and (pattern is None or fnmatch.fnmatch(f.path, pattern))
-        )
-    if not files:
-        raise DataError(f"no data files found at {path}")
-    odd = [f for f in files if os.path.splitext(f)[1].lower() not in FORMATS]
-    if odd:
-        raise DataError(f"{odd[0]}: unknown file type; use .parquet, .csv or .jsonl")
-    formats = {FORMATS[os.path.splitext(f)[1].lower()] for f in files}
-    if len(formats) > 1:
-        raise DataError(f"{path} mixes file types ({', '.join(sorted(formats))}); give one type per input")
-    return formats.pop(), [prefix + f for f in files]
-
-
-def check_input(path: str) -> None:
-    """Before Ray starts: the files exist, and CSV or JSONL files are UTF-8 (Parquet stores UTF-8 by
-    definition). Each text file is read once, here; Ray's read tasks read it again to parse it."""
-    fmt, files = list_input_files(path)
-    if fmt != "parquet":
-        for f in files:
-            check_utf8(f)
-
-
-NEWLINE = b"\n"
-
-
-def check_utf8(path: str, chunk: int = 1 << 20) -> None:
-    """A CSV or JSONL file that is not UTF-8 (say, saved as latin-1 by a spreadsheet) is refused
-    here, with the place of the first bad byte, instead of failing deep inside a Ray read task."""
-    fs, inner = resolve_filesystem(path)
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with fs.open_input_stream(inner) as stream:
-        while True:
-            data = stream.read(chunk)
-            try:
-                decoder.decode(data, final=not data)
-            except UnicodeDecodeError as exc:
-                line = f", line {data.count(NEWLINE, 0, exc.start) + 1}" if not offset else ""
-                raise DataError(
-                    f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
-                    f"{offset + exc.start:,}{line}; save it as UTF-8 (it may be latin-1 or cp1252)"
-                ) from None
-            if not data:
-                return
-            offset += len(data)
-
-
-def glob_base(pattern: str) -> str:
-    """The directory a glob starts from; a path without wildcards is its own base."""
-    parts = pattern.split("/")
-    for i, part in enumerate(parts):
-        if any(ch in part for ch in "*?["):
-            return "/".join(parts[:i]) or "/"
-    return pattern
-
-
 def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Read Parquet, CSV or JSONL (chosen by extension) as a Ray Dataset."""
     fmt, files = list_input_files(path)
@@ -142,12 +54,6 @@ def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Data
         return ray.data.read_json(files)
     except Exception as exc:  # Ray wraps pyarrow's errors; name the input either way
         raise DataError(f"cannot read {path}: {user_message(exc)}") from None
-
-
-def check_columns(names: list[str], wanted: list[str], path: str) -> None:
-    missing = [c for c in wanted if c not in names]
-    if missing:
-        raise DataError(f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(names)}")
 
 
 def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_column: str | None = None) -> None:
@@ -277,12 +183,7 @@ def load_labelled(
         if train.dataset.count() == 0:
             raise DataError(f"{train_path}: no row has {split_column} in {', '.join(train_split or ())}")
     counts = label_counts(train.dataset)
-    if len(counts) < 2:
-        found = next(iter(counts), None)
-        raise DataError(
-            f"{train_path} has {'only the label ' + repr(found) if found else 'no labelled rows'}; "
-            "training needs at least two classes"
-        )
+    require_classes(counts, train_path)
     labels = sorted(counts)
     summary: dict[str, dict] = {"train": {"read": train.rows_read, "dropped": train.rows_dropped}}
     if val_path:

@@ -11,29 +11,35 @@ import numpy as np
 import ray
 
 from .batch import score_dataset
-from .bundle import load_bundle
-from .data import check_input, label_counts, read_labelled
+from .bundle import ModelBundle
+from .data import label_counts, read_labelled, split_rows
 from .errors import DataError
 from .metrics import classification_report
+from .preflight import check_evaluate, unknown_labels
 from .runtime import ensure_ray
 
 NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
 
 
 def evaluate_path(
-    model_path: str, data_path: str, text_column: str = "text", label_column: str = "label", device: str = "cpu"
+    model_path: str,
+    data_path: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    device: str = "cpu",
+    split_column: str | None = None,
+    test_split: tuple[str, ...] = (),
+    bundle: ModelBundle | None = None,
 ) -> dict:
-    bundle = load_bundle(model_path)  # a broken bundle fails here, before any Ray work
+    """Metrics of the bundle on the labelled rows (those whose `split_column` is in `test_split`,
+    if given). `bundle`: what preflight.check_evaluate returned, if the caller ran it already."""
+    bundle = bundle or check_evaluate(model_path, data_path, text_column, label_column, split_column, test_split)
     labels = bundle.labels
-    check_input(data_path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
     ensure_ray()
-    split = read_labelled(data_path, text_column, label_column)
-    unknown = set(label_counts(split.dataset)) - set(labels)
-    if unknown:
-        raise DataError(
-            f"{data_path} has labels the model does not know: {', '.join(sorted(unknown))}; "
-            f"the model's labels are: {', '.join(labels)}"
-        )
+    split = read_labelled(data_path, text_column, label_column, split_column)
+    if split_column:
+        split.dataset = split_rows(split.dataset, test_split)
+    unknown_labels(set(label_counts(split.dataset)), labels, data_path)
     # The true label travels as `true`: the results take the name `label`.
     use_gpu = device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     scored = score_dataset(

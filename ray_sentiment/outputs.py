@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from .data import glob_base
 from .errors import DataError
+from .inputs import glob_base
 from .storage import failing_as, is_uri, resolve_filesystem
 
 MARKER = "_ray_sentiment_score.json"

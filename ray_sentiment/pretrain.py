@@ -14,9 +14,10 @@ import dataclasses
 import time
 
 from .bundle import EncoderBundle, save_encoder
-from .data import check_input, cooccurrence_matrix, encode_dataset, fit_vocab, read_labelled
+from .data import cooccurrence_matrix, encode_dataset, fit_vocab, read_labelled
 from .embeddings import ppmi_vectors
 from .errors import TrainingError
+from .preflight import check_pretrain
 from .presets import get_preset
 from .runtime import cpus_per_process, ensure_ray
 from .settings import PretrainSettings
@@ -29,8 +30,7 @@ DEFAULT_EPOCHS = 2  # for a preset that does not pretrain by itself
 def pretrain(settings: PretrainSettings) -> str:
     s = settings
     preset = get_preset(s.preset)
-    for path in filter(None, (s.unlabelled_path, s.train_path)):
-        check_input(path)
+    check_pretrain(s)
     ensure_ray()
     started = time.time()
     parts = [

@@ -30,10 +30,9 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from .bundle import ENCODER_PARTS, EncoderBundle, ModelBundle, load_encoder, save_bundle, save_encoder
+from .bundle import ENCODER_PARTS, EncoderBundle, ModelBundle, save_bundle, save_encoder
 from .data import (
     LabelledData,
-    check_input,
     cooccurrence_matrix,
     encode_dataset,
     fit_vocab,
@@ -41,13 +40,14 @@ from .data import (
     read_labelled,
 )
 from .embeddings import ppmi_vectors
-from .errors import ConfigError, DataError, TrainingError
+from .errors import DataError, TrainingError
 from .language_model import LanguageModelHeads, pretrain_epoch
 from .linear import LinearModel, best_weight, fit_linear
 from .metrics import classification_report
 from .model import SentimentLSTM, nonfinite_tensors
 from .predictor import Predictor
-from .presets import ModelConfig, Preset, get_preset
+from .preflight import RECIPE_FIELDS, check_train
+from .presets import ModelConfig, Preset
 from .progress import Reporter, progress
 from .runtime import cpus_per_process, ensure_ray
 from .settings import TrainSettings
@@ -56,15 +56,6 @@ from .text import TokenizerConfig, tokenize_batch
 
 STATE_FILE = "state.pt"
 EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoch's record, as val_<name>
-RECIPE_FIELDS = (
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "max_len",
-    "class_weighted",
-    "embedding_init",
-    "pretrain_epochs",
-)
 PRETRAINED_DIR = "pretrained"  # in the bundle directory: the encoder, for `train --init-from`
 
 
@@ -112,25 +103,10 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def recipe(settings: TrainSettings) -> Preset:
-    """The preset with every option the user gave laid over it."""
-    preset = get_preset(settings.preset)
-    chosen = {name: getattr(settings, name) for name in RECIPE_FIELDS if getattr(settings, name) is not None}
-    model = dataclasses.replace(preset.model, vocab_size=settings.vocab_size or preset.model.vocab_size)
-    resolved = dataclasses.replace(preset, model=model, **chosen)
-    if resolved.batch_size < settings.num_workers:
-        raise ConfigError(f"--batch-size {resolved.batch_size} is smaller than --num-workers {settings.num_workers}")
-    return resolved
-
-
-def train(settings: TrainSettings) -> str:
-    """Run the whole job; returns where the bundle went (a directory or a URI)."""
-    r = recipe(settings)
-    encoder = load_encoder(settings.init_from) if settings.init_from else None
-    if encoder is not None:
-        check_encoder_fits(encoder, r, settings)
-    for path in filter(None, (settings.train_path, settings.val_path, settings.unlabelled_path)):
-        check_input(path)  # a wrong path or a file that is not UTF-8 fails now, before Ray starts
+def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] | None = None) -> str:
+    """Run the whole job; returns where the bundle went (a directory or a URI). `checked`: what
+    preflight.check_train returned, if the caller ran it already."""
+    r, encoder = checked or check_train(settings)
     ensure_ray()
     started = time.time()
     data = read_data(settings, r)
@@ -186,23 +162,6 @@ def weigh_linear(bundle: ModelBundle, linear: LinearModel, val_ds, labels: list[
     weight, losses = best_weight(lstm.predict_proba_encoded(ids, lengths), linear.predict_proba(tokens), y)
     print(f"hybrid: the linear model's weight is {weight:.1f} (lowest validation log loss, {losses[weight]:.4f})")
     return weight, {"chosen": weight, "val_log_loss": losses}
-
-
-def check_encoder_fits(encoder: EncoderBundle, r: Preset, settings: TrainSettings) -> None:
-    """`--init-from`: the pretrained LSTM has the preset's shape and its vocabulary is the one used."""
-    shape = ("embed_dim", "hidden_dim", "num_layers", "bidirectional")
-    theirs = {k: getattr(encoder.model_config, k) for k in shape}
-    ours = {k: getattr(r.model, k) for k in shape}
-    if theirs != ours:
-        raise ConfigError(
-            f"the pretrained encoder {settings.init_from} is {theirs}, preset {settings.preset!r} needs {ours}; "
-            f"pretrain with --preset {settings.preset}"
-        )
-    if settings.vocab_size is not None and settings.vocab_size != len(encoder.vocab):
-        raise ConfigError(
-            f"--vocab-size {settings.vocab_size} does not match the {len(encoder.vocab)}-token vocabulary of "
-            f"the pretrained encoder {settings.init_from}; its vocabulary is used as it is, so leave --vocab-size out"
-        )
 
 
 def all_texts(train_ds, unlabelled_path: str | None, text_column: str, counts: dict):

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_sentiment import Predictor
-from ray_sentiment.batch import score_parquet
 from ray_sentiment.errors import ConfigError, DataError
+from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
 from conftest import ROOT, actor_pids, random_texts, run_cli
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 # The input's columns, then the results' (results.py), in this order.
-OUTPUT_COLUMNS = ["id", "text", "brand", "label", "confidence", "p_negative", "p_neutral", "p_positive", "error"]
+RESULTS = ["label", "confidence", "p_negative", "p_neutral", "p_positive", "error"]
+OUTPUT_COLUMNS = ["id", "text", "brand", "source_file", "source_row", *RESULTS]  # without --id-column
 
 
 def score(bundle, input, output, **options):
@@ -62,6 +63,11 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     assert summary.rows_in == summary.rows_out == len(out) == 3000 and summary.rows_with_errors == 3
     assert list(out.columns) == OUTPUT_COLUMNS
     assert out["id"].tolist() == list(range(3000))
+    # Each output row names its input file and its row there: joined back, the texts are the input's.
+    for path, rows in out.groupby("source_file"):
+        source = pd.read_parquet(path)
+        assert sorted(rows["source_row"]) == list(range(len(source)))
+        assert source.loc[rows["source_row"], "id"].tolist() == rows["id"].tolist()
     assert errors(out.loc[[5, 6, 7]]) == ["text is null", "text is empty", "text is empty"]
     assert out.loc[[5, 6, 7], "label"].isna().all() and out.loc[[5, 6, 7], "p_positive"].isna().all()
     good = out[[e is None for e in errors(out)]]
@@ -102,7 +108,7 @@ def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bu
         batch_size=100,
     )
     assert summary.rows_out == 2000
-    assert list(read_output(tmp_path / "out").columns)[:2] == ["id", "brand"]
+    assert list(read_output(tmp_path / "out").columns) == ["id", "brand", *RESULTS]  # the id joins: no source columns
 
 
 def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, tmp_path):

@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from ray_sentiment.data import fit_vocab, list_input_files, load_labelled, read_labelled, stratified_split
+from ray_sentiment.data import fit_vocab, load_labelled, read_labelled, stratified_split
 from ray_sentiment.errors import DataError
+from ray_sentiment.inputs import list_input_files
 
 pytestmark = pytest.mark.integration
 

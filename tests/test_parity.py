@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from ray_sentiment import Predictor
-from ray_sentiment.batch import score_parquet
+from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings, ServeSettings, StreamSettings
 
 from conftest import SAMPLE_TEXTS, free_port, run_cli, wait_healthy
