@@ -99,6 +99,7 @@ def _add_train(sub) -> None:
     f.setting("seed", "seed of the split, the weights and the batch order")
     f.setting("max_failures", "worker-group restarts from the last checkpoint")
     f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
+    f.add("--keep-checkpoints", action="store_true", help="keep every epoch's checkpoint (default: the latest only)")
 
 
 def _add_pretrain(sub) -> None:
@@ -118,6 +119,7 @@ def _add_pretrain(sub) -> None:
     f.setting("seed", "seed of the weights and the batch order")
     f.setting("max_failures", "worker-group restarts from the last checkpoint")
     f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
+    f.add("--keep-checkpoints", action="store_true", help="keep every epoch's checkpoint (default: the latest only)")
 
 
 def _add_evaluate(sub) -> None:

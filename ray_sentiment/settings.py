@@ -104,6 +104,7 @@ class TrainSettings:
     seed: int = 0
     max_failures: int = 0
     storage_path: str | None = None
+    keep_checkpoints: bool = False  # else only the latest (which holds the best weights) outlives a successful run
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
@@ -148,6 +149,7 @@ class PretrainSettings:
     seed: int = 0
     max_failures: int = 0
     storage_path: str | None = None
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         _check_run(self)

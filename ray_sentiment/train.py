@@ -17,12 +17,14 @@ import dataclasses
 import json
 import logging
 import os
+import posixpath
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -289,7 +291,7 @@ def _fit(settings, loop: LoopSettings, datasets: dict, reporter: Reporter) -> tu
             name=f"ray-sentiment-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=_absolute(settings.storage_path),
             failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=None if settings.keep_checkpoints else 2),
             logging_config=LoggingConfig(log_level="WARNING"),  # our epoch lines say what matters
         ),
         datasets=datasets,
@@ -299,7 +301,19 @@ def _fit(settings, loop: LoopSettings, datasets: dict, reporter: Reporter) -> tu
         raise TrainingError(result.metrics["error"])
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    if not settings.keep_checkpoints:
+        prune_checkpoints(result.checkpoint)
     return TrainState(**state), result.checkpoint.path
+
+
+def prune_checkpoints(latest: Checkpoint) -> None:
+    """Once a run has succeeded, only its latest checkpoint stays: it also holds the best epoch's
+    weights. The others are deleted; they are this run's own, in the directory Ray Train made for it."""
+    fs, run_dir = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    for info in fs.get_file_info(pafs.FileSelector(run_dir)):
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.Directory and name.startswith("checkpoint_") and info.path != latest.path:
+            fs.delete_dir(info.path)
 
 
 def _absolute(path: str | None) -> str | None:

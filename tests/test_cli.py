@@ -42,6 +42,7 @@ def test_evaluate_prints_the_report_as_json(example_bundle, tmp_path):
         str(EXAMPLES_TEST),
         "--output",
         str(tmp_path / "report.json"),
+        "--json",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -139,6 +140,7 @@ def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
         "2",
         "--storage-path",
         str(tmp_path / "ckpt"),
+        "--keep-checkpoints",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     import numpy as np
@@ -146,6 +148,18 @@ def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
 
     weights = load_file(tmp_path / "b" / "model.safetensors")
     assert all(np.isfinite(w).all() for w in weights.values())
+    # --keep-checkpoints: every epoch's checkpoint, pretraining's included (the default preset pretrains 2 epochs)
+    assert len(_checkpoints(tmp_path / "ckpt")) == 4
+
+
+def _checkpoints(storage) -> list:
+    [run] = [d for d in storage.iterdir() if d.is_dir()]
+    return sorted(c for c in run.iterdir() if c.name.startswith("checkpoint_"))
+
+
+def test_a_successful_run_keeps_only_its_latest_checkpoint(example_bundle):
+    [latest] = _checkpoints(example_bundle.parent / "ckpt")
+    assert json.loads((example_bundle / "metrics.json").read_text())["checkpoint"] == str(latest)
 
 
 def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
