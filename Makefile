@@ -12,6 +12,7 @@ PYTHON ?= python3
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
+RUN    ?= runs/example
 
 .PHONY: setup quickstart test unit lint clean
 
@@ -25,9 +26,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(BIN)/ray-sentiment train --train examples/train.csv --output runs/example
-	$(BIN)/ray-sentiment evaluate --model runs/example --data examples/test.csv --output runs/example/test_report.json
-	$(BIN)/ray-sentiment predict --model runs/example "I love the new update 😍" "the app keeps crashing, fix it 😡" "is it out on android?"
+	$(BIN)/ray-sentiment train --train examples/train.csv --output $(RUN)
+	$(BIN)/ray-sentiment evaluate --model $(RUN) --data examples/test.csv --output $(RUN)/test_report.json
+	$(BIN)/ray-sentiment predict --model $(RUN) "I love the new update 😍" "the app keeps crashing, fix it 😡" "is it out on android?"
+	@echo "Made: the model bundle $(RUN)/ and its test metrics $(RUN)/test_report.json. Next, with this model:"
+	@echo "  score Parquet files:  $(BIN)/ray-sentiment score --model $(RUN) --input comments.parquet --output scored/"
+	@echo "  serve it over HTTP:   $(BIN)/ray-sentiment serve --model $(RUN)   # POST http://127.0.0.1:8000/v1/sentiment"
+	@echo "  score a Redis stream: $(BIN)/ray-sentiment stream --model $(RUN) --redis redis://127.0.0.1:6379/0 --input-stream comments --output-stream comments:scored"
+	@echo "README.md walks through all three on the airline tweets."
 
 test: setup
 	$(BIN)/python -m pytest -v --durations=10

@@ -66,15 +66,6 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     return formats.pop(), [prefix + f for f in files]
 
 
-def check_input(path: str) -> None:
-    """Before Ray starts: the files exist, and CSV or JSONL files are UTF-8 (Parquet stores UTF-8 by
-    definition). Each text file is read once, here; Ray's read tasks read it again to parse it."""
-    fmt, files = list_input_files(path)
-    if fmt != "parquet":
-        for f in files:
-            check_utf8(f)
-
-
 NEWLINE = b"\n"
 
 

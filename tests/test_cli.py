@@ -154,7 +154,7 @@ def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
 
 def _checkpoints(storage) -> list:
     [run] = [d for d in storage.iterdir() if d.is_dir()]
-    return sorted(c for c in run.iterdir() if c.name.startswith("checkpoint_"))
+    return sorted(c for c in run.iterdir() if c.is_dir() and c.name.startswith("checkpoint_"))
 
 
 def test_a_successful_run_keeps_only_its_latest_checkpoint(example_bundle):
@@ -194,3 +194,52 @@ def test_a_latin1_csv_is_refused_with_one_line_naming_the_file_and_the_encoding(
         ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "latin1.csv")),
     ):
         _one_line_error(run_cli(*command), "latin1.csv is not UTF-8 text: byte 0xe9 at offset 14, line 2")
+
+
+# Runs the CLI in-process in a fresh interpreter, then says whether Ray or torch were imported.
+PROBE = (
+    "import sys; from ray_sentiment.cli import main; code = main(sys.argv[1:]); "
+    "print('imported:', *sorted(m for m in ('ray', 'torch') if m in sys.modules)); sys.exit(code)"
+)
+
+
+def test_refusals_come_before_ray_and_torch(example_bundle, tmp_path):
+    """Each refusal above is decided before Ray starts or torch loads: that is what makes it arrive
+    within a second or so (benchmarks/cli_refusals.py times them; timing is not asserted here)."""
+    import subprocess
+    import sys
+
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}).to_parquet(tmp_path / "one.parquet")
+    pd.DataFrame({"comment": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "nocol.csv", index=False)
+    pd.DataFrame({"text": ["a", "b"], "label": ["positive", "angry"]}).to_csv(tmp_path / "angry.csv", index=False)
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,positive\nok,negative\n".encode("latin-1"))
+    broken = tmp_path / "broken"
+    shutil.copytree(example_bundle, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    out = str(tmp_path / "b")
+    refusals = [
+        ("train", "--train", str(tmp_path / "nope.parquet"), "--output", out),
+        ("train", "--train", str(tmp_path / "nocol.csv"), "--output", out),
+        ("train", "--train", str(tmp_path / "one.parquet"), "--output", out),
+        ("train", "--train", str(tmp_path / "latin1.csv"), "--output", out),
+        ("train", "--train", str(EXAMPLES), "--output", out, "--num-workers", "0"),
+        ("predict", "--model", str(broken), "hi"),
+        ("evaluate", "--model", str(broken), "--data", str(EXAMPLES)),
+        ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "angry.csv")),
+        (
+            "evaluate",
+            "--model",
+            str(example_bundle),
+            "--data",
+            str(EXAMPLES),
+            "--split-column",
+            "label",
+            "--test-split",
+            "none-such",
+        ),
+        ("score", "--model", str(example_bundle), "--input", str(tmp_path / "nope.parquet"), "--output", out),
+    ]
+    for args in refusals:
+        result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+        _one_line_error(result)
+        assert result.stdout.strip() == "imported:", (args, result.stdout)

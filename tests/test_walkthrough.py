@@ -1,0 +1,90 @@
+"""What a new user runs first, as they would run it: `make quickstart`, and the README's airline
+walk-through copied out of README.md and run by bash. Both must print only our own lines."""
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, dataset, free_port
+
+pytestmark = pytest.mark.integration
+
+# Lines Ray writes on its own: worker output "(RayTrainWorker pid=1)", C++ logs "[2026-… E 1 1] x.cc:1:",
+# Python logs "2026-… WARNING x.py:1 --", and warnings.
+RAY_LINE = re.compile(
+    r"^\(\w+ pid=\d+|^\[\d{4}-\d\d-\d\d [\d:,.]+ [IWEF] \d+ \d+\]|^\d{4}-\d\d-\d\d [\d:,.]+\s+(INFO|WARNING|DEBUG)\b"
+    r"|Warning:|Progress bars disabled|Token authentication"
+)
+EPOCH_LINE = re.compile(r"^(pretrain )?epoch \d+/\d+ ")
+
+
+def ray_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if RAY_LINE.search(line)]
+
+
+def run_group(command: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run in its own process group, killed whole (Ray's daemons included) if it overruns or fails."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def test_make_quickstart_prints_at_most_30_lines_and_none_of_rays(tmp_path):
+    venv = Path(sys.prefix)
+    result = run_group(
+        ["make", "-s", "-o", f"{venv}/.installed", "quickstart", f"VENV={venv}", f"RUN={tmp_path / 'example'}"],
+        ROOT,
+        dict(os.environ),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert ray_lines(output) == []
+    lines = [line for line in output.splitlines() if not EPOCH_LINE.match(line)]
+    assert len(lines) <= 30, output
+    assert "bundle written to" in output and "macro recall" in output and '"label": "positive"' in output
+    assert "ray-sentiment serve --model" in lines[-3] and "ray-sentiment stream --model" in lines[-2]
+
+
+def readme_walkthrough() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Walk-through: the airline tweets") :]
+    return section[section.index("```bash\n") + len("```bash\n") : section.index("\n```")]
+
+
+def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
+    script = readme_walkthrough()
+    redis_port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "AIRLINE": str(dataset("airline/tweets.parquet")),
+        "PORT": str(free_port()),
+        "REDIS_PORT": str(redis_port),
+    }
+    env.pop("RAY_ADDRESS", None)
+    try:
+        result = run_group(["bash", "-eo", "pipefail", "-c", script], tmp_path, env, timeout=900)
+    finally:
+        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"], capture_output=True)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    out = result.stdout
+    assert "bundle written to runs/airline" in out
+    assert re.search(r"^2,8\d\d rows .* macro recall 0\.\d+", out, re.M), out  # the test split: 2,897 rows
+    assert "rows in 14640, rows out 14640, rows with errors" in out
+    assert "United" in out and "Southwest" in out  # the crosstab, one row per airline
+    assert '"label":' in out and "p_negative" in out  # the HTTP answer and the stream's scored entry
+    assert ray_lines(out + result.stderr) == []
