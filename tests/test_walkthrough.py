@@ -62,11 +62,13 @@ def test_make_quickstart_prints_at_most_30_lines_and_none_of_rays(tmp_path):
 def readme_walkthrough() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Walk-through: the airline tweets") :]
-    return section[section.index("```bash\n") + len("```bash\n") : section.index("\n```")]
+    start = section.index("```bash\n") + len("```bash\n")
+    return section[start : section.index("\n```", start)]
 
 
 def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
     script = readme_walkthrough()
+    assert script.count("ray-sentiment ") == 5, script  # train, evaluate, score, serve, stream
     redis_port = free_port()
     env = {
         **os.environ,
