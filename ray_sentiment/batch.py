@@ -23,9 +23,8 @@ from .linear import LinearModel
 from .outputs import OutputDir
 from .predictor import Predictor
 from .progress import Reporter, progress
-from .results import check_texts, result_columns
+from .results import SOURCE_COLUMNS, check_texts, result_columns, result_fields
 from .runtime import cpus_per_process, ensure_ray
-from .score import SOURCE_COLUMNS, result_fields
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
 from .text import Encoder, tokenize_batch

@@ -13,7 +13,7 @@ from importlib.metadata import version
 
 from .bundle import load_bundle
 from .errors import ConfigError, RaySentimentError
-from .preflight import check_evaluate, check_pretrain, check_train
+from .preflight import check_evaluate, check_pretrain, check_serve, check_stream, check_train
 from .presets import PRESETS
 from .results import MAX_TEXT_CHARS
 from .settings import (
@@ -218,7 +218,8 @@ def _options(args: argparse.Namespace, *leave_out: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Each command: its settings from the flags, then the runtime, imported only when used."""
+    """Each command: its settings from the flags, its checks (preflight.py), then the runtime,
+    imported only now: Ray and torch take seconds to import, and a refusal should not wait for them."""
     command = args.command
     if command == "train":
         settings = settings_from(TrainSettings, _options(args))
@@ -239,18 +240,22 @@ def run(args: argparse.Namespace) -> None:
 
         print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
     elif command == "stream":
+        stream_settings = settings_from(StreamSettings, _options(args, "model"))
+        check_stream(args.model, stream_settings)
         from .stream import run_until_signalled
 
-        print(run_until_signalled(args.model, settings_from(StreamSettings, _options(args, "model"))).line())
+        print(run_until_signalled(args.model, stream_settings).line())
     elif command == "stream-stats":
         from .redis_broker import window_counts
 
         rows = window_counts(args.redis, args.output_stream, args.last)
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
     elif command == "serve":
+        serve_settings = settings_from(ServeSettings, _options(args))
+        check_serve(serve_settings)
         from .serve import serve_until_signalled
 
-        serve_until_signalled(settings_from(ServeSettings, _options(args)))
+        serve_until_signalled(serve_settings, checked=True)
     elif command == "predict":
         predict(args.model, args.texts, args.max_text_chars)
 

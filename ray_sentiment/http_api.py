@@ -15,9 +15,11 @@ stopping is 503 with Retry-After and {"detail": ...}; a client error is never a 
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -256,3 +258,27 @@ def api_docs() -> dict:
 
     html = get_swagger_ui_html(openapi_url="/openapi.json", title="ray-sentiment").body
     return {"openapi": app.openapi(), "html": bytes(html).decode()}
+
+
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to host:port, or a ConfigError in one line naming what is wrong."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (socket.gaierror, ValueError):
+        return False

@@ -7,12 +7,13 @@ user error is refused with one line in about a second.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from .bundle import EncoderBundle, ModelBundle, load_bundle, load_encoder
 from .errors import ConfigError, DataError
 from .inputs import check_labelled, require_classes, total
 from .presets import Preset, get_preset
-from .settings import PretrainSettings, TrainSettings
+from .settings import PretrainSettings, ServeSettings, StreamSettings, TrainSettings
 
 RECIPE_FIELDS = (
     "epochs",
@@ -93,6 +94,32 @@ def check_evaluate(
         raise DataError(f"{data}: no row has {split_column} in {', '.join(split)}")
     unknown_labels(set(found), bundle.labels, data)
     return bundle
+
+
+def check_serve(s: ServeSettings) -> None:
+    """The bundle, the API key (set but empty is refused) and the port (busy is refused); a
+    warning when the host is open to other machines and no key is set."""
+    from .http_api import API_KEY_ENV, api_key_digest, bind, is_loopback
+
+    load_bundle(s.model)
+    if api_key_digest() is None and not is_loopback(s.host):
+        print(
+            f"warning: serving on {s.host} without an API key: anyone who reaches this machine can use it; "
+            f"set {API_KEY_ENV}",
+            file=sys.stderr,
+            flush=True,
+        )
+    bind(s.host, s.port).close()
+
+
+def check_stream(model: str, s: StreamSettings) -> None:
+    """The bundle, and Redis: reachable, and its consumer group there or created."""
+    from .broker import open_broker
+
+    load_bundle(model)
+    broker = open_broker(s, "ray-sentiment-check")
+    broker.ensure_group()
+    broker.close()
 
 
 def unknown_labels(found: set[str], labels: list[str], data: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 # The longest comment the big platforms accept (Reddit: 10,000 characters). The model reads only the
 # first `max_len` tokens, so longer texts cost tokenising time and add nothing.
@@ -68,3 +69,12 @@ def result_records(proba: np.ndarray, labels: Sequence[str]) -> list[dict]:
 def refused(labels: Sequence[str], reason: str) -> dict:
     """The record of a text that was not scored: every result field null, and why."""
     return {**dict.fromkeys(result_names(labels)), "error": reason}
+
+
+SOURCE_COLUMNS = ("source_file", "source_row")  # `score` without --id-column: where each row came from
+
+
+def result_fields(labels: list[str]) -> list[pa.Field]:
+    """The columns `score` adds after the input's, with their Parquet types."""
+    kinds = {"label": pa.string(), "error": pa.string()}
+    return [pa.field(name, kinds.get(name, pa.float32())) for name in [*result_names(labels), "error"]]

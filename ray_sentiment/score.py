@@ -25,11 +25,10 @@ from .bundle import load_bundle
 from .errors import DataError
 from .inputs import check_columns, list_input_files
 from .outputs import OutputDir, check_apart, open_output
-from .results import result_names
+from .results import SOURCE_COLUMNS, result_fields, result_names
 from .settings import ScoreSettings
 from .storage import resolve_filesystem
 
-SOURCE_COLUMNS = ("source_file", "source_row")  # without --id-column: where each output row came from
 # Input columns with these names (or p_*) are kept as input_<name>: the results take them.
 RESERVED = (*result_names([]), "error", "_ids", "_length", *SOURCE_COLUMNS)
 
@@ -184,12 +183,6 @@ def _done_ids(out: OutputDir, id_column: str) -> np.ndarray:
             out.files.remove(path)
     chunks = [c for t in done for c in t.chunks]
     return np.unique(pa.chunked_array(chunks).to_numpy(zero_copy_only=False)) if chunks else np.array([])
-
-
-def result_fields(labels: list[str]) -> list[pa.Field]:
-    """The columns `score` adds after the input's, with their Parquet types."""
-    kinds = {"label": pa.string(), "error": pa.string()}
-    return [pa.field(name, kinds.get(name, pa.float32())) for name in [*result_names(labels), "error"]]
 
 
 def _write_empty(

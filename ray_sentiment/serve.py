@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import os
-import socket
-import sys
 import threading
 import time
 
@@ -31,9 +28,9 @@ from ray import serve
 
 from .batcher import Batcher
 from .bundle import ModelBundle, load_bundle
-from .errors import ConfigError
-from .http_api import API_KEY_ENV, MODEL_TIMEOUT_S, KeyDigest, SentimentApp, api_docs, api_key_digest
+from .http_api import MODEL_TIMEOUT_S, KeyDigest, SentimentApp, api_docs, api_key_digest, bind
 from .predictor import Predictor
+from .preflight import check_serve
 from .runtime import ensure_ray, stop_on_signals
 from .settings import ServeSettings, settings_from
 
@@ -171,35 +168,13 @@ def start(application: serve.Application, name: str = "sentiment") -> None:
     serve.run(application, name=name, route_prefix=None, blocking=False)
 
 
-def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A socket bound to host:port, or a ConfigError in one line naming what is wrong."""
-    try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise ConfigError(f"--host {host}: {exc.strerror}") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
-    return sock
-
-
-def serve_until_signalled(settings: ServeSettings) -> None:
-    """The `serve` command: run until SIGTERM or SIGINT, then drain every replica and stop."""
-    application = build(settings)  # a broken bundle, option or API key fails here, before Ray starts
+def serve_until_signalled(settings: ServeSettings, checked: bool = False) -> None:
+    """The `serve` command: run until SIGTERM or SIGINT, then drain every replica and stop.
+    `checked`: preflight.check_serve has run (bundle, API key, port), as the CLI runs it first."""
+    if not checked:
+        check_serve(settings)
+    application = build(settings)
     host, port = settings.host, settings.port
-    if not _is_loopback(host) and os.environ.get(API_KEY_ENV) is None:
-        print(
-            f"warning: serving on {host} without an API key: anyone who reaches this machine can use it; "
-            f"set {API_KEY_ENV}",
-            file=sys.stderr,
-            flush=True,
-        )
-    bind(host, port).close()  # a busy port is refused in one line before Ray starts
     ensure_ray()
     stop = threading.Event()
     stop_on_signals(stop)
@@ -223,13 +198,6 @@ def serve_until_signalled(settings: ServeSettings) -> None:
         serve.shutdown()  # on a cluster Serve's controller would outlive this command
     ray.shutdown()
     print(f"stopped in {time.monotonic() - started:.1f} s", flush=True)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
-    except (socket.gaierror, ValueError):
-        return False
 
 
 def _url_host(host: str) -> str:

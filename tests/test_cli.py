@@ -1,7 +1,11 @@
 """The `ray-sentiment` command as a user runs it: real processes, real exit codes."""
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -206,9 +210,6 @@ PROBE = (
 def test_refusals_come_before_ray_and_torch(example_bundle, tmp_path):
     """Each refusal above is decided before Ray starts or torch loads: that is what makes it arrive
     within a second or so (benchmarks/cli_refusals.py times them; timing is not asserted here)."""
-    import subprocess
-    import sys
-
     pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}).to_parquet(tmp_path / "one.parquet")
     pd.DataFrame({"comment": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "nocol.csv", index=False)
     pd.DataFrame({"text": ["a", "b"], "label": ["positive", "angry"]}).to_csv(tmp_path / "angry.csv", index=False)
@@ -217,6 +218,9 @@ def test_refusals_come_before_ray_and_torch(example_bundle, tmp_path):
     shutil.copytree(example_bundle, broken)
     (broken / "model.safetensors").write_bytes(b"not weights")
     out = str(tmp_path / "b")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
     refusals = [
         ("train", "--train", str(tmp_path / "nope.parquet"), "--output", out),
         ("train", "--train", str(tmp_path / "nocol.csv"), "--output", out),
@@ -238,8 +242,24 @@ def test_refusals_come_before_ray_and_torch(example_bundle, tmp_path):
             "none-such",
         ),
         ("score", "--model", str(example_bundle), "--input", str(tmp_path / "nope.parquet"), "--output", out),
+        (
+            "stream",
+            "--model",
+            str(example_bundle),
+            "--redis",
+            "redis://127.0.0.1:1/0",
+            "--input-stream",
+            "a",
+            "--output-stream",
+            "b",
+        ),
+        ("serve", "--model", str(example_bundle), "--port", str(busy.getsockname()[1])),
     ]
-    for args in refusals:
-        result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_SENTIMENT_API_KEY")}
+    runs = [(args, env) for args in refusals]
+    runs.append((("serve", "--model", str(example_bundle)), {**env, "RAY_SENTIMENT_API_KEY": ""}))
+    for args, run_env in runs:
+        command = [sys.executable, "-c", PROBE, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=run_env)
         _one_line_error(result)
         assert result.stdout.strip() == "imported:", (args, result.stdout)
