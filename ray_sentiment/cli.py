@@ -296,7 +296,7 @@ def format_report(report: dict, written_to: str | None) -> str:
     for label, row in zip(labels, report["confusion_matrix"]["matrix"]):
         lines.append(label.ljust(width) + "".join(f"{n:<{width},}" for n in row))
     lines.append(f"whole report (JSON) in {written_to}" if written_to else "--json prints the whole report")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def predict(model: str, texts: list[str], max_text_chars: int) -> None:

@@ -15,6 +15,7 @@ broker sits behind `Broker` so that another log (Kafka) can follow without touch
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,9 +30,6 @@ from .predictor import Predictor
 from .results import result_names
 from .runtime import ensure_ray, stop_on_signals
 from .settings import StreamSettings
-
-log = logging.getLogger(__name__)
-
 
 # -- turning entries into results: plain functions, no Ray, no broker -----------------------------
 
@@ -95,9 +93,6 @@ class StreamConsumer:
         self.settings, self.name = settings, name
         self.predictor = Predictor(bundle, device="cuda" if settings.use_gpu else "cpu")
         self.stopping = threading.Event()
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        if self.restarted:
-            log.warning("%s restarted; what it held is taken over after --claim-idle-ms", name)
 
     def run(self) -> None:
         broker = open_broker(self.settings, self.name, self.stopping)
@@ -114,8 +109,10 @@ class StreamConsumer:
     def stop(self) -> None:
         self.stopping.set()
 
-    def was_restarted(self) -> bool:
-        return self.restarted
+    def process(self) -> tuple[str, int]:
+        """Node and process id: a restarted actor runs in a new process (Ray's own way of saying
+        so, `was_current_actor_reconstructed`, goes through a deprecated state API)."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
 @dataclass
@@ -159,7 +156,7 @@ class StreamRunner:
         # the actors live, since Ray rebuilds a restarted actor from it.
         self.bundle_ref = ray.put(bundle)
         self.actors = [actor.remote(self.bundle_ref, settings, f"consumer-{i}") for i in range(settings.consumers)]
-        ray.get([a.was_restarted.remote() for a in self.actors])  # every model loaded: a failure shows here
+        self.processes = ray.get([a.process.remote() for a in self.actors])  # every model loaded: a failure shows here
         self.runs = [a.run.remote() for a in self.actors]
 
     def poll(self, timeout: float = 1.0) -> None:
@@ -181,9 +178,11 @@ class StreamRunner:
         return {name: totals.get(name, 0) - self.totals_at_start.get(name, 0) for name in ("scored", "dead_lettered")}
 
     def restarted_consumers(self) -> int:
-        """Consumers now running as a restarted actor (Ray rebuilt them after a failure)."""
-        ready, _ = ray.wait([a.was_restarted.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
-        return sum(ray.get(ready))
+        """Consumers now running as a restarted actor (Ray rebuilt them after a failure): the ones
+        answering from another process than at the start."""
+        calls = {a.process.remote(): first for a, first in zip(self.actors, self.processes)}
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=10)
+        return sum(ray.get(call) != calls[call] for call in ready)
 
     def stop(self, timeout: float = 120.0) -> StreamSummary:
         """Ask every actor to finish its batch in flight, wait for them, and sum up from the broker."""
