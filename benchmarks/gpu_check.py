@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+from ray_sentiment.runtime import ensure_ray
 from ray_sentiment.score import score_parquet
 from ray_sentiment.serve import build, start
 from ray_sentiment.settings import ScoreSettings, ServeSettings, TrainSettings
@@ -82,7 +82,6 @@ def main() -> None:
         tmp = Path(tmp)
         bundle = str(tmp / "model")
         ensure_ray()
-        quiet_ray_data()
         try:
             with GpuMemory() as memory:
                 train(

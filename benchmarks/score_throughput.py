@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.runtime import ensure_ray, quiet_ray_data
+from ray_sentiment.runtime import ensure_ray
 from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
@@ -78,7 +78,6 @@ def main() -> None:
         tfidf = tfidf_predict_rate(train, sample)
 
         ensure_ray()
-        quiet_ray_data()
         sizes = [args.rows] if args.skip_4n else [args.rows, 4 * args.rows]
         for rows in sizes:
             data = write_rows(texts, rows, tmp / f"in-{rows}")

@@ -22,6 +22,7 @@ from .settings import (
     ServeSettings,
     StreamSettings,
     TrainSettings,
+    comma_list,
     default,
     flag,
     settings_from,
@@ -252,19 +253,19 @@ def run(args: argparse.Namespace) -> None:
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
     elif command == "serve":
         serve_settings = settings_from(ServeSettings, _options(args))
-        check_serve(serve_settings)
+        bundle = check_serve(serve_settings)
         from .serve import serve_until_signalled
 
-        serve_until_signalled(serve_settings, checked=True)
+        serve_until_signalled(serve_settings, bundle)
     elif command == "predict":
         predict(args.model, args.texts, args.max_text_chars)
 
 
 def evaluate(args: argparse.Namespace) -> None:
     """A summary (or, with --json, the whole report) on stdout; the whole report in --output."""
-    if bool(args.split_column) != bool(args.test_split):
-        raise ConfigError("--split-column and --test-split go together")
-    split = tuple(v.strip() for v in (args.test_split or "").split(",") if v.strip())
+    split = comma_list(args.test_split or "")
+    if bool(args.split_column) != bool(split):
+        raise ConfigError("--split-column and --test-split (one value or more) go together")
     bundle = check_evaluate(args.model, args.data, args.text_column, args.label_column, args.split_column, split)
     from .evaluate import evaluate_path
     from .storage import write_text

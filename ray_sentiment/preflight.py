@@ -96,12 +96,12 @@ def check_evaluate(
     return bundle
 
 
-def check_serve(s: ServeSettings) -> None:
+def check_serve(s: ServeSettings) -> ModelBundle:
     """The bundle, the API key (set but empty is refused) and the port (busy is refused); a
-    warning when the host is open to other machines and no key is set."""
+    warning when the host is open to other machines and no key is set. Returns the bundle."""
     from .http_api import API_KEY_ENV, api_key_digest, bind, is_loopback
 
-    load_bundle(s.model)
+    bundle = load_bundle(s.model)
     if api_key_digest() is None and not is_loopback(s.host):
         print(
             f"warning: serving on {s.host} without an API key: anyone who reaches this machine can use it; "
@@ -110,6 +110,7 @@ def check_serve(s: ServeSettings) -> None:
             flush=True,
         )
     bind(s.host, s.port).close()
+    return bundle
 
 
 def check_stream(model: str, s: StreamSettings) -> None:

@@ -129,8 +129,8 @@ def model_summary(bundle: ModelBundle, path: str) -> dict:
     }
 
 
-def build(settings: ServeSettings) -> serve.Application:
-    bundle = load_bundle(settings.model)
+def build(settings: ServeSettings, bundle: ModelBundle | None = None) -> serve.Application:
+    bundle = bundle or load_bundle(settings.model)
     replicas = settings.replicas
     scaling: dict[str, object] = (
         {"num_replicas": replicas}
@@ -168,12 +168,10 @@ def start(application: serve.Application, name: str = "sentiment") -> None:
     serve.run(application, name=name, route_prefix=None, blocking=False)
 
 
-def serve_until_signalled(settings: ServeSettings, checked: bool = False) -> None:
+def serve_until_signalled(settings: ServeSettings, bundle: ModelBundle | None = None) -> None:
     """The `serve` command: run until SIGTERM or SIGINT, then drain every replica and stop.
-    `checked`: preflight.check_serve has run (bundle, API key, port), as the CLI runs it first."""
-    if not checked:
-        check_serve(settings)
-    application = build(settings)
+    `bundle`: what preflight.check_serve returned, if the caller ran it (as the CLI does, first)."""
+    application = build(settings, bundle or check_serve(settings))
     host, port = settings.host, settings.port
     ensure_ray()
     stop = threading.Event()

@@ -32,6 +32,11 @@ def parse_concurrency(value: object, option: str) -> Concurrency:
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """'a, b,,c' → ('a', 'b', 'c'): how the CLI takes several values in one flag."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def default(cls: type, name: str) -> Any:
     """The default of one setting, for a CLI flag."""
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
@@ -113,8 +118,7 @@ class TrainSettings:
             _at_least(self, 0, "pretrain_epochs")
         for name in ("train_split", "val_split"):
             if isinstance(getattr(self, name), str):  # as the CLI gives it: comma-separated
-                values = tuple(v.strip() for v in getattr(self, name).split(",") if v.strip())
-                object.__setattr__(self, name, values)
+                object.__setattr__(self, name, comma_list(getattr(self, name)))
             if getattr(self, name) is not None and not self.split_column:
                 raise ConfigError(f"{flag(name)} needs --split-column, the column whose values it names")
         if self.split_column and not (self.train_split or self.val_split):
@@ -175,7 +179,7 @@ class ScoreSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "concurrency", parse_concurrency(self.concurrency, "--concurrency"))
         if isinstance(self.columns, str):  # as the CLI gives it: comma-separated
-            object.__setattr__(self, "columns", tuple(c.strip() for c in self.columns.split(",") if c.strip()))
+            object.__setattr__(self, "columns", comma_list(self.columns))
         elif self.columns is not None:
             object.__setattr__(self, "columns", tuple(self.columns))
         _at_least(self, 1, "batch_size", "max_text_chars")
