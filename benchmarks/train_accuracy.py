@@ -30,7 +30,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.metrics import classification_report
 from ray_sentiment.presets import get_preset
 from ray_sentiment.settings import TrainSettings
-from ray_sentiment.text import tokenize_batch
+from ray_sentiment.text import tokenize
 from ray_sentiment.train import train
 
 from _common import DATASETS, add_json_option, finish, table, tfidf_baseline
@@ -72,7 +72,7 @@ def candidates(bundle_path: str, preset: str) -> dict:
         alone = Predictor.load(bundle_path)
         alone.linear = None
         found[f"{preset}: its LSTM alone"] = alone.predict_proba
-        found[f"{preset}: its linear model alone"] = lambda texts: predictor.linear.predict_proba(tokenize_batch(texts))
+        found[f"{preset}: its linear model alone"] = lambda texts: predictor.linear.predict_proba(tokenize(texts))
     return found
 
 

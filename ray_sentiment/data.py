@@ -22,6 +22,7 @@ from .errors import DataError, user_message
 from .inputs import check_columns, list_input_files, require_classes
 from .text import Encoder, build_vocab, count_tokens
 
+TOKENISE_ROWS = 16_384  # rows per tokenising call: the compiled tokenizer's setup is paid once per call
 
 @dataclass
 class Split:
@@ -219,14 +220,15 @@ def fit_vocab(ds: ray.data.Dataset, vocab_size: int) -> list[str]:
     """Token counts per block in Ray tasks, merged on the driver, cut to the most frequent."""
 
     def per_block(batch: pa.Table) -> pa.Table:
-        counts = count_tokens(batch["text"].to_pylist())
+        counts = count_tokens(batch["text"])
         return pa.table(
             {"token": list(counts), "n": list(counts.values())},
             schema=pa.schema([("token", pa.string()), ("n", pa.int64())]),
         )
 
     total: Counter[str] = Counter()
-    for batch in ds.map_batches(per_block, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
+    per_blocks = ds.map_batches(per_block, batch_format="pyarrow", batch_size=TOKENISE_ROWS)
+    for batch in per_blocks.iter_batches(batch_format="pyarrow"):
         total.update(dict(zip(batch["token"].to_pylist(), batch["n"].to_pylist())))
     return build_vocab(total, vocab_size)
 
@@ -239,13 +241,13 @@ def encode_dataset(
     label_ids = {label: i for i, label in enumerate(labels or [])}
 
     def encode(batch: pa.Table) -> dict:
-        ids, lengths = encoder(batch["text"].to_pylist())
+        ids, lengths = encoder(batch["text"])
         if not labels:
             return {"ids": ids, "length": lengths}
         y = np.fromiter((label_ids[x] for x in batch["label"].to_pylist()), np.int64, batch.num_rows)
         return {"ids": ids, "length": lengths, "label_id": y}
 
-    return ds.map_batches(encode, batch_format="pyarrow").materialize()
+    return ds.map_batches(encode, batch_format="pyarrow", batch_size=TOKENISE_ROWS).materialize()
 
 
 def cooccurrence_matrix(encoded: ray.data.Dataset, vocab_size: int) -> sp.csr_matrix:

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from .text import tokenize_batch
+from .text import tokenize
 
 WORD_BITS, CHAR_BITS = 18, 19  # hash buckets: 2^18 word n-grams, 2^19 character n-grams
 CHAR_SIZES = (2, 3, 4, 5)
@@ -36,8 +38,8 @@ class LinearModel:
     def tensors(self) -> dict[str, np.ndarray]:
         return {"word_idf": self.word_idf, "char_idf": self.char_idf, "coef": self.coef, "intercept": self.intercept}
 
-    def predict_proba(self, tokens: Sequence[list[str]]) -> np.ndarray:
-        """float32 [texts, classes] for texts split by `text.tokenize_batch`."""
+    def predict_proba(self, tokens: pa.ListArray) -> np.ndarray:
+        """float32 [texts, classes] for texts split by `text.tokenize`."""
         words, chars = ngram_counts(tokens)
         features = sp.hstack([tfidf(words, self.word_idf), tfidf(chars, self.char_idf)], format="csr")
         logits = features @ self.coef.T + self.intercept
@@ -49,7 +51,7 @@ class LinearModel:
 def fit_linear(texts: Sequence[str], y: np.ndarray, num_classes: int, class_weighted: bool = True) -> LinearModel:
     """Fit on training texts and label ids (0..num_classes-1). Buckets seen in fewer than two texts
     get idf 0, as min_df=2 would drop them."""
-    words, chars = ngram_counts(tokenize_batch(texts))
+    words, chars = ngram_counts(tokenize(texts))
     word_idf, char_idf = idf(words), idf(chars)
     features = sp.hstack([tfidf(words, word_idf), tfidf(chars, char_idf)], format="csr")
     from sklearn.linear_model import LogisticRegression  # only training needs scikit-learn (slow to import)
@@ -95,10 +97,10 @@ def tfidf(counts: sp.csr_matrix, weights: np.ndarray) -> sp.csr_matrix:
     return sp.diags(1 / np.where(norms > 0, norms, 1)).astype(np.float32) @ weighted
 
 
-def ngram_counts(tokens: Sequence[list[str]]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def ngram_counts(tokens: pa.ListArray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(word 1-2 gram counts [n, 2^WORD_BITS], character 2-5 gram counts [n, 2^CHAR_BITS]) of
     tokenised texts, so a mention, URL or number counts as one placeholder each."""
-    joined = [" " + " ".join(t) + " " for t in tokens]
+    joined = [f" {t} " for t in pc.binary_join(tokens, pa.scalar(" ", tokens.type.value_type)).to_pylist()]
     points = np.frombuffer("\x00".join(joined).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     row = np.cumsum(points == _SEP)  # which text each code point belongs to
     return _word_counts(points, row, len(joined)), _char_counts(points, row, len(joined))

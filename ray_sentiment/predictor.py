@@ -15,7 +15,8 @@ import torch
 from .bundle import ModelBundle, load_bundle
 from .errors import InvalidTextError
 from .results import MAX_TEXT_CHARS, check_texts, refused, result_records
-from .text import Encoder, tokenize_batch
+from .text import Encoder, tokenize
+from .tokenizer_arrow import CHUNK
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -85,15 +86,20 @@ class Predictor:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """What a model call needs, made on CPU: (ids, lengths, the linear model's probabilities or None)."""
-        tokens = tokenize_batch(texts)
+        tokens = tokenize(texts)
         ids, lengths = self.encoder.encode_tokens(tokens)
         return ids, lengths, None if self.linear is None else self.linear.predict_proba(tokens)
 
     def _proba(self, texts: list[str], batch_size: int = 2048) -> np.ndarray:
+        """Tokenised in large chunks (the compiled tokenizer's sweet spot), scored `batch_size` at a time."""
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            ids, lengths, linear = self.encode(texts[start : start + batch_size])
-            out[start : start + len(ids)] = self.predict_proba_encoded(ids, lengths, linear)
+        for chunk in range(0, len(texts), CHUNK):
+            ids, lengths, linear = self.encode(texts[chunk : chunk + CHUNK])
+            for start in range(0, len(ids), batch_size):
+                part = slice(start, start + batch_size)
+                out[chunk + start : chunk + start + len(ids[part])] = self.predict_proba_encoded(
+                    ids[part], lengths[part], None if linear is None else linear[part]
+                )
         return out
 
     @staticmethod

@@ -54,7 +54,7 @@ from .progress import Reporter, progress
 from .runtime import cpus_per_process, ensure_ray
 from .settings import TrainSettings
 from .storage import is_uri
-from .text import TokenizerConfig, tokenize_batch
+from .text import TokenizerConfig, tokenize
 
 STATE_FILE = "state.pt"
 EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoch's record, as val_<name>
@@ -157,7 +157,7 @@ MAX_WEIGHING_ROWS = 20_000  # validation rows brought to the driver to weigh the
 def weigh_linear(bundle: ModelBundle, linear: LinearModel, val_ds, labels: list[str]) -> tuple[float, dict]:
     """The linear model's share of the hybrid average with the lowest validation log loss."""
     rows = val_ds.limit(MAX_WEIGHING_ROWS).to_pandas()
-    tokens = tokenize_batch(rows["text"].tolist())
+    tokens = tokenize(rows["text"].tolist())
     lstm = Predictor(dataclasses.replace(bundle, linear=None))
     ids, lengths = lstm.encoder.encode_tokens(tokens)
     y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()

@@ -126,7 +126,7 @@ def hybrid_dir(tmp_path):
 
 
 def test_hybrid_round_trip_predicts_identically_and_pickles_nothing(hybrid_dir):
-    from ray_sentiment.text import tokenize_batch
+    from ray_sentiment.text import tokenize
 
     bundle = load_bundle(hybrid_dir)
     assert json.loads((hybrid_dir / "config.json").read_text())["format_version"] == 2
@@ -134,7 +134,7 @@ def test_hybrid_round_trip_predicts_identically_and_pickles_nothing(hybrid_dir):
     proba = predictor.predict_proba(TEXTS)
     alone = Predictor(bundle)
     alone.linear = None
-    expected = 0.6 * alone.predict_proba(TEXTS) + 0.4 * bundle.linear.predict_proba(tokenize_batch(TEXTS))
+    expected = 0.6 * alone.predict_proba(TEXTS) + 0.4 * bundle.linear.predict_proba(tokenize(TEXTS))
     np.testing.assert_allclose(proba, expected, rtol=1e-6, atol=1e-7)
     assert np.abs(proba - alone.predict_proba(TEXTS)).max() > 0.01  # the linear model counts
     copy = Path(save_bundle(bundle, hybrid_dir.parent / "copy"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ray_sentiment.linear import CHAR_BITS, WORD_BITS, fit_linear, ngram_counts
-from ray_sentiment.text import tokenize_batch
+from ray_sentiment.text import tokenize
 
 TEXTS = ["I love this 😍😍", "worst update ever :(", "", "the app is out @user http://x.co", "a", "é ü ß 中文"]
 MASK = (1 << 64) - 1
@@ -44,21 +44,21 @@ def reference(tokens: list[str]) -> tuple[dict, dict]:
 
 
 def test_hashed_counts_equal_a_plain_python_reference():
-    tokens = tokenize_batch(TEXTS)
+    tokens = tokenize(TEXTS)
     words, chars = ngram_counts(tokens)
     assert words.shape == (len(TEXTS), 1 << WORD_BITS) and chars.shape == (len(TEXTS), 1 << CHAR_BITS)
-    for row, toks in enumerate(tokens):
+    for row, toks in enumerate(tokens.to_pylist()):
         want_words, want_chars = reference(toks)
         got_words = dict(zip(words[row].indices.tolist(), words[row].data.tolist()))
         got_chars = dict(zip(chars[row].indices.tolist(), chars[row].data.tolist()))
         assert got_words == want_words, TEXTS[row]
         assert got_chars == want_chars, TEXTS[row]
     assert words[2].nnz == 0  # an empty text has no words, only the n-gram of its two padding spaces
-    assert ngram_counts([])[0].shape == (0, 1 << WORD_BITS)
+    assert ngram_counts(tokenize([]))[0].shape == (0, 1 << WORD_BITS)
 
 
 def test_counts_do_not_depend_on_the_batch():
-    tokens = tokenize_batch(TEXTS)
+    tokens = tokenize(TEXTS)
     together = ngram_counts(tokens)
     for row in range(len(TEXTS)):
         alone = ngram_counts(tokens[row : row + 1])
@@ -78,7 +78,7 @@ def test_fitted_model_learns_words_and_returns_probabilities_in_label_order(num_
         y.append(label)
     model = fit_linear(texts, np.array(y), num_classes)
     assert model.coef.shape == (num_classes, (1 << WORD_BITS) + (1 << CHAR_BITS))
-    proba = model.predict_proba(tokenize_batch([f"the app was {w} today" for w in words]))
+    proba = model.predict_proba(tokenize([f"the app was {w} today" for w in words]))
     assert proba.dtype == np.float32 and proba.shape == (num_classes, num_classes)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
     assert list(proba.argmax(axis=1)) == list(range(num_classes))

@@ -11,7 +11,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.bundle import load_encoder
 from ray_sentiment.metrics import classification_report
 from ray_sentiment.settings import TrainSettings
-from ray_sentiment.text import tokenize_batch
+from ray_sentiment.text import tokenize
 from ray_sentiment.train import train
 
 from conftest import dataset, worker_killed_after_first_checkpoint
@@ -75,7 +75,7 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     encoder = load_encoder(str(Path(bundle) / "pretrained"))
     assert encoder.vocab == predictor.bundle.vocab
     labelled_tokens = set(
-        itertools.chain.from_iterable(tokenize_batch(pd.read_parquet(tweets_sample)["text"].tolist()))
+        tokenize(pd.read_parquet(tweets_sample)["text"].tolist()).flatten().to_pylist()
     )
     assert len(set(encoder.vocab) - labelled_tokens) > 1000  # the vocabulary also comes from the unlabelled texts
 
