@@ -24,6 +24,7 @@ from .text import Encoder, build_vocab, count_tokens
 
 TOKENISE_ROWS = 16_384  # rows per tokenising call: the compiled tokenizer's setup is paid once per call
 
+
 @dataclass
 class Split:
     dataset: ray.data.Dataset  # columns: text (str), label (normalised str)

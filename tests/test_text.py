@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import dataset
 
 from ray_sentiment.text import (
     COMPILED_FROM,
@@ -17,6 +16,8 @@ from ray_sentiment.text import (
 )
 from ray_sentiment.tokenizer_arrow import split_array
 from ray_sentiment.tokenizer_re import split_texts
+
+from conftest import dataset
 
 
 @pytest.mark.parametrize(

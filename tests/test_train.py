@@ -1,6 +1,5 @@
 """Ray Train end to end on real tweets: 2 data-parallel workers, checkpoints, recovery."""
 
-import itertools
 import json
 from pathlib import Path
 
@@ -74,9 +73,7 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert len(metrics["linear_weight"]["val_log_loss"]) == 11
     encoder = load_encoder(str(Path(bundle) / "pretrained"))
     assert encoder.vocab == predictor.bundle.vocab
-    labelled_tokens = set(
-        tokenize(pd.read_parquet(tweets_sample)["text"].tolist()).flatten().to_pylist()
-    )
+    labelled_tokens = set(tokenize(pd.read_parquet(tweets_sample)["text"].tolist()).flatten().to_pylist())
     assert len(set(encoder.vocab) - labelled_tokens) > 1000  # the vocabulary also comes from the unlabelled texts
 
 
