@@ -1,19 +1,25 @@
 """The Ray Data pipeline of `score` and `evaluate`.
 
-read (each row numbered within its file) → check and tokenise (CPU tasks) → score (actor pool, the
-model loaded once per actor, on GPU with use_gpu) → write_parquet. Streaming execution keeps
-memory flat as the input grows.
+read (each row numbered within its file) → check and tokenise → score (actor pool, the model loaded
+once per actor) → write_parquet. Streaming execution keeps memory flat as the input grows.
+
+On CPU each actor tokenises its own batches and runs the model with the threads its share of the
+node's CPUs allows: the tokenizer is a small part of the work, and shipping token ids between
+processes would cost more than it saves. With use_gpu, CPU tasks tokenise and the GPU actors only
+run the model, so every CPU of the node feeds them.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+import torch
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, FilenameProvider, ReadTask
 
@@ -27,10 +33,11 @@ from .results import SOURCE_COLUMNS, check_texts, result_columns, result_fields
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
-from .text import Encoder, tokenize_batch
+from .text import Encoder, tokenize
 
 BLOCK_BYTES = 1 << 20
 READ_ROWS = 8192  # rows per Parquet read, so a large file streams in small blocks
+TOKENISE_ROWS = 16_384  # rows per tokenising call: the compiled tokenizer's setup is paid once per call
 
 
 def score_files(
@@ -116,29 +123,49 @@ def score_dataset(
     use_gpu: bool,
     max_text_chars: int,
     reporter: Reporter | None = None,
+    tokenise_in_tasks: bool | None = None,
 ) -> ray.data.Dataset:
-    """check and tokenise (tasks) → score (actor pool): the `keep` columns (renamed) followed by
-    label, confidence, p_<label>... and error. Shared by `score` and `evaluate`.
+    """check and tokenise → score (actor pool): the `keep` columns (renamed) followed by label,
+    confidence, p_<label>... and error. Shared by `score` and `evaluate`. Tokenising runs in CPU
+    tasks of its own when `tokenise_in_tasks` (default: with use_gpu), else in the actors.
 
     The bundle travels to the actors through Ray's object store, so on a cluster no node needs
     the model directory on its own disk."""
     pool = _actor_pool(concurrency)
-    encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
-    tokenised = ds.map_batches(
-        _tokenise,
-        fn_args=(text_column, keep, renamed, encoder, bundle.linear, max_text_chars),
-        batch_format="pyarrow",
-        batch_size=batch_size,
+    prepare = (
+        text_column,
+        keep,
+        renamed,
+        Encoder(bundle.vocab, bundle.tokenizer.max_len),
+        bundle.linear,
+        max_text_chars,
     )
-    return tokenised.map_batches(
+    in_tasks = use_gpu if tokenise_in_tasks is None else tokenise_in_tasks
+    if in_tasks:
+        ds = ds.map_batches(_tokenise, fn_args=prepare, batch_format="pyarrow", batch_size=TOKENISE_ROWS)
+    return ds.map_batches(
         _Scorer,
-        fn_constructor_args=(bundle, "cuda" if use_gpu else "cpu", reporter),
+        fn_constructor_args=(
+            bundle,
+            "cuda" if use_gpu else "cpu",
+            batch_size,
+            None if in_tasks else prepare,
+            reporter,
+            _threads_per_actor(pool.max_size),
+        ),
         batch_format="pyarrow",
-        batch_size=batch_size,
+        batch_size=batch_size if in_tasks else max(batch_size, TOKENISE_ROWS),
         compute=pool,
         num_gpus=1 if use_gpu else 0,
         num_cpus=cpus_per_process(pool.max_size, use_gpu),
     )
+
+
+def _threads_per_actor(actors: int) -> int:
+    """The CPUs of a node shared among the actors it will hold (actors spread over the nodes)."""
+    nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    per_node = ray.cluster_resources().get("CPU", 1) / nodes
+    return max(1, int(per_node // -(-actors // nodes)))
 
 
 def _actor_pool(concurrency: Concurrency) -> ray.data.ActorPoolStrategy:
@@ -175,7 +202,7 @@ def _tokenise(
     ok = np.array([p is None for p in problems], dtype=bool)
     ids = np.zeros((len(problems), encoder.max_len), dtype=np.int32)
     lengths = np.zeros(len(problems), dtype=np.int32)
-    tokens = tokenize_batch(good)
+    tokens = tokenize(good)
     if good:
         ids[ok], lengths[ok] = encoder.encode_tokens(tokens)
     out = batch.select(keep).rename_columns([renamed.get(c, c) for c in keep])
@@ -190,20 +217,31 @@ def _tokenise(
 
 
 class _Scorer:
-    """One per actor: the model is loaded once and reused for every batch."""
+    """One per actor: the model is loaded once and reused for every batch. Given `prepare` (the
+    arguments of `_tokenise` after the batch), it tokenises its batches itself."""
 
-    def __init__(self, bundle: ModelBundle, device: str, reporter: Reporter | None):
+    def __init__(self, bundle: ModelBundle, device: str, batch_size: int, prepare: tuple | None, reporter, threads=1):
+        if device == "cpu":  # Ray starts a 1-CPU actor with one torch thread; give it its share
+            torch.set_num_threads(max(1, min(os.cpu_count() or 1, threads)))
         self.predictor = Predictor(bundle, device=device)
-        self.reporter = reporter
+        self.batch_size, self.prepare, self.reporter = batch_size, prepare, reporter
         self.fields = result_fields(self.predictor.labels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.prepare is not None:
+            batch = _tokenise(batch, *self.prepare)
         n = batch.num_rows
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
-        ids = _matrix(batch["_ids"], n)
+        ids, lengths = _matrix(batch["_ids"], n)[ok], batch["_length"].to_numpy()[ok]
         linear = _matrix(batch["_linear"], n)[ok] if "_linear" in batch.column_names else None
         proba = np.zeros((n, len(self.predictor.labels)), dtype=np.float32)
-        proba[ok] = self.predictor.predict_proba_encoded(ids[ok], batch["_length"].to_numpy()[ok], linear)
+        scored = np.empty((len(ids), proba.shape[1]), dtype=np.float32)
+        for start in range(0, len(ids), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            scored[part] = self.predictor.predict_proba_encoded(
+                ids[part], lengths[part], None if linear is None else linear[part]
+            )
+        proba[ok] = scored
         out = batch.drop_columns([c for c in ("_ids", "_length", "_linear", "error") if c in batch.column_names])
         values = result_columns(proba, self.predictor.labels)
         for column in self.fields:

@@ -12,8 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from ray_sentiment import Predictor
+from ray_sentiment.batch import score_dataset
+from ray_sentiment.bundle import load_bundle
 from ray_sentiment.errors import ConfigError, DataError
 from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
@@ -77,6 +80,24 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert good["label"].tolist() == [predictor.labels[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(good["confidence"], expected.max(axis=1), rtol=1e-6)
+
+
+def test_tokenising_in_tasks_as_for_gpu_actors_gives_the_same_rows(ray_local, bundle, tmp_path):
+    """The layout --use-gpu takes (CPU tasks tokenise, the actors only run the model), run on CPU."""
+    df = comments(2500, seed=3)
+    df.loc[[1, 2], "text"] = [None, ""]
+    write_parts(df, tmp_path / "in", 2)
+    loaded = load_bundle(str(bundle))
+    results = {}
+    for in_tasks in (True, False):
+        ds = ray.data.read_parquet(str(tmp_path / "in"))
+        scored = score_dataset(ds, loaded, "text", ["id"], {}, 256, 1, False, 10_000, tokenise_in_tasks=in_tasks)
+        results[in_tasks] = scored.to_pandas().sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(results[True], results[False])
+    assert len(results[True]) == 2500 and errors(results[True])[1:3] == ["text is null", "text is empty"]
+    good = results[True].dropna(subset=["label"])
+    expected = Predictor.load(bundle).predict_proba(df.loc[good["id"], "text"].tolist())
+    np.testing.assert_allclose(good[["p_negative", "p_neutral", "p_positive"]].to_numpy(float), expected, atol=1e-6)
 
 
 def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bundle, tmp_path):
