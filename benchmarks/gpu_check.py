@@ -4,7 +4,9 @@
 default without its linear half, fitted on CPUs) on tweets/train with one GPU Train worker; (2) scores
 N rows (default 1,000,000, tweets resampled into Parquet) with a GPU model actor; (3) serves the
 model from a GPU replica under HTTP load (100-text requests from 16 clients, then 1-text requests
-from 64); (4) checks that the GPU gives the CPU's probabilities. GPU memory is the peak of
+from 64); (4) checks that the GPU gives the CPU's probabilities; (5) which side limits a GPU node: the
+compiled tokenizer's texts/s on one core times the node's cores, against the model alone on the
+GPU (token ids made beforehand). GPU memory is the peak of
 `nvidia-smi`'s memory.used, sampled every 0.2 s (all processes on the card). Sized to finish
 within 8 minutes on one GPU. `--cpu` runs the same steps without a GPU (default 100,000 rows).
 
@@ -26,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment import Predictor
+from ray_sentiment import Predictor, tokenizer_arrow
 from ray_sentiment.runtime import ensure_ray
 from ray_sentiment.score import score_parquet
 from ray_sentiment.serve import build, start
@@ -139,6 +142,7 @@ def main() -> None:
             ray.shutdown()  # Serve, its replicas and every actor go with the local cluster
         compare(results, baselines(bundle, args, gpu))
         results.append(agreement(bundle, texts, gpu))
+        results += feeding(bundle, texts, gpu, args.batch_size)
     total = time.perf_counter() - started
     where = "CPU only" if args.cpu else gpu_name()
     title = (
@@ -187,6 +191,35 @@ def baselines(bundle: str, args, gpu: bool) -> dict:
     started = time.perf_counter()
     predictor.predict_proba(texts, batch_size=args.batch_size)
     return {"train": plain, "predict": len(texts) / (time.perf_counter() - started)}
+
+
+def feeding(bundle: str, texts: np.ndarray, gpu: bool, batch_size: int) -> list[dict]:
+    """The tokenizer per core and the model alone on the device; the node's projected rate is the
+    smaller of cores x per-core tokenizing and the model's rate."""
+    sample = list(np.random.default_rng(1).choice(texts, 200_000))
+    chunks = [pa.array(sample[i : i + tokenizer_arrow.CHUNK]) for i in range(0, len(sample), tokenizer_arrow.CHUNK)]
+    started = time.perf_counter()
+    for chunk in chunks:
+        tokenizer_arrow.split_array(chunk)
+    per_core = len(sample) / (time.perf_counter() - started)
+    predictor = Predictor.load(bundle, device="cuda" if gpu else "cpu")
+    ids, lengths, _ = predictor.encode(sample)
+    predictor.predict_proba_encoded(ids[:batch_size], lengths[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for first in range(0, len(ids), batch_size):
+        predictor.predict_proba_encoded(ids[first : first + batch_size], lengths[first : first + batch_size])
+    model = len(ids) / (time.perf_counter() - started)
+    cores = psutil.cpu_count()
+    limit = "tokenizing" if cores * per_core < model else "the model"
+    return [
+        {"step": "tokenizer alone (compiled rules), one core", "throughput": per_core, "unit": "texts/s"},
+        {"step": f"model alone on {'GPU' if gpu else 'CPU'}, token ids ready", "throughput": model, "unit": "texts/s"},
+        {
+            "step": f"projected node: min({cores} cores x tokenizer, model); {limit} limits",
+            "throughput": min(cores * per_core, model),
+            "unit": "texts/s",
+        },
+    ]
 
 
 def compare(results: list[dict], base: dict) -> None:

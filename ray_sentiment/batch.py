@@ -33,11 +33,10 @@ from .results import SOURCE_COLUMNS, check_texts, result_columns, result_fields
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
-from .text import Encoder, tokenize
+from .text import TOKENISE_ROWS, Encoder, tokenize
 
 BLOCK_BYTES = 1 << 20
 READ_ROWS = 8192  # rows per Parquet read, so a large file streams in small blocks
-TOKENISE_ROWS = 16_384  # rows per tokenising call: the compiled tokenizer's setup is paid once per call
 
 
 def score_files(

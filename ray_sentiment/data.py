@@ -20,9 +20,7 @@ import scipy.sparse as sp
 from .embeddings import cooccurrence_counts
 from .errors import DataError, user_message
 from .inputs import check_columns, list_input_files, require_classes
-from .text import Encoder, build_vocab, count_tokens
-
-TOKENISE_ROWS = 16_384  # rows per tokenising call: the compiled tokenizer's setup is paid once per call
+from .text import TOKENISE_ROWS, Encoder, build_vocab, count_tokens
 
 
 @dataclass

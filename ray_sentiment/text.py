@@ -21,6 +21,7 @@ PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPECIALS = (PAD, UNK)
 COMPILED_FROM = 1024  # texts per call from which the compiled tokenizer is the faster one
+TOKENISE_ROWS = 16_384  # rows per tokenising call in Ray Data: the compiled rules' setup is paid per call
 TOKENS = pa.list_(pa.large_string())
 
 

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 import torch
@@ -10,7 +11,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.bundle import load_bundle, save_bundle
 from ray_sentiment.errors import BundleError, InvalidTextError
 
-from conftest import SAMPLE_TEXTS, write_random_bundle
+from conftest import SAMPLE_TEXTS, dataset, write_random_bundle
 
 TEXTS = SAMPLE_TEXTS
 
@@ -235,3 +236,13 @@ def test_bundle_file_uri_round_trip(bundle_dir, tmp_path):
     save_bundle(load_bundle(bundle_dir[0]), uri)
     assert (tmp_path / "copy" / "model.safetensors").is_file()
     assert load_bundle(uri).version == load_bundle(bundle_dir[0]).version
+
+
+def test_a_hybrid_bundle_scores_the_same_through_either_tokenizer(hybrid_dir):
+    """Large calls take the compiled tokenizer, small ones Python's re: same probabilities."""
+    texts = pd.read_parquet(dataset("tweets/val.parquet"))["text"].tolist()[:1500]
+    predictor = Predictor.load(hybrid_dir)
+    compiled = predictor.predict_proba(texts)
+    spec = np.concatenate([predictor.predict_proba(texts[i : i + 100]) for i in range(0, len(texts), 100)])
+    np.testing.assert_allclose(compiled, spec, rtol=1e-5, atol=1e-6)
+    assert predictor.predict(texts) == [predictor.labels[i] for i in spec.argmax(axis=1)]
