@@ -219,7 +219,15 @@ class _Scorer:
     """One per actor: the model is loaded once and reused for every batch. Given `prepare` (the
     arguments of `_tokenise` after the batch), it tokenises its batches itself."""
 
-    def __init__(self, bundle: ModelBundle, device: str, batch_size: int, prepare: tuple | None, reporter, threads=1):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: str,
+        batch_size: int,
+        prepare: tuple | None,
+        reporter: Reporter | None,
+        threads: int = 1,
+    ):
         if device == "cpu":  # Ray starts a 1-CPU actor with one torch thread; give it its share
             torch.set_num_threads(max(1, min(os.cpu_count() or 1, threads)))
         self.predictor = Predictor(bundle, device=device)
