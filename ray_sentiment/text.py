@@ -31,14 +31,14 @@ class TokenizerConfig:
     max_len: int = 100
 
 
-def tokenize(texts: Sequence[str] | pa.Array) -> pa.ListArray:
+def tokenize(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.ListArray:
     """One list of normalised tokens per text. `texts` must hold strings only (no nulls)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
     if len(texts) >= COMPILED_FROM:
-        array = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.large_string())
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        return tokenizer_arrow.split_array(array).cast(TOKENS)
-    values = texts.to_pylist() if isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts
+        array = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
+        return tokenizer_arrow.split_array(array)
+    values = texts.to_pylist() if isinstance(texts, pa.Array) else texts
     return pa.array(tokenizer_re.split_texts(values), TOKENS)
 
 
