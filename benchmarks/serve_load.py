@@ -99,7 +99,7 @@ def plain_server(port: int, bundle: str) -> None:
     @app.post("/v1/sentiment")
     async def sentiment(request: Request):
         try:
-            texts = parse_texts(await request.body())
+            texts, _ = parse_texts(await request.body())
         except HTTPError as error:
             raise HTTPException(error.status, error.detail) from None
         return {"results": result_records(predictor.predict_proba(texts), predictor.labels)}

@@ -59,6 +59,10 @@ class Batcher:
                     future.set_result(proba[start : start + len(request)])
                 start += len(request)
 
+    async def run(self, fn: Callable, *args):
+        """`fn(*args)` on the model's thread, so that it never runs beside a batch."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
     def close(self) -> None:
         if self.worker:
             self.worker.cancel()

@@ -13,11 +13,12 @@ from importlib.metadata import version
 
 from .bundle import load_bundle
 from .errors import ConfigError, RaySentimentError
-from .preflight import check_evaluate, check_pretrain, check_serve, check_stream, check_train
+from .preflight import check_evaluate, check_pretrain, check_report, check_serve, check_stream, check_train
 from .presets import PRESETS
 from .results import MAX_TEXT_CHARS
 from .settings import (
     PretrainSettings,
+    ReportSettings,
     ScoreSettings,
     ServeSettings,
     StreamSettings,
@@ -134,6 +135,28 @@ def _add_evaluate(sub) -> None:
     f.add("--output", help="also write the whole report to this JSON file; local or s3:// gs://")
     f.add("--json", action="store_true", help="print the whole report as JSON instead of a summary")
     f.setting("device", "where the model runs", default="cpu", choices=["cpu", "cuda", "auto"])
+    f.add("--group-column", help="also the metrics per value of this column (e.g. airline)")
+    f.setting("errors", "the N most confident mistakes per true label, with their tokens' contributions", default=0)
+
+
+def _add_report(sub) -> None:
+    parser = _command(sub, "report", help="summarise scored comments per key and over time: a page, plots, tables")
+    f = Flags(parser, ReportSettings)
+    f.add("--input", required=True, help="score's output: Parquet file, directory or glob; local or s3:// gs://")
+    f.add("--output", required=True, help="directory for report.html, the plots and tables; local or s3:// gs://")
+    f.setting("label_column", "column holding the predicted label")
+    f.add("--text-column", help="column holding the comment, for words and examples (default: text, if present)")
+    f.add("--time-column", help="column holding each comment's time (a timestamp, or text such as 2/24/2015 11:35)")
+    f.add("--time-format", help="strptime format of a text --time-column (default: guessed from its first value)")
+    f.add("--key-column", help="column to break the report down by: brand, product, airline")
+    f.setting("freq", "period of the time series: hour, day, week, month", choices=["H", "D", "W", "M"])
+    f.setting("focus_label", "the label whose share is followed over time")
+    f.add("--model", help="bundle: also show the tokens that drove each label (occlusion on a sample)")
+    f.add("--no-redact", dest="redact", action="store_false", help="show handles, e-mails, phones and URLs in examples")
+    f.setting("examples", "representative comments per label and key")
+    f.setting("top_words", "distinctive words per label and key")
+    f.setting("min_word_count", "comments a distinctive word must appear in")
+    f.add("--overwrite", action="store_true", help="replace an earlier report in --output (only its files)")
 
 
 def _add_score(sub) -> None:
@@ -207,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_stream(sub)
     _add_serve(sub)
+    _add_report(sub)
     p = Flags(_command(sub, "predict", help="print one JSON line per text (an error line for a text it cannot score)"))
     p.add("--model", required=True, help=MODEL_HELP)
     p.setting("max_text_chars", MAX_TEXT_CHARS_HELP, default=MAX_TEXT_CHARS)
+    p.add("--explain", action="store_true", help="add each token's contribution to the label (occlusion)")
     p.add("texts", nargs="+", metavar="TEXT")
     return parser
 
@@ -257,8 +282,10 @@ def run(args: argparse.Namespace) -> None:
         from .serve import serve_until_signalled
 
         serve_until_signalled(serve_settings, bundle)
+    elif command == "report":
+        report(settings_from(ReportSettings, _options(args)))
     elif command == "predict":
-        predict(args.model, args.texts, args.max_text_chars)
+        predict(args.model, args.texts, args.max_text_chars, args.explain)
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -266,12 +293,25 @@ def evaluate(args: argparse.Namespace) -> None:
     split = comma_list(args.test_split or "")
     if bool(args.split_column) != bool(split):
         raise ConfigError("--split-column and --test-split (one value or more) go together")
-    bundle = check_evaluate(args.model, args.data, args.text_column, args.label_column, args.split_column, split)
+    if args.errors < 0:
+        raise ConfigError(f"--errors must be 0 or more, not {args.errors}")
+    bundle = check_evaluate(
+        args.model, args.data, args.text_column, args.label_column, args.split_column, split, args.group_column
+    )
     from .evaluate import evaluate_path
     from .storage import write_text
 
     report = evaluate_path(
-        args.model, args.data, args.text_column, args.label_column, args.device, args.split_column, split, bundle
+        args.model,
+        args.data,
+        args.text_column,
+        args.label_column,
+        args.device,
+        args.split_column,
+        split,
+        bundle,
+        args.group_column,
+        args.errors,
     )
     text = json.dumps(report, indent=2)
     if args.output:
@@ -296,17 +336,43 @@ def format_report(report: dict, written_to: str | None) -> str:
     lines.append("".ljust(width) + "".join(label[: width - 2].ljust(width) for label in labels))
     for label, row in zip(labels, report["confusion_matrix"]["matrix"]):
         lines.append(label.ljust(width) + "".join(f"{n:<{width},}" for n in row))
+    for group, g in report.get("groups", {}).items():
+        lines.append(
+            f"{group}: {g['rows']:,} rows  accuracy {g['accuracy']:.3f}  macro recall {g['macro_recall']:.3f}  "
+            f"macro F1 {g['macro_f1']:.3f}"
+        )
+    for e in report.get("errors", []):
+        drivers = sorted(e["tokens"], key=lambda t: -t["contribution"])[:3]
+        why = ", ".join(f"{t['token']} {t['contribution']:+.2f}" for t in drivers)
+        lines.append(f"{e['true']} taken as {e['predicted']} ({e['confidence']:.0%}; {why}): {e['text'][:100]!r}")
     lines.append(f"whole report (JSON) in {written_to}" if written_to else "--json prints the whole report")
     return "\n".join(line.rstrip() for line in lines)
 
 
-def predict(model: str, texts: list[str], max_text_chars: int) -> None:
-    """One JSON line per text, in `Predictor.score`'s shape; a text that cannot be scored is a line
-    with its error, and the command then exits 2."""
+def report(settings: ReportSettings) -> None:
+    source = check_report(settings)
+    from .report import build_report
+    from .report_page import write_report
+
+    result = build_report(settings, source)
+    files = write_report(result, settings.output)
+    shares = "  ".join(f"{r.label} {r.share:.1%}" for r in result.label_shares.itertuples())
+    print(f"{result.rows - result.unscored:,} scored comments: {shares}")
+    print(f"report written to {settings.output.rstrip('/')}/report.html ({len(files)} files)")
+
+
+def predict(model: str, texts: list[str], max_text_chars: int, explain: bool = False) -> None:
+    """One JSON line per text, in `Predictor.score`'s shape (with --explain, plus `tokens`); a text
+    that cannot be scored is a line with its error, and the command then exits 2."""
     bundle = load_bundle(model)  # a broken bundle is refused before torch is imported
     from .predictor import Predictor
 
-    records = Predictor(bundle, max_text_chars=max_text_chars).score(texts)
+    predictor = Predictor(bundle, max_text_chars=max_text_chars)
+    records = predictor.score(texts)
+    if explain:
+        good = [i for i, r in enumerate(records) if r["error"] is None]
+        for i, why in zip(good, predictor.explain([texts[i] for i in good])):
+            records[i]["tokens"] = why["tokens"]
     for text, record in zip(texts, records):
         print(json.dumps({"text": text, **record}, ensure_ascii=False))
     refused = sum(1 for r in records if r["error"])

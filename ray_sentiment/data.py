@@ -42,6 +42,9 @@ class LabelledData:
     counts: dict = field(default_factory=dict)  # rows read/dropped/kept per split, per class
 
 
+NO_GROUP = "(none)"
+
+
 def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Read Parquet, CSV or JSONL (chosen by extension) as a Ray Dataset."""
     fmt, files = list_input_files(path)
@@ -72,13 +75,19 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
 
 
 def read_labelled(
-    path: str, text_column: str = "text", label_column: str | None = "label", split_column: str | None = None
+    path: str,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    split_column: str | None = None,
+    group_column: str | None = None,
 ) -> Split:
     """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows.
 
     With `label_column=None`, unlabelled comments: only the text is kept. A `split_column` is kept
-    as `split` (text), for `load_labelled` to divide the rows by."""
-    columns = [text_column] + ([label_column] if label_column else []) + ([split_column] if split_column else [])
+    as `split` (text), for `load_labelled` to divide the rows by; a `group_column` as `group`
+    (text, NO_GROUP where null), for per-group metrics."""
+    optional = [c for c in (split_column, group_column) if c]
+    columns = list(dict.fromkeys([text_column] + ([label_column] if label_column else []) + optional))
     ds = read_table(path, tuple(columns))
     require_columns(ds, path, columns, text_column)
 
@@ -92,6 +101,8 @@ def read_labelled(
         out = {"text": text.filter(keep), "label": label.filter(keep)}
         if split_column:
             out["split"] = batch[split_column].cast(pa.string()).filter(keep)
+        if group_column:
+            out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NO_GROUP).filter(keep)
         return pa.table(out)
 
     try:

@@ -3,6 +3,7 @@ with no framework on the hot path. The Serve replica (serve.py) runs it under uv
 a `score` coroutine; nothing here needs Ray.
 
     POST /v1/sentiment  {"texts": [...]}  → {"model": {...}, "results": [{label, confidence, p_<label>...}]}
+                        {"texts": [...], "explain": true} also gives each result its tokens' contributions
     GET  /v1/model      labels, preset, training metrics
     GET  /healthz       200 while the server takes requests (also /-/healthz, the path KubeRay probes)
     GET  /docs          OpenAPI (the document is built once, at start)
@@ -31,6 +32,9 @@ from .settings import MAX_TEXTS_PER_REQUEST as MAX_TEXTS
 from .settings import ServeSettings
 
 MAX_BODY_BYTES = 1 << 20
+# An explained text costs up to (tokens + 1) model rows, so explaining takes fewer, shorter texts.
+EXPLAIN_MAX_TEXTS = 32
+EXPLAIN_MAX_CHARS = 2_000
 API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
 MODEL_TIMEOUT_S = 30.0
 RETRY_AFTER_S = "1"
@@ -39,6 +43,7 @@ RETRY_AFTER_S = "1"
 DRAIN_NOTICE_S = 0.3
 
 Score = Callable[[list[str]], Awaitable[np.ndarray]]
+Explain = Callable[[list[str]], Awaitable[list[dict]]]
 
 
 class HTTPError(Exception):
@@ -51,8 +56,9 @@ def busy(detail: str) -> HTTPError:
     return HTTPError(503, detail, {"Retry-After": RETRY_AFTER_S})
 
 
-def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> list[str]:
-    """The texts of a request body, or an HTTPError saying exactly what is wrong with it."""
+def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[str], bool]:
+    """The texts of a request body and whether to explain them, or an HTTPError saying exactly
+    what is wrong with it."""
     try:
         request = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -61,15 +67,21 @@ def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> list[str]:
         raise HTTPError(422, "body is nested too deeply") from None
     if not isinstance(request, dict) or "texts" not in request:
         raise HTTPError(422, 'body must be a JSON object with a "texts" list')
-    texts = request["texts"]
+    texts, explain = request["texts"], request.get("explain", False)
+    if not isinstance(explain, bool):
+        raise HTTPError(422, '"explain" must be true or false')
+    most = EXPLAIN_MAX_TEXTS if explain else MAX_TEXTS
     if not isinstance(texts, list) or not texts:
-        raise HTTPError(422, '"texts" must be a list of 1 to 1,000 strings')
-    if len(texts) > MAX_TEXTS:
-        raise HTTPError(413, f"{len(texts):,} texts in one request; at most {MAX_TEXTS:,}")
+        raise HTTPError(422, f'"texts" must be a list of 1 to {most:,} strings')
+    if len(texts) > most:
+        why = " with explain" if explain else ""
+        raise HTTPError(413, f"{len(texts):,} texts in one request{why}; at most {most:,}")
+    if explain:
+        max_chars = min(max_chars, EXPLAIN_MAX_CHARS)
     for i, text in enumerate(texts):
         if problem := text_problem(text, max_chars):
-            raise HTTPError(422, f"texts[{i}]: {problem}")
-    return texts
+            raise HTTPError(422, f"texts[{i}]: {problem}" + (" (the limit with explain)" if explain else ""))
+    return texts, explain
 
 
 async def read_body(scope, receive, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -133,9 +145,19 @@ class SentimentApp:
 
     OPEN = ("/healthz", "/-/healthz")
 
-    def __init__(self, score: Score, summary: dict, key: KeyDigest | None, settings: ServeSettings, docs: dict):
-        """`settings` gives the limits: text length, requests scored and waiting per replica."""
+    def __init__(
+        self,
+        score: Score,
+        summary: dict,
+        key: KeyDigest | None,
+        settings: ServeSettings,
+        docs: dict,
+        explain: Explain | None = None,
+    ):
+        """`settings` gives the limits: text length, requests scored and waiting per replica.
+        `explain`: results with their tokens' contributions, for requests that ask."""
         self.score, self.summary, self.key, self.settings = score, summary, key, settings
+        self.explain = explain
         self.model_ref = json.dumps({"name": summary["name"], "version": summary["version"]})
         self.labels = summary["labels"]
         self.places = asyncio.Semaphore(settings.max_ongoing_requests)
@@ -181,7 +203,9 @@ class SentimentApp:
     async def sentiment(self, scope, receive) -> bytes:
         if self.draining:
             raise busy("shutting down; retry on another server")
-        texts = parse_texts(await read_body(scope, receive), self.settings.max_text_chars)
+        texts, explain = parse_texts(await read_body(scope, receive), self.settings.max_text_chars)
+        if explain and self.explain is None:
+            raise HTTPError(422, "this server does not explain")
         if self.places.locked() and self.queued >= self.settings.max_queued_requests:
             raise busy("busy: too many requests queued; retry shortly")
         self.in_flight += 1
@@ -190,12 +214,17 @@ class SentimentApp:
             async with self.places:
                 self.queued -= 1
                 try:
-                    proba = await asyncio.wait_for(self.score(texts), MODEL_TIMEOUT_S)
+                    if explain:
+                        records = await asyncio.wait_for(self.explain(texts), MODEL_TIMEOUT_S)  # type: ignore[misc]
+                    else:
+                        records = result_records(
+                            await asyncio.wait_for(self.score(texts), MODEL_TIMEOUT_S), self.labels
+                        )
                 except asyncio.TimeoutError:
                     raise busy(f"the model did not answer within {MODEL_TIMEOUT_S:.0f} s") from None
         finally:
             self.in_flight -= 1
-        results = json.dumps(result_records(proba, self.labels))
+        results = json.dumps(records)
         return f'{{"model":{self.model_ref},"results":{results}}}'.encode()
 
     async def drain(self) -> int:
@@ -232,7 +261,13 @@ def api_docs() -> dict:
         texts: list[str] = Field(
             min_length=1,
             max_length=MAX_TEXTS,
-            description=f"1 to {MAX_TEXTS:,} comments, each at most --max-text-chars characters",
+            description=f"1 to {MAX_TEXTS:,} comments, each at most --max-text-chars characters "
+            f"(with explain: {EXPLAIN_MAX_TEXTS} comments of at most {EXPLAIN_MAX_CHARS:,} characters)",
+        )
+        explain: bool = Field(
+            default=False,
+            description="also give each result `tokens`: every token's contribution to its label "
+            "(leave-one-token-out occlusion)",
         )
 
     class Error(BaseModel):

@@ -107,17 +107,22 @@ def check_columns(names: list[str], wanted: list[str], path: str) -> None:
 
 
 def check_labelled(
-    path: str, text_column: str, label_column: str | None = None, split_column: str | None = None
+    path: str,
+    text_column: str,
+    label_column: str | None = None,
+    split_column: str | None = None,
+    group_column: str | None = None,
 ) -> LabelCounts | None:
     """Files, encoding, columns and the text column's type; then, for an input of at most
-    PREFLIGHT_BYTES, the normalised labels counted per split value. None: labels not counted."""
+    PREFLIGHT_BYTES, the normalised labels counted per split value. None: labels not counted.
+    A `group_column` is only checked to be there."""
     fmt, files = list_input_files(path)
     if fmt != "parquet":
         for f in files:
             check_utf8(f)
     columns = [c for c in (text_column, label_column, split_column) if c]
     dataset, size = _open(fmt, files, columns, path)
-    check_columns(dataset.schema.names, columns, path)
+    check_columns(dataset.schema.names, [*columns, *([group_column] if group_column else [])], path)
     kind = dataset.schema.field(text_column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
         raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")

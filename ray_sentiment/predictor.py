@@ -10,12 +10,13 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from .bundle import ModelBundle, load_bundle
 from .errors import InvalidTextError
 from .results import MAX_TEXT_CHARS, check_texts, refused, result_records
-from .text import Encoder, tokenize
+from .text import TOKENS, Encoder, tokenize
 from .tokenizer_arrow import CHUNK
 
 
@@ -86,9 +87,54 @@ class Predictor:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """What a model call needs, made on CPU: (ids, lengths, the linear model's probabilities or None)."""
-        tokens = tokenize(texts)
+        return self._encode_tokens(tokenize(texts))
+
+    def _encode_tokens(self, tokens: pa.ListArray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         ids, lengths = self.encoder.encode_tokens(tokens)
         return ids, lengths, None if self.linear is None else self.linear.predict_proba(tokens)
+
+    def explain(self, texts: Sequence[str], label: str | None = None, batch_size: int = 2048) -> list[dict]:
+        """Why each text got its label, by leave-one-token-out occlusion: a token's contribution is
+        the predicted label's probability (or `label`'s) with the text as it is, less that
+        probability with the one token removed. Positive: the token pushed towards the label;
+        negative: away from it.
+
+        Only the tokens the model reads (the first `max_len`) are explained, so a text costs at most
+        (tokens + 1) model rows, and all of a text's variants go through the model in one call.
+        Returns `score`'s record per text plus `tokens`: [{"token", "contribution"}] in text order.
+        Texts that cannot be scored refuse the call, as in `predict_proba`."""
+        if label is not None and label not in self.labels:
+            raise ValueError(f"unknown label {label!r}; the model's labels are: {', '.join(self.labels)}")
+        target = None if label is None else self.labels.index(label)
+        token_lists = tokenize(self._checked(texts)).to_pylist()
+        records: list[dict] = []
+        start = rows = 0
+        for i, tokens in enumerate(token_lists):
+            cost = min(len(tokens), self.encoder.max_len) + 1  # the text, and each read token left out
+            if i > start and rows + cost > batch_size:
+                records += self._explain_group(token_lists[start:i], target)
+                start, rows = i, 0
+            rows += cost
+        return records + (self._explain_group(token_lists[start:], target) if start < len(token_lists) else [])
+
+    def _explain_group(self, group: list[list[str]], target: int | None) -> list[dict]:
+        """One model call for every variant of every text in `group`."""
+        variants: list[list[str]] = []
+        for tokens in group:
+            variants.append(tokens)
+            variants += [tokens[:i] + tokens[i + 1 :] for i in range(min(len(tokens), self.encoder.max_len))]
+        proba = self.predict_proba_encoded(*self._encode_tokens(pa.array(variants, TOKENS)))
+        records, row = [], 0
+        for tokens in group:
+            shown = min(len(tokens), self.encoder.max_len)
+            full, without = proba[row], proba[row + 1 : row + 1 + shown]
+            best = int(full.argmax()) if target is None else target
+            record = result_records(full[None, :], self.labels)[0]
+            contributions = (full[best] - without[:, best]).tolist()
+            record["tokens"] = [{"token": t, "contribution": c} for t, c in zip(tokens, contributions)]
+            records.append(record)
+            row += shown + 1
+        return records
 
     def _proba(self, texts: list[str], batch_size: int = 2048) -> np.ndarray:
         """Tokenised in large chunks (the compiled tokenizer's sweet spot), scored `batch_size` at a time."""

@@ -13,7 +13,8 @@ from .bundle import EncoderBundle, ModelBundle, load_bundle, load_encoder
 from .errors import ConfigError, DataError
 from .inputs import check_labelled, require_classes, total
 from .presets import Preset, get_preset
-from .settings import PretrainSettings, ServeSettings, StreamSettings, TrainSettings
+from .report_data import ReportInput
+from .settings import PretrainSettings, ReportSettings, ServeSettings, StreamSettings, TrainSettings
 
 RECIPE_FIELDS = (
     "epochs",
@@ -82,11 +83,17 @@ def check_pretrain(s: PretrainSettings) -> None:
 
 
 def check_evaluate(
-    model: str, data: str, text_column: str, label_column: str, split_column: str | None, split: tuple[str, ...]
+    model: str,
+    data: str,
+    text_column: str,
+    label_column: str,
+    split_column: str | None,
+    split: tuple[str, ...],
+    group_column: str | None = None,
 ) -> ModelBundle:
     """The bundle, then the data: its columns, and labels the model knows. Returns the bundle."""
     bundle = load_bundle(model)
-    counts = check_labelled(data, text_column, label_column, split_column)
+    counts = check_labelled(data, text_column, label_column, split_column, group_column)
     if counts is None:
         return bundle
     found = total(counts, split or None)
@@ -147,3 +154,17 @@ def check_encoder_fits(encoder: EncoderBundle, r: Preset, settings: TrainSetting
             f"--vocab-size {settings.vocab_size} does not match the {len(encoder.vocab)}-token vocabulary of "
             f"the pretrained encoder {settings.init_from}; its vocabulary is used as it is, so leave --vocab-size out"
         )
+
+
+def check_report(s: ReportSettings) -> ReportInput:
+    """The input's columns and time format, the output directory, and the bundle if one is given."""
+    from .outputs import check_apart
+    from .report_data import check_report_input
+    from .report_page import check_output
+
+    source = check_report_input(s)
+    check_apart(s.input, source.files, s.output)
+    check_output(s.output, s.overwrite)
+    if s.model:
+        load_bundle(s.model)
+    return source

@@ -49,11 +49,15 @@ class SentimentServer:
         torch.set_num_threads(max(1, int(settings.cpus_per_replica)))
         max_texts = settings.max_batch_size if settings.batching else 0  # 0: each request on its own
         self.batcher = Batcher(self.predictor.predict_proba, max_texts, settings.batch_wait_ms / 1000)
-        self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs())
+        self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs(), self.explain)
         self.server = await listen(self.app, settings.host, settings.port)
         # What is loaded now lives as long as the replica: kept out of the collector's full passes,
         # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.
         gc.freeze()
+
+    async def explain(self, texts: list[str]) -> list[dict]:
+        """On the model's thread, between batches: a request that asks for reasons waits its turn."""
+        return await self.batcher.run(self.predictor.explain, texts)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"in_flight": self.app.in_flight}

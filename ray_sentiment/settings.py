@@ -261,3 +261,33 @@ class ServeSettings:
             raise ConfigError(f"--cpus-per-replica must be more than 0, not {self.cpus_per_replica}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, not {self.port}")
+
+
+FREQUENCIES = ("H", "D", "W", "M")  # hour, day, week (from Monday), month
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """`report`: a scored Parquet file (score's output) summarised into a page, plots and tables."""
+
+    input: str
+    output: str
+    label_column: str = "label"
+    text_column: str | None = None  # default: `text` if the input has it; needed only for words and examples
+    time_column: str | None = None
+    time_format: str | None = None  # strptime format; default: guessed from the first value
+    key_column: str | None = None  # e.g. the brand or product
+    freq: str = "D"
+    focus_label: str = "negative"  # the label whose share is followed over time
+    model: str | None = None  # a bundle: the tokens that drove each label, by occlusion
+    redact: bool = True
+    examples: int = 3  # representative comments per label and key
+    top_words: int = 15
+    min_word_count: int = 10  # comments a distinctive word must appear in
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.freq not in FREQUENCIES:
+            raise ConfigError(f"--freq takes one of {', '.join(FREQUENCIES)}, not {self.freq!r}")
+        _at_least(self, 0, "examples")
+        _at_least(self, 1, "top_words", "min_word_count")

@@ -343,3 +343,41 @@ def worker_killed_after_first_checkpoint(storage: Path):
     yield killed
     killer.join(timeout=5)
     assert "pid" in killed, "the test never found a worker to kill"
+
+
+@pytest.fixture(scope="session")
+def airline_bundle(tmp_path_factory):
+    """An LSTM trained on the airline tweets' train split (3 small epochs, about 20 s): for tests
+    that need a model that learned something, such as explanations and reports."""
+    return train_airline_bundle(tmp_path_factory.mktemp("airline") / "bundle")
+
+
+def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from ray_sentiment.bundle import ModelBundle, save_bundle
+    from ray_sentiment.model import SentimentLSTM
+    from ray_sentiment.presets import ModelConfig
+    from ray_sentiment.text import Encoder, TokenizerConfig, build_vocab, count_tokens
+    from ray_sentiment.train import train_epoch
+
+    torch.manual_seed(0)
+    rows = pd.read_parquet(dataset("airline/tweets.parquet"), columns=["text", "label", "split"])
+    rows = rows[rows["split"] == "train"]
+    labels = sorted(rows["label"].unique())
+    vocab = build_vocab(count_tokens(rows["text"].tolist()), 5000)
+    tokenizer = TokenizerConfig(vocab_size=len(vocab), max_len=40)
+    ids, lengths = Encoder(vocab, tokenizer.max_len)(rows["text"].tolist())
+    y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy(np.int64)
+    config = ModelConfig(num_classes=len(labels), vocab_size=len(vocab), embed_dim=32, hidden_dim=48, dense_dim=32)
+    model = SentimentLSTM(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        train_epoch(model, optimizer, torch.nn.CrossEntropyLoss(), (ids, lengths, y), order, 64, len(y) // 64, "cpu")
+    model.eval()
+    bundle = ModelBundle(labels, vocab, config, tokenizer, model.state_dict(), preset="test", metrics={"note": "test"})
+    return Path(save_bundle(bundle, path))
