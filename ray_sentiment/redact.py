@@ -20,7 +20,7 @@ def redact(text: str) -> str:
 
 
 def dedupe_key(text: str) -> str:
-    """Comments that differ only by who they mention, links, case or spacing count as one
-    (retweets and copy-pasted complaints)."""
-    text = _HANDLE.sub("", _URL.sub("", text)).lower()
-    return " ".join(re.sub(r"^rt\b:?", "", text.strip()).split())
+    """Comments that differ only by who they mention, links, case, punctuation or spacing count as
+    one (retweets and copy-pasted complaints)."""
+    words = re.findall(r"\w+", _HANDLE.sub("", _URL.sub("", text)).lower())
+    return " ".join(words[1:] if words[:1] == ["rt"] else words)

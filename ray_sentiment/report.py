@@ -21,7 +21,7 @@ import ray.data  # imported before Ray starts, so that runtime.py's quieting of 
 
 from .errors import DataError, user_message
 from .redact import dedupe_key, redact
-from .report_data import NO_TIME, ReportInput, partial_counts, partial_examples, partial_words
+from .report_data import COUNTED, NO_TIME, ReportInput, partial_counts, partial_examples, partial_words
 from .report_stats import distinctive_words, movers, shares, timeline
 from .runtime import ensure_ray
 from .settings import ReportSettings
@@ -29,7 +29,7 @@ from .settings import ReportSettings
 EXPLAINED_PER_LABEL = 200  # comments explained per label for the tokens that drove it
 DRIVERS = 10  # tokens shown per label
 MERGE_ROWS = 2_000_000  # partial rows held before they are merged
-CELL, WORD_CELL = ["key", "period", "label"], ["key", "label", "word"]
+WORD_CELL = ["key", "label", "word"]
 
 
 @dataclass
@@ -61,7 +61,11 @@ def build_report(s: ReportSettings, source: ReportInput) -> Report:
 
 
 def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Report:
-    counts = _summed(ds.map_batches(partial_counts, fn_args=(s, source.time_format), batch_format="pyarrow"), CELL)
+    counts = _summed(ds.map_batches(partial_counts, fn_args=(s, source.time_format), batch_format="pyarrow"), COUNTED)
+    problems = counts["problem"].dropna()
+    if len(problems):
+        raise DataError(f"{s.input}: {problems.iloc[0]}")
+    counts = counts.drop(columns="problem")
     rows = int(counts["n"].sum())
     if rows == 0:
         raise DataError(f"{s.input} has no rows")

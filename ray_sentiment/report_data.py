@@ -18,6 +18,7 @@ from .text import tokenize
 
 NO_TIME = -(2**62)  # the period of a row whose time is null
 NO_KEY = "(none)"
+COUNTED = ["key", "period", "label", "problem"]  # partial_counts' groups
 UNITS = {"H": "hour", "D": "day", "W": "week", "M": "month"}
 WORD = r"^#?\p{L}"  # distinctive words start with a letter: no <url>, numbers, emoji or punctuation
 CANDIDATES = 20  # rows per group and batch that may become an example, before de-duplication
@@ -90,8 +91,19 @@ def _time_format(s: ReportSettings, kind: pa.DataType, sample: pa.ChunkedArray) 
 def periods(times: pa.ChunkedArray | pa.Array, fmt: str | None, freq: str, name: str) -> pa.Array:
     """Each row's period start (seconds since the epoch; NO_TIME for a null or empty time). Times
     with a zone are counted in UTC. A value that does not parse is a DataError naming it."""
+    seconds, problem = parse_periods(times, fmt, freq, name)
+    if problem is not None:
+        raise DataError(problem)
+    return seconds
+
+
+def parse_periods(
+    times: pa.ChunkedArray | pa.Array, fmt: str | None, freq: str, name: str
+) -> tuple[pa.Array, str | None]:
+    """`periods`, with a value that does not parse given NO_TIME and named in the message returned."""
     if isinstance(times, pa.ChunkedArray):
         times = times.combine_chunks()
+    problem = None
     if fmt is not None:
         text = pc.utf8_trim_whitespace(times)
         text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
@@ -99,7 +111,7 @@ def periods(times: pa.ChunkedArray | pa.Array, fmt: str | None, freq: str, name:
         bad = pc.and_(pc.is_valid(text), pc.is_null(parsed))
         if pc.any(bad).as_py():
             value = text.filter(bad)[0].as_py()
-            raise DataError(f"time column {name!r}: {value!r} does not parse as {fmt!r}; give --time-format")
+            problem = f"time column {name!r}: {value!r} does not parse as {fmt!r}; give --time-format"
         times = parsed
     elif pa.types.is_date(times.type):
         times = times.cast(pa.timestamp("s"))
@@ -107,7 +119,7 @@ def periods(times: pa.ChunkedArray | pa.Array, fmt: str | None, freq: str, name:
         times = times.cast(pa.timestamp(times.type.unit))  # the same instant, in UTC
     start = pc.floor_temporal(times, unit=UNITS[freq], week_starts_monday=True)
     seconds = start.cast(pa.timestamp("s")).cast(pa.int64())
-    return pc.fill_null(seconds, NO_TIME)
+    return pc.fill_null(seconds, NO_TIME), problem
 
 
 def _keys(batch: pa.Table, key_column: str | None) -> pa.Array:
@@ -122,15 +134,22 @@ def _labels(batch: pa.Table, label_column: str) -> pa.Array:
 
 
 def partial_counts(batch: pa.Table, s: ReportSettings, time_format: str | None) -> pa.Table:
-    """Comments per key, period and label in one batch."""
-    period = (
-        periods(batch[s.time_column], time_format, s.freq, s.time_column)
-        if s.time_column
-        else pa.array([NO_TIME] * batch.num_rows, pa.int64())
+    """Comments per key, period and label in one batch. A time that does not parse is not raised
+    here, where Ray would wrap it in a traceback: the batch's `problem` column names it, and the
+    driver refuses the input with that line."""
+    period, problem = pa.array([NO_TIME] * batch.num_rows, pa.int64()), None
+    if s.time_column:
+        period, problem = parse_periods(batch[s.time_column], time_format, s.freq, s.time_column)
+    table = pa.table(
+        {
+            "key": _keys(batch, s.key_column),
+            "period": period,
+            "label": _labels(batch, s.label_column),
+            "problem": pa.array([problem] * batch.num_rows, pa.string()),
+        }
     )
-    table = pa.table({"key": _keys(batch, s.key_column), "period": period, "label": _labels(batch, s.label_column)})
-    counted = table.group_by(["key", "period", "label"]).aggregate([([], "count_all")])
-    return counted.rename_columns(["key", "period", "label", "n"])
+    counted = table.group_by(COUNTED).aggregate([([], "count_all")])
+    return counted.rename_columns([*COUNTED, "n"])
 
 
 def _scored_texts(batch: pa.Table, s: ReportSettings, text_column: str, *extra: str) -> pa.Table:

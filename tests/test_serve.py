@@ -84,6 +84,22 @@ def test_results_match_the_predictor_in_input_order(server, bundle):
     assert [r["confidence"] for r in body["results"]] == pytest.approx(expected.max(axis=1).tolist(), abs=1e-6)
 
 
+def test_explain_adds_each_token_s_contribution_to_the_same_results(server, bundle):
+    texts = ["I love this 😍", "worst update ever :(", "the app is out"]
+    plain = post(server, {"texts": texts}).json()["results"]
+    response = post(server, {"texts": texts, "explain": True})
+    assert response.status_code == 200, response.text
+    explained = response.json()["results"]
+    expected = Predictor.load(bundle).explain(texts)
+    for got, want, before in zip(explained, expected, plain):
+        assert got["label"] == before["label"] and got["confidence"] == pytest.approx(before["confidence"], abs=1e-6)
+        assert [t["token"] for t in got["tokens"]] == [t["token"] for t in want["tokens"]]
+        assert [t["contribution"] for t in got["tokens"]] == pytest.approx(
+            [t["contribution"] for t in want["tokens"]], abs=1e-6
+        )
+    assert "tokens" not in plain[0]  # off by default
+
+
 def chunks(total: int, size: int = 64 * 1024):
     sent = 0
     yield b'{"texts": ["'
@@ -114,6 +130,17 @@ BAD_REQUESTS = {
     "chunked body over 1 MiB": (chunks(2 << 20), 413, "request body over 1,048,576 bytes"),
     "100,000 nested lists": (b"[" * 100_000, 422, "body is nested too deeply"),
     "100,000 nested objects": (b'{"texts": ' + b'{"a": ' * 100_000, 422, "body is nested too deeply"),
+    "explain not a boolean": ({"texts": ["a"], "explain": "yes"}, 422, '"explain" must be true or false'),
+    "33 texts to explain": (
+        {"texts": ["a"] * 33, "explain": True},
+        413,
+        "33 texts in one request with explain; at most 32",
+    ),
+    "text over 2,000 characters to explain": (
+        {"texts": ["a" * 2001], "explain": True},
+        422,
+        "texts[0]: text is 2,001 characters, more than --max-text-chars 2,000 (the limit with explain)",
+    ),
 }
 
 

@@ -1,0 +1,306 @@
+"""`report` on the shared airline tweets, scored by a model trained on them: its numbers against
+pandas, its masks, its page in a real headless Chromium, and its refusals through the CLI."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_sentiment import Predictor
+from ray_sentiment.preflight import check_report
+from ray_sentiment.report import build_report
+from ray_sentiment.report_page import write_report
+from ray_sentiment.settings import ReportSettings
+
+from conftest import dataset, run_cli
+from test_report_stats import wilson_by_hand
+
+pytestmark = pytest.mark.integration
+
+# Comments a user would not want published, scored as confidently as can be so that they are
+# among the examples the report shows.
+PRIVATE = [
+    "@DeltaAssist Jane here, great crew!! mail me at jane.doe@example.com",
+    "@DeltaAssist great crew, call me on 555-867-5309 to talk about it",
+    "great crew, details at https://example.com/jane?id=42 @JaneDoe1984",
+]
+SECRETS = ["DeltaAssist", "jane.doe@example.com", "555-867-5309", "example.com/jane", "JaneDoe1984"]
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, airline_bundle) -> Path:
+    """score's output for every airline tweet, plus the private comments and one refused row."""
+    rows = pd.read_parquet(dataset("airline/tweets.parquet"), columns=["id", "text", "airline", "created_at"])
+    results = pd.DataFrame(Predictor.load(airline_bundle).score(rows["text"].tolist()))
+    table = pd.concat([rows, results], axis=1)
+    extra = table.iloc[: len(PRIVATE) + 1].copy()
+    extra["text"] = [*PRIVATE, " "]
+    extra["airline"], extra["created_at"] = "Delta", "2/24/2015 11:00"
+    extra["label"], extra["confidence"], extra["p_positive"], extra["error"] = "positive", 1.0, 1.0, None
+    extra.loc[extra.index[-1], ["label", "confidence", "error"]] = [None, None, "text is empty"]
+    path = tmp_path_factory.mktemp("scored") / "scored.parquet"
+    pd.concat([table, extra], ignore_index=True).to_parquet(path)
+    return path
+
+
+def airline_report(scored: Path, output: Path, **options):
+    settings = ReportSettings(
+        input=str(scored), output=str(output), time_column="created_at", key_column="airline", **options
+    )
+    report = build_report(settings, check_report(settings))
+    write_report(report, settings.output)
+    return report
+
+
+@pytest.fixture(scope="module")
+def report(ray_local, scored, airline_bundle, tmp_path_factory):
+    output = tmp_path_factory.mktemp("report") / "out"
+    return airline_report(scored, output, model=str(airline_bundle)), output
+
+
+def test_counts_per_airline_and_day_equal_a_pandas_groupby(report, scored):
+    _, output = report
+    rows = pd.read_parquet(scored)
+    rows = rows[rows["label"].notna()]
+    day = pd.to_datetime(rows["created_at"], format="%m/%d/%Y %H:%M").dt.floor("D")
+    expected = rows.groupby([rows["airline"], day, rows["label"]]).size()
+    counts = pd.read_parquet(output / "counts.parquet")
+    got = counts.set_index(["key", "period", "label"])["n"]
+    got.index.names = expected.index.names
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False, check_dtype=False)
+    assert pd.read_csv(output / "counts.csv")["n"].sum() == len(rows)
+
+
+def test_shares_sum_to_one_and_the_summary_counts_every_row(report, scored):
+    result, output = report
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["rows"] == len(pd.read_parquet(scored)) and summary["unscored"] == 1
+    assert sum(summary["shares"].values()) == pytest.approx(1)
+    assert sum(summary["counts"].values()) == summary["scored"]
+    for key, part in summary["keys"].items():
+        assert sum(part["shares"].values()) == pytest.approx(1), key
+    assert set(summary["keys"]) == {"American", "Delta", "Southwest", "US Airways", "United", "Virgin America"}
+    assert result.key_shares.groupby("key")["share"].sum().to_numpy() == pytest.approx(np.ones(6))
+
+
+def test_negative_share_over_time_has_the_wilson_interval(report):
+    result, output = report
+    line = pd.read_csv(output / "timeline.csv")
+    united = line[(line["key"] == "United") & (line["period"] == "2015-02-22")].iloc[0]
+    assert (united["low"], united["high"]) == pytest.approx(wilson_by_hand(united["negative"], united["n"]), abs=1e-9)
+    everyone = line[line["key"].isna()]  # "" (all keys together) reads back from CSV as empty
+    assert everyone["n"].sum() == result.counts[result.counts["period"] > 0]["n"].sum()
+
+
+def test_distinctive_words_of_negative_tweets_are_what_a_traveller_complains_about(report):
+    result, _ = report
+    overall = result.words[result.words["key"] == ""]
+    negative = overall[overall["label"] == "negative"]["word"].tolist()
+    assert {"delayed", "cancelled", "hold", "hours"} <= set(negative), negative
+    assert not {"thanks", "thank", "great"} & set(negative)
+    assert {"thanks", "great"} <= set(overall[overall["label"] == "positive"]["word"])
+    assert (result.words["count"] >= 10).all()
+
+
+def test_tokens_that_drove_each_label_come_from_explanations(report):
+    result, _ = report
+    drivers = result.drivers
+    assert set(drivers["label"]) == {"negative", "neutral", "positive"}
+    assert (drivers["texts"] >= 1).all() and (drivers["mean_contribution"] > 0).all()
+    assert {"thanks", "thank", "great"} & set(drivers[drivers["label"] == "positive"]["token"])
+
+
+def test_examples_are_masked_in_the_page_and_every_table(report):
+    _, output = report
+    written = {
+        p.name: p.read_text(encoding="utf-8") for p in output.iterdir() if p.suffix in (".html", ".csv", ".json")
+    }
+    for name, text in written.items():
+        for secret in SECRETS:
+            assert secret not in text, (name, secret)
+        assert set(re.findall(r"@\w+", text)) <= {"@user"}, name
+    page = written["report.html"]
+    assert "&lt;email&gt;" in page and "&lt;phone&gt;" in page and "&lt;url&gt;" in page  # shown, masked
+
+
+def test_the_page_opens_in_headless_chromium_without_errors_and_shows_every_plot(report, tmp_path):
+    _, output = report
+    page = output / "report.html"
+    assert "http://" not in page.read_text() and "https://" not in page.read_text().replace("https://example", "")
+    with chromium(width=1000) as browser:
+        browser.get(page.as_uri())
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert errors == []
+        images = browser.execute_script(
+            "return [...document.images].map(i => [i.dataset.plot, i.complete, i.naturalWidth, i.naturalHeight])"
+        )
+        assert sorted(i[0] for i in images) == ["key_shares.png", "label_shares.png", "share_over_time.png"]
+        assert all(complete and width > 300 and height > 100 for _, complete, width, height in images), images
+        headings = browser.execute_script("return [...document.querySelectorAll('h2')].map(h => h.textContent)")
+        assert headings == [
+            "Overall",
+            "Per airline",
+            "Negative share over time",
+            "Distinctive words",
+            "Tokens that drove each label",
+            "Representative comments",
+        ]
+        shot = tmp_path / "report.png"
+        browser.save_screenshot(str(shot))
+        pixels = plt_image(shot)
+        assert pixels.shape[1] == 1000 and pixels.std() > 0.05  # drawn, not a blank page
+        red = (pixels[..., 0] > 0.6) & (pixels[..., 1] < 0.35) & (pixels[..., 2] < 0.35)
+        assert red.sum() > 1000  # the negative bars
+    with chromium(width=390) as phone:  # an iPhone's width: nothing wider than the screen
+        phone.get(page.as_uri())
+        assert phone.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def plt_image(path: Path) -> np.ndarray:
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+class chromium:
+    """Debian's chromium and chromedriver, headless, with the page's console log kept."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def __enter__(self):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+        if not binary or not driver:
+            pytest.fail("chromium and chromedriver not found; install them (apt-get install chromium chromium-driver)")
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={self.width},2400"):
+            options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.browser = webdriver.Chrome(service=Service(driver), options=options)
+        return self.browser
+
+    def __exit__(self, *exc):
+        self.browser.quit()
+
+
+def test_the_command_writes_the_report_and_no_redact_shows_what_was_masked(scored, tmp_path):
+    output = tmp_path / "out"
+    args = ["--input", str(scored), "--output", str(output), "--key-column", "airline", "--time-column", "created_at"]
+    result = run_cli("report", *args, "--no-redact", "--freq", "W")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "" and "report written to" in result.stdout
+    assert "jane.doe@example.com" in (output / "report.html").read_text()
+    assert pd.read_csv(output / "timeline.csv")["period"].str.len().eq(10).all()  # weeks, from Monday
+    again = run_cli("report", *args)
+    assert again.returncode == 2 and "holds an earlier report; add --overwrite" in again.stderr
+    replaced = run_cli("report", *args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert "jane.doe@example.com" not in (output / "report.html").read_text()
+
+
+def test_labels_alone_make_a_report_without_words_or_examples(ray_local, scored, tmp_path):
+    labels_only = tmp_path / "labels.parquet"
+    pd.read_parquet(scored, columns=["airline", "label"]).to_parquet(labels_only)
+    settings = ReportSettings(input=str(labels_only), output=str(tmp_path / "out"), key_column="airline")
+    result = build_report(settings, check_report(settings))
+    files = write_report(result, settings.output)
+    assert "words.csv" not in files and "examples.csv" not in files and "share_over_time.png" not in files
+    assert result.notes == ["no text column: no distinctive words or examples"]
+    assert result.key_shares["n"].sum() == pd.read_parquet(labels_only)["label"].notna().sum()
+
+
+def test_a_bad_time_deep_in_the_input_is_one_line(scored, tmp_path):
+    rows = pd.read_parquet(scored)
+    rows.loc[5000, "created_at"] = "last tuesday"
+    bad = tmp_path / "bad.parquet"
+    rows.to_parquet(bad)
+    result = run_cli("report", "--input", str(bad), "--output", str(tmp_path / "out"), "--time-column", "created_at")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ray-sentiment: error: {bad}: time column 'created_at': 'last tuesday' does not parse as '%m/%d/%Y %H:%M'; "
+        "give --time-format"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def refusal(tmp_path: Path, scored: Path, case: str) -> tuple[list[str], str]:
+    """Each bad input: the command line, and the one line the user gets."""
+    out = str(tmp_path / "out")
+    if case == "no such column":
+        return ["--input", str(scored), "--output", out, "--key-column", "brand"], "has no column 'brand'"
+    if case == "time does not parse":
+        odd = tmp_path / "odd.parquet"
+        pd.DataFrame({"label": ["negative"], "when": ["around noon"]}).to_parquet(odd)
+        return [
+            "--input",
+            str(odd),
+            "--output",
+            out,
+            "--time-column",
+            "when",
+        ], "cannot tell the format of 'around noon'"
+    if case == "wrong time format":
+        args = ["--input", str(scored), "--output", out, "--time-column", "created_at", "--time-format", "%Y-%m-%d"]
+        return args, "does not parse as '%Y-%m-%d'"
+    if case == "no rows":
+        empty = tmp_path / "empty.parquet"
+        pd.DataFrame({"label": pd.Series([], dtype=str)}).to_parquet(empty)
+        return ["--input", str(empty), "--output", out], "has no rows"
+    if case == "no such input":
+        return ["--input", str(tmp_path / "nowhere.parquet"), "--output", out], "no such file or directory"
+    if case == "output holds the user's files":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "thesis.docx").write_text("mine")
+        return ["--input", str(scored), "--output", out], "holds files that ray-sentiment report did not write"
+    if case == "output inside the input":
+        folder = tmp_path / "in"
+        folder.mkdir()
+        shutil.copy(scored, folder / "scored.parquet")
+        return ["--input", str(folder), "--output", str(folder / "report")], "overlaps the input"
+    if case == "unknown frequency":
+        return ["--input", str(scored), "--output", out, "--freq", "Y"], "invalid choice: 'Y'"
+    raise AssertionError(case)
+
+
+REFUSALS = [
+    "no such column",
+    "time does not parse",
+    "wrong time format",
+    "no rows",
+    "no such input",
+    "output holds the user's files",
+    "output inside the input",
+    "unknown frequency",
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_bad_input_is_refused_with_one_line_and_nothing_written(scored, tmp_path, case):
+    args, message = refusal(tmp_path, scored, case)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = run_cli("report", *args, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1], result.stderr
+    if case != "unknown frequency":  # argparse prints its usage line first
+        assert len(lines) == 1, result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "out" / "thesis.docx").read_text() == "mine" if case.startswith("output holds") else True
+
+
+def test_an_unknown_focus_label_is_refused(ray_local, scored, tmp_path):
+    from ray_sentiment.errors import DataError
+
+    settings = ReportSettings(input=str(scored), output=str(tmp_path), time_column="created_at", focus_label="angry")
+    with pytest.raises(
+        DataError, match=r"--focus-label 'angry' is not among the labels \(negative, neutral, positive\)"
+    ):
+        build_report(settings, check_report(settings))
