@@ -48,7 +48,7 @@ def movers(line: pd.DataFrame, focus: str, freq: str, min_count: int = 20, top: 
     window = TRAILING[freq]
     rows = []
     for key, part in line.groupby("key"):
-        part = part.set_index("period")
+        part = part.set_index("period")[["n", focus]]
         if len(part) > 1:  # periods without comments count as empty, so the baseline spans real time
             part = part.asfreq(_offset(freq), fill_value=0)
         n, hit = part["n"].to_numpy(float), part[focus].to_numpy(float)

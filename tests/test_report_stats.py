@@ -126,3 +126,12 @@ def test_periods_count_zoned_times_in_utc():
 def test_a_time_that_does_not_parse_is_named():
     with pytest.raises(DataError, match=r"time column 'created_at': 'yesterday' does not parse as '%m/%d/%Y %H:%M'"):
         periods(pa.array(["2/24/2015 11:35", "yesterday"]), "%m/%d/%Y %H:%M", "D", "created_at")
+
+
+def test_movers_count_missing_periods_as_empty():
+    days = pd.to_datetime(["2015-02-01", "2015-02-02", "2015-02-20", "2015-02-21"])  # 17 days without comments
+    line = pd.DataFrame({"key": "a", "period": days, "n": 100, "negative": [30, 30, 30, 80]})
+    line["share"] = line["negative"] / line["n"]
+    table = movers(line, "negative", "D", min_count=20)
+    assert days[2] not in set(table["period"])  # its trailing week held no comments: no baseline
+    assert table.iloc[0]["period"] == days[3] and table.iloc[0]["baseline"] == pytest.approx(0.3)
