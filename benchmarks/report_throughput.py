@@ -3,7 +3,7 @@
 Builds scored rows by resampling the airline tweets (airline as the key, `created_at` as text in
 the tweets' own format, spread over a year, the human label as the label), then measures in one
 run, each case in a fresh process whose whole process tree (Ray's daemons and workers included)
-is sampled for its peak resident memory:
+is sampled for its peak memory (proportional set size):
 
 1. labels, times and keys (the report without a text column) on N rows (default 10,000,000):
    `build_report` against pandas (read, parse and floor the times, groupby key, day and label);
@@ -20,7 +20,6 @@ Ray's start is timed apart from the report.
 import argparse
 import contextlib
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -116,23 +115,25 @@ def run_pandas(directory: str, with_text: bool) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     run = run_report if args.child == "report" else run_pandas
-    result = run(args.input, args.with_text)
-    result["own_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(result))
+    print(json.dumps(run(args.input, args.with_text)))
 
 
 class TreePeak(Sampler):
-    """The peak resident memory of a process and all its descendants."""
+    """The peak memory of a process (`own`) and of it with all its descendants (`peak`), as PSS:
+    pages shared between processes (Ray's object store is mapped into each worker) are divided
+    among them, not counted once per process as resident sizes would be. Sampled, not read from
+    getrusage: a child's ru_maxrss starts from its parent's at the fork."""
 
     def __init__(self, pid: int):
-        self.process, self.peak = psutil.Process(pid), 0
+        self.process, self.peak, self.own = psutil.Process(pid), 0, 0
 
     def sample(self):
         total = 0
         with contextlib.suppress(psutil.Error):
+            self.own = max(self.own, self.process.memory_full_info().pss)
             for p in [self.process, *self.process.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
+                    total += p.memory_full_info().pss
         self.peak = max(self.peak, total)
 
 
@@ -146,7 +147,7 @@ def measure(kind: str, directory: Path, with_text: bool) -> dict:
     if proc.returncode:
         raise SystemExit(f"{kind} failed with exit code {proc.returncode}")
     result = json.loads(out.decode().strip().splitlines()[-1])
-    return {**result, "tree_peak_bytes": peak.peak}
+    return {**result, "tree_peak_bytes": peak.peak, "own_peak_bytes": peak.own}
 
 
 def main() -> None:
@@ -179,15 +180,15 @@ def main() -> None:
                         "rows/s": rows / r["seconds"],
                         "× pandas": found["pandas"]["seconds"] / r["seconds"],
                         "Ray start s": r.get("ray_start", ""),
-                        "peak GiB (all processes)": r["tree_peak_bytes"] / 2**30,
-                        "driver peak GiB": r["own_peak_bytes"] / 2**30,
+                        "peak GiB, all processes (PSS)": r["tree_peak_bytes"] / 2**30,
+                        "driver peak GiB (PSS)": r["own_peak_bytes"] / 2**30,
                     }
                 )
             print(json.dumps(table[-2:]), flush=True)
-    finish(table, args, "report throughput (rows/s, Ray's start excluded) and peak resident memory")
+    finish(table, args, "report throughput (rows/s, Ray's start excluded) and peak memory")
     full, quarter = args.rows, args.rows // 4
     for by in ("ray-sentiment report", "pandas, one process"):
-        peaks = {r["rows"]: r["peak GiB (all processes)"] for r in table if r["by"] == by and r["work"] == LABELS_ONLY}
+        peaks = {r["rows"]: r["peak GiB, all processes (PSS)"] for r in table if r["by"] == by and r["work"] == LABELS_ONLY}
         print(f"{by}: peak memory at {full:,} rows is {peaks[full] / peaks[quarter]:.2f}x that at {quarter:,}")
 
 

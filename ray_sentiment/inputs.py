@@ -121,7 +121,7 @@ def check_labelled(
         for f in files:
             check_utf8(f)
     columns = [c for c in (text_column, label_column, split_column) if c]
-    dataset, size = _open(fmt, files, columns, path)
+    dataset, size = open_dataset(fmt, files, columns, path)
     check_columns(dataset.schema.names, [*columns, *([group_column] if group_column else [])], path)
     kind = dataset.schema.field(text_column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
@@ -141,7 +141,7 @@ def check_labelled(
     return counts
 
 
-def _open(fmt: str, files: list[str], columns: list[str], path: str) -> tuple[pads.Dataset, int]:
+def open_dataset(fmt: str, files: list[str], columns: list[str], path: str) -> tuple[pads.Dataset, int]:
     """A pyarrow dataset over the files (CSV columns read as text, as data.py reads them) and their size."""
     fs = resolve_filesystem(files[0])[0]
     inner = [resolve_filesystem(f)[1] for f in files]

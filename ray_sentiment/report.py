@@ -28,7 +28,9 @@ from .settings import ReportSettings
 
 EXPLAINED_PER_LABEL = 200  # comments explained per label for the tokens that drove it
 DRIVERS = 10  # tokens shown per label
+BATCH_ROWS = 131_072  # rows per partial count
 MERGE_ROWS = 2_000_000  # partial rows held before they are merged
+MAX_KEYS = 20  # keys broken down in words, examples and plots (by most comments); the tables hold all
 WORD_CELL = ["key", "label", "word"]
 
 
@@ -61,7 +63,7 @@ def build_report(s: ReportSettings, source: ReportInput) -> Report:
 
 
 def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Report:
-    counts = _summed(ds.map_batches(partial_counts, fn_args=(s, source.time_format), batch_format="pyarrow"), COUNTED)
+    counts = _summed(_each_batch(ds, partial_counts, s, source.time_format), COUNTED)
     problems = counts["problem"].dropna()
     if len(problems):
         raise DataError(f"{s.input}: {problems.iloc[0]}")
@@ -88,10 +90,17 @@ def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Repo
     if source.text_column is None:
         report.notes.append("no text column: no distinctive words or examples")
         return report
-    words = _summed(ds.map_batches(partial_words, fn_args=(s, source.text_column), batch_format="pyarrow"), WORD_CELL)
+    keys = report.key_shares.groupby("key")["n"].sum().nlargest(MAX_KEYS).index.tolist()
+    if len(report.key_shares["key"].unique()) > MAX_KEYS:
+        report.notes.append(
+            f"words and examples per {s.key_column} are shown for the {MAX_KEYS} with the most comments; "
+            "the counts and shares cover every one"
+        )
+    args = (s, source.text_column, keys)
+    words = _summed(_each_batch(ds, partial_words, *args), WORD_CELL)
     report.words = distinctive_words(words, s.min_word_count, s.top_words)
     if source.has_confidence and s.examples:
-        report.examples = _examples(ds, s, source.text_column)
+        report.examples = _examples(ds, args)
     elif s.examples:
         report.notes.append("no confidence column: no representative comments")
     if s.model:
@@ -106,6 +115,13 @@ def _read(s: ReportSettings, source: ReportInput) -> ray.data.Dataset:
     from .data import read_table
 
     return read_table(s.input, tuple(source.columns)).select_columns(source.columns)
+
+
+def _each_batch(ds: ray.data.Dataset, partial, *args) -> ray.data.Dataset:
+    """`partial(batch, *args)` on batches of BATCH_ROWS: the larger the batch, the more rows one
+    partial row stands for (Ray Data's default of 1,024 rows would send the driver partials
+    nearly as long as the input)."""
+    return ds.map_batches(partial, fn_args=args, batch_format="pyarrow", batch_size=BATCH_ROWS)
 
 
 def _summed(partials: ray.data.Dataset, keys: list[str]) -> pd.DataFrame:
@@ -127,10 +143,11 @@ def _merge(tables: list[pa.Table], keys: list[str]) -> pa.Table:
     return merged.rename_columns([*keys, "n"])
 
 
-def _examples(ds: ray.data.Dataset, s: ReportSettings, text_column: str) -> pd.DataFrame:
+def _examples(ds: ray.data.Dataset, args: tuple[ReportSettings, str, list[str]]) -> pd.DataFrame:
     """The most confident comments per key and label, de-duplicated across batches, masked unless
     --no-redact."""
-    candidates = ds.map_batches(partial_examples, fn_args=(s, text_column), batch_format="pyarrow").to_pandas()
+    s = args[0]
+    candidates = _each_batch(ds, partial_examples, *args).to_pandas()
     candidates = candidates.sort_values("confidence", ascending=False, kind="stable")
     candidates["dedupe"] = [dedupe_key(t) for t in candidates["text"]]
     chosen = candidates.drop_duplicates(["key", "label", "dedupe"]).groupby(["key", "label"]).head(s.examples)

@@ -7,21 +7,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError
-from .inputs import _open, check_columns, check_utf8, list_input_files
+from .inputs import check_columns, check_utf8, list_input_files, open_dataset
 from .redact import dedupe_key
 from .settings import ReportSettings
 from .text import tokenize
 
 NO_TIME = -(2**62)  # the period of a row whose time is null
 NO_KEY = "(none)"
+OTHER_KEY = "(other)"  # the keys beyond those broken down in words and examples
 COUNTED = ["key", "period", "label", "problem"]  # partial_counts' groups
 UNITS = {"H": "hour", "D": "day", "W": "week", "M": "month"}
 WORD = r"^#?\p{L}"  # distinctive words start with a letter: no <url>, numbers, emoji or punctuation
-CANDIDATES = 20  # rows per group and batch that may become an example, before de-duplication
+# Every group_by here passes use_threads=False: Ray Data may call a function from several threads
+# of one worker, and Acero's threaded grouping then fails ("thread index 10 is out of range").
+CANDIDATES = 20
+EXAMPLES = pa.schema(
+    [("key", pa.string()), ("label", pa.string()), ("text", pa.large_string()), ("confidence", pa.float32())]
+)  # rows per group and batch that may become an example, before de-duplication
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ def check_report_input(s: ReportSettings) -> ReportInput:
     if fmt != "parquet":
         for f in files:
             check_utf8(f)
-    dataset, _ = _open(fmt, files, [], s.input)
+    dataset, _ = open_dataset(fmt, files, [], s.input)
     names = dataset.schema.names
     text = s.text_column or ("text" if "text" in names else None)
     wanted = [c for c in (s.label_column, s.text_column, s.time_column, s.key_column) if c]
@@ -148,7 +155,7 @@ def partial_counts(batch: pa.Table, s: ReportSettings, time_format: str | None) 
             "problem": pa.array([problem] * batch.num_rows, pa.string()),
         }
     )
-    counted = table.group_by(COUNTED).aggregate([([], "count_all")])
+    counted = table.group_by(COUNTED, use_threads=False).aggregate([([], "count_all")])
     return counted.rename_columns([*COUNTED, "n"])
 
 
@@ -160,28 +167,52 @@ def _scored_texts(batch: pa.Table, s: ReportSettings, text_column: str, *extra: 
     return pa.table({**columns, **{name: batch[name] for name in extra}}).filter(keep)
 
 
-def partial_words(batch: pa.Table, s: ReportSettings, text_column: str) -> pa.Table:
-    """In how many comments of each key and label each word appears (once per comment)."""
+def partial_words(batch: pa.Table, s: ReportSettings, text_column: str, keys: list[str]) -> pa.Table:
+    """In how many comments of each key and label each word appears (once per comment); keys not
+    in `keys` count together as OTHER_KEY, so the counts stay bounded however many keys there are.
+    Words, and key-label cells, become integer codes, so that both countings are one sort of an
+    int64 array each, not a hash grouping of strings."""
     rows = _scored_texts(batch, s, text_column)
+    shown = pc.is_in(rows["key"], value_set=pa.array(keys, pa.string()))
+    key = pc.dictionary_encode(pc.if_else(shown, rows["key"], OTHER_KEY).combine_chunks())
+    label = pc.dictionary_encode(rows["label"].combine_chunks())
+    labels = len(label.dictionary)
+    cell = key.indices.to_numpy().astype(np.int64) * labels + label.indices.to_numpy()
     tokens = tokenize(rows["text"])
     flat, parent = pc.list_flatten(tokens), pc.list_parent_indices(tokens)
-    word = pc.match_substring_regex(flat, WORD)
-    pairs = pa.table({"row": parent.filter(word), "word": flat.filter(word)}).group_by(["row", "word"]).aggregate([])
-    table = pa.table(
-        {"key": rows["key"].take(pairs["row"]), "label": rows["label"].take(pairs["row"]), "word": pairs["word"]}
-    )
-    counted = table.group_by(["key", "label", "word"]).aggregate([([], "count_all")])
-    return counted.rename_columns(["key", "label", "word", "n"]).cast(
-        pa.schema([("key", pa.string()), ("label", pa.string()), ("word", pa.large_string()), ("n", pa.int64())])
+    is_word = pc.match_substring_regex(flat, WORD)
+    words = pc.dictionary_encode(flat.filter(is_word))
+    size = max(1, len(words.dictionary))
+    row_word, _ = _unique(parent.filter(is_word).to_numpy().astype(np.int64) * size + words.indices.to_numpy())
+    found, n = _unique(cell[row_word // size] * size + row_word % size)
+    cells, codes = found // size, found % size
+    return pa.table(
+        {
+            "key": key.dictionary.take(pa.array(cells // labels)).cast(pa.string()),
+            "label": label.dictionary.take(pa.array(cells % labels)).cast(pa.string()),
+            "word": words.dictionary.take(pa.array(codes)).cast(pa.large_string()),
+            "n": pa.array(n, pa.int64()),
+        }
     )
 
 
-def partial_examples(batch: pa.Table, s: ReportSettings, text_column: str) -> pa.Table:
+def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values, sorted, and how often each occurs: np.unique's result, by a sort, which
+    on these integer arrays is several times faster than np.unique's hashing."""
+    if len(values) == 0:
+        return values, np.zeros(0, np.int64)
+    ordered = np.sort(values)
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    return ordered[starts], np.diff(np.r_[starts, len(ordered)])
+
+
+def partial_examples(batch: pa.Table, s: ReportSettings, text_column: str, keys: list[str]) -> pa.Table:
     """Per key and label, the most confident comments of the batch, one per de-duplication key: a
     few more than shown, since the driver de-duplicates again across batches."""
-    frame = _scored_texts(batch, s, text_column, "confidence").to_pandas()
+    rows = _scored_texts(batch, s, text_column, "confidence")
+    frame = rows.filter(pc.is_in(rows["key"], value_set=pa.array(keys, pa.string()))).to_pandas()
     frame = frame.sort_values("confidence", ascending=False, kind="stable")
     frame = frame.groupby(["key", "label"], sort=False).head(CANDIDATES * max(1, s.examples))
     frame["dedupe"] = [dedupe_key(t) for t in frame["text"]]
     frame = frame.drop_duplicates(["key", "label", "dedupe"]).groupby(["key", "label"], sort=False).head(4 * s.examples)
-    return pa.Table.from_pandas(frame.drop(columns="dedupe"), preserve_index=False)
+    return pa.Table.from_pandas(frame.drop(columns="dedupe"), schema=EXAMPLES, preserve_index=False)

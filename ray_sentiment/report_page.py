@@ -28,6 +28,7 @@ WRITTEN_BY = "ray-sentiment report"
 COLOURS = {"negative": "#c0392b", "neutral": "#95a5a6", "positive": "#27ae60"}
 PALETTE = ("#2c7fb8", "#e6550d", "#756bb1", "#31a354", "#de2d26", "#636363", "#fdae6b", "#9ecae1")
 MAX_LINES = 8  # keys drawn over time; the rest are in the tables
+MAX_BARS = 20  # keys drawn in the shares plot
 MIN_PLOTTED = 10  # comments a period needs to be drawn: a share of 3 comments is noise; the tables keep it
 
 
@@ -90,7 +91,7 @@ def write_report(report, output: str) -> list[str]:
 
 def _tables(report) -> dict[str, pd.DataFrame]:
     candidates = {
-        "counts": report.counts.assign(period=_period_column(report)),
+        "counts": _counts(report),
         "label_shares": report.label_shares,
         "key_shares": report.key_shares if report.settings.key_column else None,
         "timeline": report.timeline,
@@ -102,13 +103,14 @@ def _tables(report) -> dict[str, pd.DataFrame]:
     return {name: t.reset_index(drop=True) for name, t in candidates.items() if t is not None and not t.empty}
 
 
-def _period_column(report):
+def _counts(report) -> pd.DataFrame:
+    """Comments per key, period (null for a row without a time) and label."""
     from .report_data import NO_TIME
 
     if not report.settings.time_column:
-        return None
+        return report.counts.drop(columns="period")
     period = report.counts["period"]
-    return pd.to_datetime(period.where(period != NO_TIME), unit="s")
+    return report.counts.assign(period=pd.to_datetime(period.where(period != NO_TIME), unit="s"))
 
 
 def summary(report, files: list[str]) -> dict:
@@ -171,6 +173,11 @@ def _plots(report) -> dict[str, bytes]:
     return plots
 
 
+def _plain(text: str) -> str:
+    """Text as matplotlib should draw it: a $ in a brand's name would start its maths mode."""
+    return text.replace("$", r"\$")
+
+
 def _colour(labels: list[str]) -> dict[str, str]:
     spare = iter(PALETTE)
     return {label: COLOURS[label] if label in COLOURS else next(spare, "#333333") for label in labels}
@@ -204,10 +211,11 @@ def _label_shares(report) -> bytes:
 def _key_shares(report) -> bytes:
     import matplotlib.pyplot as plt
 
-    table = report.key_shares.pivot(index="key", columns="label", values="share").fillna(0)
+    totals = report.key_shares.groupby("key")["n"].sum()
+    biggest = totals.nlargest(MAX_BARS).index
+    table = report.key_shares.pivot(index="key", columns="label", values="share").fillna(0).loc[biggest]
     focus = report.settings.focus_label
     table = table.sort_values(focus if focus in table else table.columns[0])
-    totals = report.key_shares.groupby("key")["n"].sum()
     colours = _colour(report.labels)
     figure, axes = plt.subplots(figsize=(7, 0.45 * len(table) + 1.5))
     left = pd.Series(0.0, index=table.index)
@@ -215,11 +223,12 @@ def _key_shares(report) -> bytes:
         if label in table:
             axes.barh(table.index, table[label] * 100, left=left * 100, color=colours[label], label=label)
             left += table[label]
-    axes.set_yticks(range(len(table)), [f"{k} ({totals[k]:,})" for k in table.index])
+    axes.set_yticks(range(len(table)), [_plain(f"{k} ({totals[k]:,})") for k in table.index])
     axes.set_xlabel("share of comments (%)")
     axes.set_xlim(0, 100)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15 if len(table) > 3 else -0.3), ncol=len(report.labels))
-    axes.set_title(f"Labels per {report.settings.key_column}")
+    more = f", the {MAX_BARS} with most comments" if len(totals) > MAX_BARS else ""
+    axes.set_title(_plain(f"Labels per {report.settings.key_column}{more}"))
     return _png(figure)
 
 
@@ -231,7 +240,9 @@ def _share_over_time(report) -> bytes:
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for colour, key in zip(PALETTE, biggest):
         part = line[(line["key"] == key) & (line["n"] >= MIN_PLOTTED)]
-        axes.plot(part["period"], part["share"] * 100, marker="o", markersize=3, color=colour, label=key or "all")
+        axes.plot(
+            part["period"], part["share"] * 100, marker="o", markersize=3, color=colour, label=_plain(key or "all")
+        )
         axes.fill_between(part["period"], part["low"] * 100, part["high"] * 100, color=colour, alpha=0.15)
     axes.set_ylabel(f"{focus} share (%), 95% interval")
     axes.set_ylim(0, 100)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .report_data import OTHER_KEY
+
 Z95 = 1.959964  # two-sided 95% normal quantile
 TRAILING = {"H": 24, "D": 7, "W": 4, "M": 3}  # periods in a mover's baseline, per --freq
 
@@ -104,6 +106,8 @@ def distinctive_words(words: pd.DataFrame, min_count: int = 10, top: int = 15) -
     if len(keys) > 1:
         cells = words.groupby(["label", "key", "word"])["n"].sum()
         for (label, key), group in cells.groupby(level=[0, 1]):
+            if key == OTHER_KEY:  # the keys not broken down: in every rest, never a group of their own
+                continue
             same_label = cells.loc[label]
             rest = same_label.drop(key, level=0).groupby(level=1).sum()
             table = log_odds(group.droplevel([0, 1]), rest)

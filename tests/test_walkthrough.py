@@ -2,6 +2,7 @@
 walk-through copied out of README.md and run by bash. Both must print only our own lines."""
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -68,7 +69,7 @@ def readme_walkthrough() -> str:
 
 def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
     script = readme_walkthrough()
-    assert script.count("ray-sentiment ") == 5, script  # train, evaluate, score, serve, stream
+    assert script.count("ray-sentiment ") == 6, script  # train, evaluate, score, report, serve, stream
     redis_port = free_port()
     env = {
         **os.environ,
@@ -88,5 +89,8 @@ def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
     assert re.search(r"^2,8\d\d rows .* macro recall 0\.\d+", out, re.M), out  # the test split: 2,897 rows
     assert "rows in 14640, rows out 14640, rows with errors" in out
     assert "United" in out and "Southwest" in out  # the crosstab, one row per airline
+    assert "report written to runs/airline-report/report.html" in out
+    summary = json.loads((tmp_path / "runs/airline-report/summary.json").read_text())
+    assert summary["rows"] == 14640 and len(summary["keys"]) == 6 and summary["drivers"]
     assert '"label":' in out and "p_negative" in out  # the HTTP answer and the stream's scored entry
     assert ray_lines(out + result.stderr) == []
