@@ -188,7 +188,9 @@ def main() -> None:
     finish(table, args, "report throughput (rows/s, Ray's start excluded) and peak memory")
     full, quarter = args.rows, args.rows // 4
     for by in ("ray-sentiment report", "pandas, one process"):
-        peaks = {r["rows"]: r["peak GiB, all processes (PSS)"] for r in table if r["by"] == by and r["work"] == LABELS_ONLY}
+        peaks = {
+            r["rows"]: r["peak GiB, all processes (PSS)"] for r in table if r["by"] == by and r["work"] == LABELS_ONLY
+        }
         print(f"{by}: peak memory at {full:,} rows is {peaks[full] / peaks[quarter]:.2f}x that at {quarter:,}")
 
 
