@@ -4,8 +4,8 @@
 
 Ray Data reads only the columns needed; each batch becomes partial counts in its task
 (report_data.py), and the driver adds the partials up as they stream in. It holds counts, never
-rows, so 100M rows need no more driver memory than 1M. The statistics are report_stats.py's; the page,
-plots and tables are report_page.py's.
+rows, so 100M rows need no more driver memory than 1M. The statistics are report_stats.py's; the
+page, plots and tables are report_page.py's.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def build_report(s: ReportSettings, source: ReportInput) -> Report:
         return _build(s, source, ds)
     except DataError:
         raise
-    except Exception as exc:  # a Ray task's DataError (a time that does not parse) arrives wrapped
+    except Exception as exc:  # a file that cannot be read, say: Ray wraps it in its own exception
         raise DataError(f"{s.input}: {user_message(exc)}") from None
 
 
