@@ -152,7 +152,7 @@ class SentimentApp:
         key: KeyDigest | None,
         settings: ServeSettings,
         docs: dict,
-        explain: Explain | None = None,
+        explain: Explain,
     ):
         """`settings` gives the limits: text length, requests scored and waiting per replica.
         `explain`: results with their tokens' contributions, for requests that ask."""
@@ -204,8 +204,6 @@ class SentimentApp:
         if self.draining:
             raise busy("shutting down; retry on another server")
         texts, explain = parse_texts(await read_body(scope, receive), self.settings.max_text_chars)
-        if explain and self.explain is None:
-            raise HTTPError(422, "this server does not explain")
         if self.places.locked() and self.queued >= self.settings.max_queued_requests:
             raise busy("busy: too many requests queued; retry shortly")
         self.in_flight += 1
@@ -215,7 +213,7 @@ class SentimentApp:
                 self.queued -= 1
                 try:
                     if explain:
-                        records = await asyncio.wait_for(self.explain(texts), MODEL_TIMEOUT_S)  # type: ignore[misc]
+                        records = await asyncio.wait_for(self.explain(texts), MODEL_TIMEOUT_S)
                     else:
                         records = result_records(
                             await asyncio.wait_for(self.score(texts), MODEL_TIMEOUT_S), self.labels
