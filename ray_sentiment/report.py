@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
-import ray.data  # imported before Ray starts, so that runtime.py's quieting of its logger holds
 
 from .errors import DataError, user_message
 from .redact import dedupe_key, redact

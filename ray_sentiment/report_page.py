@@ -19,6 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import DataError
+from .report_data import NO_TIME, UNITS
+from .report_stats import TRAILING
 from .storage import failing_as, resolve_filesystem
 
 TABLES = ("counts", "label_shares", "key_shares", "timeline", "movers", "words", "examples", "drivers")
@@ -105,8 +107,6 @@ def _tables(report) -> dict[str, pd.DataFrame]:
 
 def _counts(report) -> pd.DataFrame:
     """Comments per key, period (null for a row without a time) and label."""
-    from .report_data import NO_TIME
-
     if not report.settings.time_column:
         return report.counts.drop(columns="period")
     period = report.counts["period"]
@@ -249,16 +249,12 @@ def _share_over_time(report) -> bytes:
     if report.settings.key_column:
         axes.legend(fontsize="small", ncol=2)
     figure.autofmt_xdate()
-    axes.set_title(f"{focus.capitalize()} share per {_period_name(report.settings.freq)}")
+    axes.set_title(f"{focus.capitalize()} share per {UNITS[report.settings.freq]}")
     return _png(figure)
 
 
 def _when(period, freq: str) -> str:
     return pd.Timestamp(period).strftime("%Y-%m-%d %H:00" if freq == "H" else "%Y-%m-%d")
-
-
-def _period_name(freq: str) -> str:
-    return {"H": "hour", "D": "day", "W": "week", "M": "month"}[freq]
 
 
 # ---- the page ------------------------------------------------------------------------------
@@ -304,7 +300,7 @@ def page(report, plots: dict[str, bytes]) -> str:
             f"Periods with fewer than {MIN_PLOTTED} comments are left out of the plot; timeline.csv has them.</p>",
             "<h3>Biggest moves against the trailing baseline</h3>",
             "<p class='muted'>Each period's share against the same key's previous "
-            f"{_e(str(_trailing(s.freq)))} periods pooled; ranked by two-proportion z score.</p>",
+            f"{TRAILING[s.freq]} periods pooled; ranked by two-proportion z score.</p>",
             _movers(report) if not report.movers.empty else "<p>Not enough comments per period to rank moves.</p>",
         ]
     if not report.words.empty:
@@ -321,12 +317,6 @@ def page(report, plots: dict[str, bytes]) -> str:
     parts += [f"<p class='muted'>{_e(note)}</p>" for note in report.notes]
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _trailing(freq: str) -> int:
-    from .report_stats import TRAILING
-
-    return TRAILING[freq]
 
 
 def _e(value: object) -> str:

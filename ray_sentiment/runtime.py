@@ -101,6 +101,8 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 def quiet_ray_data() -> None:
     """No per-operator progress bars from Ray Data: our own progress lines say what matters."""
+    import ray.data  # first: importing it sets up its logger, which would undo the level set here
+
     logging.getLogger("ray.data").setLevel(logging.WARNING if _verbose else logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
