@@ -1,9 +1,10 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   train on the example comments, evaluate on held-out ones, predict (local Ray)
-#   make test         the whole test suite (unit, integration on local Ray, end-to-end CLI)
+#   make test         the whole test suite: unit, integration (shared local Ray, Redis, S3), end-to-end
 # While changing code:
-#   make unit         the tests that need no Ray, Redis or server (under a minute)
+#   make unit         the tests that start nothing and train nothing (about 30 s)
 #   make lint         ruff (lint and format) and mypy, as CI runs them
+#   make coverage     the whole suite under coverage.py, CLI processes and Ray workers included
 VENV   ?= .venv
 PYTHON ?= python3
 # PyTorch, pinned. Where a CPU wheel of this version sits in pip's local index (as on the
@@ -14,7 +15,7 @@ TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 RUN    ?= runs/example
 
-.PHONY: setup quickstart test unit lint clean
+.PHONY: setup quickstart test unit lint coverage clean
 
 setup: $(VENV)/.installed
 
@@ -39,7 +40,11 @@ test: setup
 	$(BIN)/python -m pytest -v --durations=10
 
 unit: setup
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not integration and not e2e"
+
+coverage: setup
+	rm -rf .coverage .coverage.*
+	$(BIN)/python -m pytest -q --cov=ray_sentiment --cov-report=term:skip-covered
 
 lint: setup
 	$(BIN)/ruff check .
@@ -47,4 +52,4 @@ lint: setup
 	$(BIN)/mypy ray_sentiment
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .coverage .coverage.*

@@ -16,15 +16,64 @@ EXAMPLES = ROOT / "examples" / "train.csv"
 EXAMPLES_TEST = ROOT / "examples" / "test.csv"
 
 
-SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server"}
+# Three tiers, run in this order, each timed (printed at the end of the run):
+#   unit         pure functions and refusals: starts no Ray, Redis or server, trains no model
+#   integration  the shared session services: one local Ray, Redis, S3, bundles trained once
+#   e2e          the product as a user runs it: the CLI on its own local Ray, `ray job submit`,
+#                the README's walk-through
+# A test that uses one of these fixtures is an integration test wherever it lives; a test that
+# starts something otherwise (a CLI that starts its own Ray) carries its mark itself.
+TIERS = ("unit", "integration", "e2e")
+SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server", "airline_bundle", "example_bundle"}
 
 
+def tier(item) -> str:
+    if item.get_closest_marker("e2e"):
+        return "e2e"
+    return "integration" if item.get_closest_marker("integration") else "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here
 def pytest_collection_modifyitems(items):
-    """A test that starts Ray, Redis or S3 through a fixture is an integration test wherever it lives;
-    modules that start them otherwise (through the CLI) carry the mark themselves."""
     for item in items:
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if tier(item) == "unit" and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    # Stable: each module's tests stay together within a tier, so its fixtures start once per tier.
+    items.sort(key=lambda item: TIERS.index(tier(item)))
+
+
+_tier_times: dict[str, list[float]] = {}  # tier -> [first start, last end, tests]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        times = _tier_times.setdefault(tier(item), [started, started, 0])
+        times[1], times[2] = time.monotonic(), times[2] + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _tier_times:
+        return
+    terminalreporter.section("wall time per tier")
+    for name in TIERS:
+        if name in _tier_times:
+            start, end, count = _tier_times[name]
+            terminalreporter.write_line(f"{name:<12} {end - start:7.0f} s  {count:4d} tests")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request):
+    """Keeps the unit tier honest: a unit test that starts Ray fails, and says how to mark it.
+    (Unit tests run first, so Ray is never already up when one runs.)"""
+    yield
+    ray = sys.modules.get("ray")
+    if tier(request.node) == "unit" and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("this unit test started Ray: give it the ray_local fixture or @pytest.mark.integration")
 
 
 def dataset(relative: str) -> Path:
@@ -45,6 +94,24 @@ def ray_local():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_instance(ray_local):
+    """One Serve instance for the module (as Ray's own Serve tests share one); a test that adds an
+    application deletes it (serve.delete) when done."""
+    from ray import serve
+
+    yield serve
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> dict:
+    """The environment that makes a `ray-sentiment` process join the session's Ray (RAY_ADDRESS, as
+    under `ray job submit`) instead of starting its own: for CLI tests of a command's behaviour.
+    Tests of quiet local start-up (e2e) leave it out."""
+    return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
 
 def actor_pids(class_prefix: str) -> list[int]:
@@ -250,11 +317,20 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_server(module_redis):
+    """The module's redis-server, emptied for this test (and started again if a test stopped it)."""
+    if module_redis.process.poll() is not None:
+        module_redis.start()
+    module_redis.client().flushall()
+    return module_redis
 
 
 class S3Server:
@@ -312,14 +388,20 @@ class S3Server:
             self.process.wait()
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    """An S3 server for this test, its endpoint and credentials in this process's environment."""
+@pytest.fixture(scope="session")
+def session_s3():
     server = S3Server()
-    for key, value in server.env.items():
-        monkeypatch.setenv(key, value)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def s3_server(session_s3, monkeypatch):
+    """The session's S3 server, its endpoint and credentials in this process's environment for
+    this test. Tests share its bucket: each writes under keys of its own."""
+    for key, value in session_s3.env.items():
+        monkeypatch.setenv(key, value)
+    return session_s3
 
 
 @contextlib.contextmanager
@@ -343,6 +425,18 @@ def worker_killed_after_first_checkpoint(storage: Path):
     yield killed
     killer.join(timeout=5)
     assert "pid" in killed, "the test never found a worker to kill"
+
+
+@pytest.fixture(scope="session")
+def example_bundle(ray_address, tmp_path_factory):
+    """`train` on the example comments through the CLI, on the session's Ray, with the `seed` preset
+    (the default model has its own test in test_train.py): for the commands that read a bundle."""
+    out = tmp_path_factory.mktemp("example")
+    args = ["--output", str(out / "bundle"), "--storage-path", str(out / "ckpt"), "--preset", "seed"]
+    result = run_cli("train", "--train", str(EXAMPLES), *args, "--epochs", "4", "--seed", "1", env=ray_address)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1/4" in result.stdout and "bundle written to" in result.stdout
+    return out / "bundle"
 
 
 @pytest.fixture(scope="session")

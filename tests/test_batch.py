@@ -1,4 +1,4 @@
-"""Batch scoring on real Parquet files and a real local Ray cluster."""
+"""Batch scoring on real Parquet files and the session's local Ray; refusals before Ray starts are unit tests."""
 
 import os
 import signal
@@ -22,9 +22,6 @@ from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
 from conftest import ROOT, actor_pids, random_texts, run_cli
-
-pytestmark = pytest.mark.integration
-
 
 # The input's columns, then the results' (results.py), in this order.
 RESULTS = ["label", "confidence", "p_negative", "p_neutral", "p_positive", "error"]
@@ -157,7 +154,7 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
     assert out["id"].is_unique and out["id"].tolist() == list(range(150_000))
 
 
-def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_path):
+def test_a_run_killed_halfway_resumes_with_the_id_column(ray_address, bundle, tmp_path):
     write_parts(comments(100_000), tmp_path / "in", 20)
     args = [
         "score",
@@ -178,6 +175,7 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **ray_address},
     )
     try:
         deadline = time.time() + 180
@@ -189,10 +187,10 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_local, bundle, tmp_
     written = len(list((tmp_path / "out").glob("*.parquet")))
     assert written >= 3, "the first run wrote nothing before the deadline"
 
-    refused = run_cli(*[a for a in args if a not in ("--id-column", "id")])
+    refused = run_cli(*[a for a in args if a not in ("--id-column", "id")], env=ray_address)
     assert refused.returncode == 2 and "already holds a previous run's output" in refused.stderr
 
-    second = run_cli(*args)
+    second = run_cli(*args, env=ray_address)
     assert second.returncode == 0, second.stderr[-2000:]
     out = read_output(tmp_path / "out")
     assert out["id"].is_unique and out["id"].tolist() == list(range(100_000))
@@ -339,7 +337,7 @@ def test_an_empty_input_writes_an_empty_output_with_the_result_columns(bundle, t
     assert table.schema.names == OUTPUT_COLUMNS
 
 
-def test_cli_prints_the_summary_line(bundle, tmp_path):
+def test_cli_prints_the_summary_line(ray_address, bundle, tmp_path):
     comments(500).to_parquet(tmp_path / "in.parquet")
     result = run_cli(
         "score",
@@ -351,6 +349,7 @@ def test_cli_prints_the_summary_line(bundle, tmp_path):
         str(tmp_path / "out"),
         "--concurrency",
         "1,2",
+        env=ray_address,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rows in 500, rows out 500, rows with errors 0" in result.stdout.splitlines()[-1]

@@ -1,4 +1,5 @@
-"""The `ray-sentiment` command as a user runs it: real processes, real exit codes."""
+"""The `ray-sentiment` command as a user runs it: real processes, real exit codes. Refusals come
+before Ray starts (unit); commands that do work join the session's Ray (integration)."""
 
 import json
 import os
@@ -6,38 +7,16 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import EXAMPLES, EXAMPLES_TEST, run_cli
 
-pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def example_bundle(tmp_path_factory):
-    """The README's main job: train on the example comments, on a local Ray started by the CLI."""
-    out = tmp_path_factory.mktemp("example")
-    result = run_cli(
-        "train",
-        "--train",
-        str(EXAMPLES),
-        "--output",
-        str(out / "bundle"),
-        "--epochs",
-        "4",
-        "--storage-path",
-        str(out / "ckpt"),
-        "--seed",
-        "1",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 1/4" in result.stdout and "bundle written to" in result.stdout
-    return out / "bundle"
-
-
-def test_evaluate_prints_the_report_as_json(example_bundle, tmp_path):
+def test_evaluate_prints_the_report_as_json(example_bundle, ray_address, tmp_path):
     result = run_cli(
         "evaluate",
         "--model",
@@ -47,6 +26,7 @@ def test_evaluate_prints_the_report_as_json(example_bundle, tmp_path):
         "--output",
         str(tmp_path / "report.json"),
         "--json",
+        env=ray_address,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -59,8 +39,8 @@ def test_evaluate_prints_the_report_as_json(example_bundle, tmp_path):
     assert set(report["per_class"]) == {"negative", "neutral", "positive"}
 
 
-def test_predict_prints_one_json_line_per_text(example_bundle):
-    result = run_cli("predict", "--model", str(example_bundle), "I love the new update 😍", "this app is trash 😡")
+def test_predict_prints_one_json_line_per_text(bundle):
+    result = run_cli("predict", "--model", str(bundle), "I love the new update 😍", "this app is trash 😡")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["text"] for line in lines] == ["I love the new update 😍", "this app is trash 😡"]
@@ -71,8 +51,8 @@ def test_predict_prints_one_json_line_per_text(example_bundle):
         assert line["confidence"] == max(probabilities) == line[f"p_{line['label']}"]
 
 
-def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(example_bundle):
-    result = run_cli("predict", "--model", str(example_bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21)
+def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(bundle):
+    result = run_cli("predict", "--model", str(bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["error"] for line in lines] == [
         None,
@@ -91,46 +71,7 @@ def _one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_missing_training_file(tmp_path):
-    result = run_cli("train", "--train", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "b"))
-    _one_line_error(result, "no such file or directory", "nope.parquet")
-
-
-def test_missing_column_lists_the_columns_that_exist(tmp_path):
-    pd.DataFrame({"comment": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "d.csv", index=False)
-    result = run_cli("train", "--train", str(tmp_path / "d.csv"), "--output", str(tmp_path / "b"))
-    _one_line_error(result, "has no column 'text'", "columns are: comment, label")
-
-
-def test_one_class_only(tmp_path):
-    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}).to_parquet(tmp_path / "d.parquet")
-    result = run_cli("train", "--train", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "b"))
-    _one_line_error(result, "only the label 'pos'")
-
-
-def test_bad_option_value(tmp_path):
-    result = run_cli("train", "--train", str(EXAMPLES), "--output", str(tmp_path / "b"), "--num-workers", "0")
-    _one_line_error(result, "--num-workers must be at least 1")
-
-
-def test_corrupt_bundle(example_bundle, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(example_bundle, broken)
-    (broken / "model.safetensors").write_bytes(b"not weights")
-    for args in (
-        ("predict", "--model", str(broken), "hi"),
-        ("evaluate", "--model", str(broken), "--data", str(EXAMPLES)),
-    ):
-        _one_line_error(run_cli(*args), "model.safetensors is corrupt")
-
-
-def test_evaluate_with_labels_the_model_does_not_know(example_bundle, tmp_path):
-    pd.DataFrame({"text": ["a", "b"], "label": ["positive", "angry"]}).to_csv(tmp_path / "d.csv", index=False)
-    result = run_cli("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "d.csv"))
-    _one_line_error(result, "labels the model does not know: angry")
-
-
-def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
+def test_a_tiny_repetitive_dataset_trains_to_finite_weights(ray_address, tmp_path):
     # Few distinct texts: a rank-deficient co-occurrence matrix, which once gave NaN word vectors.
     rows = [("good good good", "pos"), ("bad bad bad", "neg"), ("good bad", "pos"), ("bad good", "neg")] * 40
     pd.DataFrame(rows, columns=["text", "label"]).to_parquet(tmp_path / "d.parquet")
@@ -145,6 +86,7 @@ def test_a_tiny_repetitive_dataset_trains_to_finite_weights(tmp_path):
         "--storage-path",
         str(tmp_path / "ckpt"),
         "--keep-checkpoints",
+        env=ray_address,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     import numpy as np
@@ -166,7 +108,7 @@ def test_a_successful_run_keeps_only_its_latest_checkpoint(example_bundle):
     assert json.loads((example_bundle / "metrics.json").read_text())["checkpoint"] == str(latest)
 
 
-def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
+def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(ray_address, tmp_path):
     result = run_cli(
         "train",
         "--train",
@@ -181,6 +123,7 @@ def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
         "1e20",
         "--storage-path",
         str(tmp_path / "ckpt"),
+        env=ray_address,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("ray-sentiment: error:")]
@@ -191,15 +134,6 @@ def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_a_latin1_csv_is_refused_with_one_line_naming_the_file_and_the_encoding(tmp_path, example_bundle):
-    (tmp_path / "latin1.csv").write_bytes("text,label\ncafé au lait,positive\nmauvais,negative\n".encode("latin-1"))
-    for command in (
-        ("train", "--train", str(tmp_path / "latin1.csv"), "--output", str(tmp_path / "b")),
-        ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "latin1.csv")),
-    ):
-        _one_line_error(run_cli(*command), "latin1.csv is not UTF-8 text: byte 0xe9 at offset 14, line 2")
-
-
 # Runs the CLI in-process in a fresh interpreter, then says whether Ray or torch were imported.
 PROBE = (
     "import sys; from ray_sentiment.cli import main; code = main(sys.argv[1:]); "
@@ -207,59 +141,88 @@ PROBE = (
 )
 
 
-def test_refusals_come_before_ray_and_torch(example_bundle, tmp_path):
-    """Each refusal above is decided before Ray starts or torch loads: that is what makes it arrive
-    within a second or so (benchmarks/cli_refusals.py times them; timing is not asserted here)."""
+def refusals(bundle: Path, tmp_path: Path, busy_port: int) -> list[tuple[tuple, dict, tuple]]:
+    """Each command a user gets wrong: its arguments, its environment, what its one line must say."""
     pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos"] * 3}).to_parquet(tmp_path / "one.parquet")
     pd.DataFrame({"comment": ["a", "b"], "label": ["x", "y"]}).to_csv(tmp_path / "nocol.csv", index=False)
     pd.DataFrame({"text": ["a", "b"], "label": ["positive", "angry"]}).to_csv(tmp_path / "angry.csv", index=False)
-    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,positive\nok,negative\n".encode("latin-1"))
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("text,label\ncafé au lait,positive\nmauvais,negative\n".encode("latin-1"))
     broken = tmp_path / "broken"
-    shutil.copytree(example_bundle, broken)
+    shutil.copytree(bundle, broken)
     (broken / "model.safetensors").write_bytes(b"not weights")
-    out = str(tmp_path / "b")
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    refusals = [
-        ("train", "--train", str(tmp_path / "nope.parquet"), "--output", out),
-        ("train", "--train", str(tmp_path / "nocol.csv"), "--output", out),
-        ("train", "--train", str(tmp_path / "one.parquet"), "--output", out),
-        ("train", "--train", str(tmp_path / "latin1.csv"), "--output", out),
-        ("train", "--train", str(EXAMPLES), "--output", out, "--num-workers", "0"),
-        ("predict", "--model", str(broken), "hi"),
-        ("evaluate", "--model", str(broken), "--data", str(EXAMPLES)),
-        ("evaluate", "--model", str(example_bundle), "--data", str(tmp_path / "angry.csv")),
-        (
-            "evaluate",
-            "--model",
-            str(example_bundle),
-            "--data",
-            str(EXAMPLES),
-            "--split-column",
-            "label",
-            "--test-split",
-            "none-such",
-        ),
-        ("score", "--model", str(example_bundle), "--input", str(tmp_path / "nope.parquet"), "--output", out),
-        (
-            "stream",
-            "--model",
-            str(example_bundle),
-            "--redis",
-            "redis://127.0.0.1:1/0",
-            "--input-stream",
-            "a",
-            "--output-stream",
-            "b",
-        ),
-        ("serve", "--model", str(example_bundle), "--port", str(busy.getsockname()[1])),
-    ]
+    out, model = str(tmp_path / "b"), str(bundle)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_SENTIMENT_API_KEY")}
-    runs = [(args, env) for args in refusals]
-    runs.append((("serve", "--model", str(example_bundle)), {**env, "RAY_SENTIMENT_API_KEY": ""}))
-    for args, run_env in runs:
+    not_utf8 = ("latin1.csv is not UTF-8 text: byte 0xe9 at offset 14, line 2",)
+    cases = [
+        (("train", "--train", str(tmp_path / "nope.parquet"), "--output", out), ("no such file", "nope.parquet")),
+        (
+            ("train", "--train", str(tmp_path / "nocol.csv"), "--output", out),
+            ("has no column 'text'", "comment, label"),
+        ),
+        (("train", "--train", str(tmp_path / "one.parquet"), "--output", out), ("only the label 'pos'",)),
+        (("train", "--train", str(latin1), "--output", out), not_utf8),
+        (
+            ("train", "--train", str(EXAMPLES), "--output", out, "--num-workers", "0"),
+            ("--num-workers must be at least 1",),
+        ),
+        (("predict", "--model", str(broken), "hi"), ("model.safetensors is corrupt",)),
+        (("evaluate", "--model", str(broken), "--data", str(EXAMPLES)), ("model.safetensors is corrupt",)),
+        (
+            ("evaluate", "--model", model, "--data", str(tmp_path / "angry.csv")),
+            ("labels the model does not know: angry",),
+        ),
+        (("evaluate", "--model", model, "--data", str(latin1)), not_utf8),
+        (
+            (
+                "evaluate",
+                "--model",
+                model,
+                "--data",
+                str(EXAMPLES),
+                "--split-column",
+                "label",
+                "--test-split",
+                "none-such",
+            ),
+            ("none-such",),
+        ),
+        (("score", "--model", model, "--input", str(tmp_path / "nope.parquet"), "--output", out), ("no such file",)),
+        (
+            (
+                "stream",
+                "--model",
+                model,
+                "--redis",
+                "redis://127.0.0.1:1/0",
+                "--input-stream",
+                "a",
+                "--output-stream",
+                "b",
+            ),
+            ("cannot reach Redis",),
+        ),
+        (("serve", "--model", model, "--port", str(busy_port)), ("Address already in use",)),
+    ]
+    return [
+        *((args, env, fragments) for args, fragments in cases),
+        (("serve", "--model", model), {**env, "RAY_SENTIMENT_API_KEY": ""}, ("is set but empty",)),
+    ]
+
+
+def test_refusals_are_one_line_exit_2_and_come_before_ray_and_torch(bundle, tmp_path):
+    """Each refusal is one line naming the problem, decided before Ray starts or torch loads: that
+    is what makes it arrive within a second or so (benchmarks/cli_refusals.py times them; timing
+    is not asserted here). One fresh interpreter per refusal, two at a time."""
+
+    def probe(case):
+        args, env, fragments = case
         command = [sys.executable, "-c", PROBE, *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=run_env)
-        _one_line_error(result)
-        assert result.stdout.strip() == "imported:", (args, result.stdout)
+        return case, subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    with socket.socket() as busy, ThreadPoolExecutor(2) as pool:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for (args, _, fragments), result in pool.map(probe, refusals(bundle, tmp_path, busy.getsockname()[1])):
+            _one_line_error(result, *fragments)
+            assert result.stdout.strip() == "imported:", (args, result.stdout)

@@ -1,4 +1,4 @@
-"""Reading labelled data through Ray Data on a real local Ray cluster."""
+"""Reading labelled data through Ray Data on the session's local Ray."""
 
 import json
 
@@ -8,8 +8,6 @@ import pytest
 from ray_sentiment.data import fit_vocab, load_labelled, read_labelled, stratified_split
 from ray_sentiment.errors import DataError
 from ray_sentiment.inputs import list_input_files
-
-pytestmark = pytest.mark.integration
 
 ROWS = pd.DataFrame(
     {

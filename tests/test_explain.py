@@ -82,7 +82,6 @@ def test_explain_refuses_bad_texts_and_unknown_labels(airline_bundle):
     assert predictor.explain([]) == []
 
 
-@pytest.mark.integration
 def test_predict_explain_prints_each_token_s_contribution(airline_bundle):
     result = run_cli("predict", "--model", str(airline_bundle), "--explain", "the crew was not great", " ")
     assert result.returncode == 2 and "1 of 2 texts could not be scored" in result.stderr
@@ -92,11 +91,10 @@ def test_predict_explain_prints_each_token_s_contribution(airline_bundle):
     assert bad["error"] == "text is empty" and "tokens" not in bad
 
 
-@pytest.mark.integration
-def test_evaluate_per_airline_and_the_most_confident_mistakes(airline_bundle, tmp_path):
+def test_evaluate_per_airline_and_the_most_confident_mistakes(airline_bundle, ray_address, tmp_path):
     data = str(dataset("airline/tweets.parquet"))
     args = ["--model", str(airline_bundle), "--data", data, "--split-column", "split", "--test-split", "test"]
-    result = run_cli("evaluate", *args, "--group-column", "airline", "--errors", "2", "--json")
+    result = run_cli("evaluate", *args, "--group-column", "airline", "--errors", "2", "--json", env=ray_address)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     rows = pd.read_parquet(data)
@@ -117,13 +115,12 @@ def test_evaluate_per_airline_and_the_most_confident_mistakes(airline_bundle, tm
     wrong = scored[scored["true"] != scored["label"]].sort_values("confidence", ascending=False)
     expected = wrong.groupby("true").head(2).sort_values(["true", "confidence"], ascending=[True, False])
     assert [e["text"] for e in errors] == expected["text"].tolist()
-    summary = run_cli("evaluate", *args, "--group-column", "airline", "--errors", "1")
+    summary = run_cli("evaluate", *args, "--group-column", "airline", "--errors", "1", env=ray_address)
     assert "United: " in summary.stdout and "negative taken as" in summary.stdout
 
 
-@pytest.mark.integration
-def test_evaluate_refuses_a_group_column_that_is_not_there(airline_bundle):
+def test_evaluate_refuses_a_group_column_that_is_not_there(bundle):
     data = str(dataset("airline/tweets.parquet"))
-    result = run_cli("evaluate", "--model", str(airline_bundle), "--data", data, "--group-column", "brand")
+    result = run_cli("evaluate", "--model", str(bundle), "--data", data, "--group-column", "brand")
     assert result.returncode == 2 and "has no column 'brand'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

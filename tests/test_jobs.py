@@ -22,9 +22,9 @@ import yaml
 
 from ray_sentiment import Predictor
 
-from conftest import EXAMPLES_TEST, ROOT, RedisServer, S3Server, free_port, wait_healthy
+from conftest import EXAMPLES_TEST, ROOT, RedisServer, free_port, wait_healthy
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 300
@@ -130,15 +130,11 @@ class HeadNode:
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    try:
-        with pytest.MonkeyPatch.context() as env:  # this process reads the bucket too
-            for key, value in server.env.items():
-                env.setenv(key, value)
-            yield server
-    finally:
-        server.stop()
+def s3(session_s3):
+    with pytest.MonkeyPatch.context() as env:  # this process reads the bucket too
+        for key, value in session_s3.env.items():
+            env.setenv(key, value)
+        yield session_s3
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +146,8 @@ def head(s3):
 
 @pytest.fixture(scope="module")
 def trained(head, s3):
-    """`jobs/train.py` on the example comments (shipped in the working dir), bundle and checkpoints to the bucket."""
+    """`jobs/train.py` on the example comments (shipped in the working dir), bundle and checkpoints to
+    the bucket; the `seed` preset, since what is tested is the job, not the model."""
     model, checkpoints = s3.uri("models/example"), s3.uri("checkpoints")
     result = head.submit(
         "train-example",
@@ -164,6 +161,8 @@ def trained(head, s3):
         checkpoints,
         "--epochs",
         "2",
+        "--preset",
+        "seed",
     )
     return result, model, checkpoints
 

@@ -66,6 +66,7 @@ def test_counts_do_not_depend_on_the_batch():
             assert (a[row] != b[0]).nnz == 0
 
 
+@pytest.mark.integration  # fits a model: seconds of CPU, the full suite's, not the unit tier's
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_fitted_model_learns_words_and_returns_probabilities_in_label_order(num_classes):
     words = ["awful", "meh", "great"][-num_classes:] if num_classes == 2 else ["awful", "meh", "great"]

@@ -17,8 +17,6 @@ from ray_sentiment.settings import ScoreSettings, ServeSettings, StreamSettings
 
 from conftest import SAMPLE_TEXTS, free_port, run_cli, wait_healthy
 
-pytestmark = pytest.mark.integration
-
 LIMIT = 60  # --max-text-chars in every runtime
 # Texts every runtime can carry: good ones, and the bad ones a command line, a Parquet string
 # column, a JSON body and a stream field can all hold.
@@ -46,7 +44,7 @@ def via_serve(bundle, texts, tmp_path, redis_server) -> list[dict]:
     from ray_sentiment.serve import build, start
 
     port = free_port()
-    start(build(ServeSettings(model=str(bundle), port=port, max_text_chars=LIMIT)))
+    start(build(ServeSettings(model=str(bundle), port=port, max_text_chars=LIMIT)), name="parity")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url)
@@ -62,7 +60,7 @@ def via_serve(bundle, texts, tmp_path, redis_server) -> list[dict]:
                 records.append({**response.json()["results"][0], "error": None})
         return records
     finally:
-        serve.shutdown()
+        serve.delete("parity")
 
 
 def via_stream(bundle, texts, tmp_path, redis_server) -> list[dict]:
@@ -95,7 +93,7 @@ RUNTIMES = {"predict": via_predict, "score": via_score, "serve": via_serve, "str
 @pytest.mark.parametrize("kind", ["lstm", "hybrid"])
 @pytest.mark.parametrize("runtime", list(RUNTIMES))
 def test_every_runtime_gives_the_predictors_labels_probabilities_and_reasons(
-    runtime, kind, ray_local, redis_server, bundle, hybrid_bundle, tmp_path
+    runtime, kind, serve_instance, redis_server, bundle, hybrid_bundle, tmp_path
 ):
     """A hybrid's linear model runs in the tokenising tasks of `score`, in the Predictor elsewhere."""
     bundle = hybrid_bundle if kind == "hybrid" else bundle

@@ -17,16 +17,14 @@ from ray_sentiment.train import train
 
 from conftest import dataset, run_cli, worker_killed_after_first_checkpoint
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def encoder(ray_local, tmp_path_factory):
-    """An encoder pretrained for three epochs on 12,000 unlabelled tweets, with a worker killed
+    """An encoder pretrained for three epochs on 6,000 unlabelled tweets, with a worker killed
     after the first epoch's checkpoint."""
     directory = tmp_path_factory.mktemp("pretrain")
     texts = directory / "unlabelled.parquet"
-    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(12_000).to_parquet(texts)
+    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(6_000).to_parquet(texts)
     with worker_killed_after_first_checkpoint(directory / "ckpt"):
         path = pretrain(
             PretrainSettings(

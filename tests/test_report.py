@@ -1,5 +1,6 @@
 """`report` on the shared airline tweets, scored by a model trained on them: its numbers against
-pandas, its masks, its page in a real headless Chromium, and its refusals through the CLI."""
+pandas, its masks, its page in a real headless Chromium, and its refusals through the CLI (decided
+before Ray starts, on a few rows that need no model: unit tests)."""
 
 import json
 import re
@@ -18,8 +19,6 @@ from ray_sentiment.settings import ReportSettings
 
 from conftest import dataset, run_cli
 from test_report_stats import wilson_by_hand
-
-pytestmark = pytest.mark.integration
 
 # Comments a user would not want published, scored as confidently as can be so that they are
 # among the examples the report shows.
@@ -44,6 +43,19 @@ def scored(tmp_path_factory, airline_bundle) -> Path:
     extra.loc[extra.index[-1], ["label", "confidence", "error"]] = [None, None, "text is empty"]
     path = tmp_path_factory.mktemp("scored") / "scored.parquet"
     pd.concat([table, extra], ignore_index=True).to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def few_scored(tmp_path_factory) -> Path:
+    """score's output columns for 200 airline tweets, their own labels taken as the results: enough
+    for the checks made before Ray starts."""
+    rows = pd.read_parquet(dataset("airline/tweets.parquet"), columns=["id", "text", "airline", "created_at", "label"])
+    rows = rows.head(200).assign(confidence=1.0, error=None)
+    for label in ("negative", "neutral", "positive"):
+        rows[f"p_{label}"] = (rows["label"] == label).astype(float)
+    path = tmp_path_factory.mktemp("few") / "scored.parquet"
+    rows.to_parquet(path)
     return path
 
 
@@ -191,17 +203,17 @@ class chromium:
         self.browser.quit()
 
 
-def test_the_command_writes_the_report_and_no_redact_shows_what_was_masked(scored, tmp_path):
+def test_the_command_writes_the_report_and_no_redact_shows_what_was_masked(scored, ray_address, tmp_path):
     output = tmp_path / "out"
     args = ["--input", str(scored), "--output", str(output), "--key-column", "airline", "--time-column", "created_at"]
-    result = run_cli("report", *args, "--no-redact", "--freq", "W")
+    result = run_cli("report", *args, "--no-redact", "--freq", "W", env=ray_address)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == "" and "report written to" in result.stdout
     assert "jane.doe@example.com" in (output / "report.html").read_text()
     assert pd.read_csv(output / "timeline.csv")["period"].str.len().eq(10).all()  # weeks, from Monday
-    again = run_cli("report", *args)
+    again = run_cli("report", *args, env=ray_address)
     assert again.returncode == 2 and "holds an earlier report; add --overwrite" in again.stderr
-    replaced = run_cli("report", *args, "--overwrite")
+    replaced = run_cli("report", *args, "--overwrite", env=ray_address)
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert "jane.doe@example.com" not in (output / "report.html").read_text()
 
@@ -217,12 +229,13 @@ def test_labels_alone_make_a_report_without_words_or_examples(ray_local, scored,
     assert result.key_shares["n"].sum() == pd.read_parquet(labels_only)["label"].notna().sum()
 
 
-def test_a_bad_time_deep_in_the_input_is_one_line(scored, tmp_path):
+def test_a_bad_time_deep_in_the_input_is_one_line(scored, ray_address, tmp_path):
     rows = pd.read_parquet(scored)
     rows.loc[5000, "created_at"] = "last tuesday"
     bad = tmp_path / "bad.parquet"
     rows.to_parquet(bad)
-    result = run_cli("report", "--input", str(bad), "--output", str(tmp_path / "out"), "--time-column", "created_at")
+    args = ["--input", str(bad), "--output", str(tmp_path / "out"), "--time-column", "created_at"]
+    result = run_cli("report", *args, env=ray_address)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"ray-sentiment: error: {bad}: time column 'created_at': 'last tuesday' does not parse as '%m/%d/%Y %H:%M'; "
@@ -283,8 +296,8 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize("case", REFUSALS)
-def test_bad_input_is_refused_with_one_line_and_nothing_written(scored, tmp_path, case):
-    args, message = refusal(tmp_path, scored, case)
+def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_path, case):
+    args, message = refusal(tmp_path, few_scored, case)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = run_cli("report", *args, timeout=60)
     assert result.returncode == 2

@@ -1,10 +1,7 @@
 """The local cluster that the commands start: token authentication on, dashboard on loopback."""
 
 import psutil
-import pytest
 import requests
-
-pytestmark = pytest.mark.integration
 
 
 def test_local_cluster_requires_the_token_and_keeps_its_dashboard_on_loopback(ray_local):

@@ -1,4 +1,6 @@
-"""The Serve app over real HTTP, on a real local Ray, on a free port: two replicas share it."""
+"""The Serve app over real HTTP, on the session's local Ray, on a free port: two replicas share it.
+One Serve instance for the module; each extra application is deleted after its test. The `serve`
+command runs on its own local Ray, as a user runs it (e2e); its refusals come before Ray (unit)."""
 
 import contextlib
 import json
@@ -25,24 +27,18 @@ from ray_sentiment.settings import ServeSettings
 
 from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy
 
-pytestmark = pytest.mark.integration
-
-
 REPLICA = "ServeReplica:sentiment:SentimentServer"
 # Two replicas of half a CPU each leave a CPU of the 2-core test cluster for the other apps below.
 HALF = {"cpus_per_replica": 0.5}
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, bundle):
-    from ray import serve
-
+def server(serve_instance, bundle):
     port = free_port()
     start(build(ServeSettings(model=str(bundle), port=port, replicas=2, **HALF)))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url)
-    yield url
-    serve.shutdown()
+    return url
 
 
 @contextlib.contextmanager
@@ -337,6 +333,7 @@ def test_settings_refuse_a_batch_smaller_than_a_request(bundle):
         ServeSettings(model=str(bundle), max_batch_size=100)
 
 
+@pytest.mark.e2e
 def test_serve_command_keeps_the_key_out_of_ray_logs_opens_no_port_off_host_and_drains_on_sigterm(bundle):
     """The whole command, two replicas: the API key; the one HTTP port on --host and no other
     port of Serve's answering HTTP; SIGTERM under steady traffic and with large requests in

@@ -1,5 +1,5 @@
-"""The Redis Streams consumer against real redis-server processes (each test starts its own) and,
-for the consumer actors, a real local Ray cluster."""
+"""The Redis Streams consumer against a real redis-server (one per module, emptied for each test)
+and, for the consumer actors, the session's local Ray. Scoring entries and refusals are unit tests."""
 
 import json
 import os
@@ -17,8 +17,6 @@ from ray_sentiment.settings import StreamSettings
 from ray_sentiment.stream import StreamRunner, score_entries
 
 from conftest import actor_pids, cli_process, random_texts, run_cli
-
-pytestmark = pytest.mark.integration
 
 BRANDS = ["acme", "globex", "initech"]
 
@@ -272,7 +270,7 @@ def test_a_consumer_that_keeps_failing_is_reported_not_retried_forever(ray_local
 # -- the command line -----------------------------------------------------------------------------
 
 
-def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, bundle):
+def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, ray_address, bundle):
     client = redis_server.client()
     produced = produce(client, 300)
     with cli_process(
@@ -289,6 +287,7 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, bundle):
         "brand",
         "--block-ms",
         "200",
+        env={**os.environ, **ray_address},
     ) as proc:
         deadline = time.monotonic() + 120
         while client.xlen("scored") < 300 and time.monotonic() < deadline and proc.poll() is None:

@@ -114,14 +114,33 @@ def test_compiled_rules_keep_rows_apart():
     assert split_array(pa.array(texts).slice(3, 10)).to_pylist() == split_texts(texts[3:13])
 
 
-@pytest.mark.parametrize(
-    "name", ["tweets/train.parquet", "tweets/val.parquet", "airline/tweets.parquet", "unlabeled/tweets.parquet"]
-)
-def test_both_tokenizers_agree_on_every_shared_tweet(name):
-    texts = [t for t in pd.read_parquet(dataset(name), columns=["text"])["text"] if isinstance(t, str)]
+SHARED_TWEETS = ["tweets/train.parquet", "tweets/val.parquet", "airline/tweets.parquet", "unlabeled/tweets.parquet"]
+
+
+def shared_tweets() -> list[str]:
+    return [
+        t
+        for name in SHARED_TWEETS
+        for t in pd.read_parquet(dataset(name), columns=["text"])["text"]
+        if isinstance(t, str)
+    ]
+
+
+def assert_tokenizers_agree(texts: list[str]) -> None:
     compiled, spec = split_array(pa.array(texts)).to_pylist(), split_texts(texts)
     differ = [t for t, a, b in zip(texts, compiled, spec) if a != b]
     assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[:3]}"
+
+
+def test_both_tokenizers_agree_on_a_fixed_sample_of_the_shared_tweets():
+    texts = shared_tweets()
+    assert len(texts) > 200_000
+    assert_tokenizers_agree([texts[i] for i in np.random.default_rng(0).choice(len(texts), 20_000, replace=False)])
+
+
+@pytest.mark.integration  # no service, but a minute of CPU: the full suite's, not the unit tier's
+def test_both_tokenizers_agree_on_every_shared_tweet():
+    assert_tokenizers_agree(shared_tweets())
 
 
 def test_encoder_gives_the_same_ids_through_either_path():

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, dataset, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 # Lines Ray writes on its own: worker output "(RayTrainWorker pid=1)", C++ logs "[2026-… E 1 1] x.cc:1:",
 # Python logs "2026-… WARNING x.py:1 --", and warnings.
