@@ -5,6 +5,7 @@ before Ray starts, on a few rows that need no model: unit tests)."""
 import json
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -295,18 +296,26 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("case", REFUSALS)
-def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_path, case):
-    args, message = refusal(tmp_path, few_scored, case)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    result = run_cli("report", *args, timeout=60)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert message in lines[-1], result.stderr
-    if case != "unknown frequency":  # argparse prints its usage line first
-        assert len(lines) == 1, result.stderr
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    assert (tmp_path / "out" / "thesis.docx").read_text() == "mine" if case.startswith("output holds") else True
+def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_path):
+    """Each case in a folder and a process of its own, two at a time."""
+
+    def refused(case: str):
+        folder = tmp_path / re.sub(r"\W+", "-", case)
+        folder.mkdir()
+        args, message = refusal(folder, few_scored, case)
+        before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+        return case, folder, message, before, run_cli("report", *args, timeout=60)
+
+    with ThreadPoolExecutor(2) as pool:
+        for case, folder, message, before, result in pool.map(refused, REFUSALS):
+            assert result.returncode == 2, (case, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert message in lines[-1], (case, result.stderr)
+            if case != "unknown frequency":  # argparse prints its usage line first
+                assert len(lines) == 1, (case, result.stderr)
+            assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before, case
+            if case.startswith("output holds"):
+                assert (folder / "out" / "thesis.docx").read_text() == "mine"
 
 
 def test_an_unknown_focus_label_is_refused(ray_local, scored, tmp_path):
