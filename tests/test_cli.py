@@ -216,7 +216,7 @@ def test_refusals_are_one_line_exit_2_and_come_before_ray_and_torch(bundle, tmp_
     is not asserted here). One fresh interpreter per refusal, two at a time."""
 
     def probe(case):
-        args, env, fragments = case
+        args, env, _ = case
         command = [sys.executable, "-c", PROBE, *args]
         return case, subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
 
