@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -175,11 +176,21 @@ def _add_score(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
 
 
+REDIS_HELP = (
+    "redis://[[USER]:PASSWORD@]HOST:PORT/DB (default: $REDIS_URL, else redis://127.0.0.1:6379/0); "
+    "a password in $REDIS_PASSWORD keeps it out of shell history and `ps`"
+)
+
+
+def redis_url(given: str | None) -> str:
+    return given or os.environ.get("REDIS_URL") or default(StreamSettings, "redis")
+
+
 def _add_stream(sub) -> None:
     parser = _command(sub, "stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
     f = Flags(parser, StreamSettings)
     f.add("--model", required=True, help=MODEL_HELP)
-    f.setting("redis", "redis://HOST:PORT/DB")
+    f.add("--redis", default=None, help=REDIS_HELP)
     f.add("--input-stream", required=True, help="stream whose entries carry the comment text")
     f.add("--output-stream", required=True, help="stream the scored entries are added to")
     f.setting("group", "consumer group, created if missing")
@@ -197,7 +208,7 @@ def _add_stream(sub) -> None:
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
     stats = Flags(_command(sub, "stream-stats", help="print the live sentiment counts per window (and key)"))
-    stats.setting("redis", "redis://HOST:PORT/DB", default=default(StreamSettings, "redis"))
+    stats.add("--redis", default=None, help=REDIS_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
     stats.setting("last", "windows to show", default=10, type=int)
     stats.add("--json", action="store_true", help="one JSON object per window and key")
@@ -266,7 +277,7 @@ def run(args: argparse.Namespace) -> None:
 
         print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
     elif command == "stream":
-        stream_settings = settings_from(StreamSettings, _options(args, "model"))
+        stream_settings = settings_from(StreamSettings, {**_options(args, "model"), "redis": redis_url(args.redis)})
         check_stream(args.model, stream_settings)
         from .stream import run_until_signalled
 
@@ -274,7 +285,7 @@ def run(args: argparse.Namespace) -> None:
     elif command == "stream-stats":
         from .redis_broker import window_counts
 
-        rows = window_counts(args.redis, args.output_stream, args.last)
+        rows = window_counts(redis_url(args.redis), args.output_stream, args.last)
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
     elif command == "serve":
         serve_settings = settings_from(ServeSettings, _options(args))

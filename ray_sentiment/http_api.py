@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError
+from .port_lock import APP_HEADER
 from .results import MAX_TEXT_CHARS, result_records, text_problem
 from .settings import MAX_TEXTS_PER_REQUEST as MAX_TEXTS
 from .settings import ServeSettings
@@ -153,11 +154,15 @@ class SentimentApp:
         settings: ServeSettings,
         docs: dict,
         explain: Explain,
+        *,
+        app: str = "",
     ):
         """`settings` gives the limits: text length, requests scored and waiting per replica.
-        `explain`: results with their tokens' contributions, for requests that ask."""
+        `explain`: results with their tokens' contributions, for requests that ask. `app`: which
+        app this replica belongs to, told on /healthz (port_lock.py)."""
         self.score, self.summary, self.key, self.settings = score, summary, key, settings
         self.explain = explain
+        self.app_header = {APP_HEADER: app}
         self.model_ref = json.dumps({"name": summary["name"], "version": summary["version"]})
         self.labels = summary["labels"]
         self.places = asyncio.Semaphore(settings.max_ongoing_requests)
@@ -176,10 +181,10 @@ class SentimentApp:
         try:
             if path in self.OPEN:
                 if self.draining:
-                    raise HTTPError(503, "shutting down")
+                    raise HTTPError(503, "shutting down", self.app_header)
                 if path == "/-/healthz":  # what KubeRay's readiness probe looks for
-                    return await _send(send, 200, b"success", "text/plain")
-                return await _send(send, 200, b'{"status":"ok"}')
+                    return await _send(send, 200, b"success", "text/plain", self.app_header)
+                return await _send(send, 200, b'{"status":"ok"}', headers=self.app_header)
             if self.key and not self.key.allows(scope):
                 raise HTTPError(
                     401, "missing or wrong API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}

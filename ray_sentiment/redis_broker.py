@@ -19,7 +19,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .broker import Entry, Result
+from .broker import PASSWORD_ENV, Entry, Result, shown_url, with_password
 from .errors import ConfigError
 from .settings import StreamSettings
 
@@ -73,8 +73,19 @@ def connect(url: str, socket_timeout: float) -> redis.Redis:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
         )
     except ValueError as exc:
-        raise ConfigError(f"--redis {url!r}: {exc}") from None
+        raise ConfigError(f"--redis {shown_url(url)!r}: {exc}") from None
     return client
+
+
+def not_reached(exc: redis.ConnectionError | redis.TimeoutError, url: str) -> ConfigError:
+    """The one line for a Redis that cannot be used: unreachable, or refusing the password; the URL
+    shown without its password."""
+    where = shown_url(url)
+    if isinstance(exc, redis.AuthenticationError):
+        if with_password(url) == url and where == url:  # no password given, here or in the environment
+            return ConfigError(f"Redis at {where}: authentication required; set {PASSWORD_ENV} or give it in the URL")
+        return ConfigError(f"Redis at {where} refused the user name or password")
+    return ConfigError(f"cannot reach Redis at {where}: {exc}")
 
 
 def open_broker(settings: StreamSettings, consumer: str, stop: threading.Event | None = None) -> RedisBroker:
@@ -111,7 +122,7 @@ class RedisBroker:
                     f"cannot create consumer group {self.s.group!r} on {self.s.input_stream!r}: {exc}"
                 ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise ConfigError(f"cannot reach Redis at {self.s.redis}: {exc}") from None
+            raise not_reached(exc, self.s.redis) from None
         self.redis.hset(self.totals_key, "window_s", self.s.window_s)
 
     def totals(self) -> dict[str, int]:
@@ -229,7 +240,7 @@ def _entry(raw_id: bytes, fields: dict, deliveries: int) -> Entry:
 def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
     """The counts of the `last` windows that have any, oldest first:
     [{"window_start_ms": ..., "key": ..., "counts": {label: n}}]."""
-    client = connect(url, socket_timeout=10)
+    client = connect(with_password(url), socket_timeout=10)
     try:
         members = client.zrange(f"{output_stream}:windows", 0, -1, withscores=True)
         starts = sorted({int(score) for _, score in members})[-last:]
@@ -245,6 +256,6 @@ def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
                 rows.append({"window_start_ms": int(score), "key": key, "counts": counts})
         return rows
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ConfigError(f"cannot reach Redis at {url}: {exc}") from None
+        raise not_reached(exc, url) from None
     finally:
         client.close()

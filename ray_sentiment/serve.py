@@ -28,7 +28,9 @@ from ray import serve
 
 from .batcher import Batcher
 from .bundle import ModelBundle, load_bundle
+from .errors import ConfigError, user_message
 from .http_api import MODEL_TIMEOUT_S, KeyDigest, SentimentApp, api_docs, api_key_digest, bind
+from .port_lock import app_identity, claimed_port, holder_line
 from .predictor import Predictor
 from .preflight import check_serve
 from .runtime import ensure_ray, stop_on_signals
@@ -49,8 +51,10 @@ class SentimentServer:
         torch.set_num_threads(max(1, int(settings.cpus_per_replica)))
         max_texts = settings.max_batch_size if settings.batching else 0  # 0: each request on its own
         self.batcher = Batcher(self.predictor.predict_proba, max_texts, settings.batch_wait_ms / 1000)
-        self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs(), self.explain)
-        self.server = await listen(self.app, settings.host, settings.port)
+        app = app_identity(ray.get_runtime_context().gcs_address, serve.get_replica_context().app_name)
+        self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs(), self.explain, app=app)
+        async with claimed_port(settings.host, settings.port, app, holder_line(settings.model)):
+            self.server = await listen(self.app, settings.host, settings.port)
         # What is loaded now lives as long as the replica: kept out of the collector's full passes,
         # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.
         gc.freeze()
@@ -166,10 +170,18 @@ def app_builder(args: dict) -> serve.Application:
 
 
 def start(application: serve.Application, name: str = "sentiment") -> None:
-    """Run the app (see `build`) on the running Ray, with Serve's own HTTP proxy off."""
+    """Run the app (see `build`) on the running Ray, with Serve's own HTTP proxy off. A replica
+    that cannot take the port (port_lock.py) fails the start with its one line."""
     ensure_ray()
     serve.start(proxy_location="Disabled")
-    serve.run(application, name=name, route_prefix=None, blocking=False)
+    try:
+        serve.run(application, name=name, route_prefix=None, blocking=False)
+    except RuntimeError:  # Serve gave up on the replicas; a ConfigError of theirs is the user's to fix
+        why = _deploy_failure(name)
+        if "ConfigError" not in why:
+            raise
+        serve.delete(name)
+        raise ConfigError(user_message(RuntimeError(why)).partition("ConfigError: ")[2]) from None
 
 
 def serve_until_signalled(settings: ServeSettings, bundle: ModelBundle | None = None) -> None:
@@ -180,7 +192,11 @@ def serve_until_signalled(settings: ServeSettings, bundle: ModelBundle | None = 
     ensure_ray()
     stop = threading.Event()
     stop_on_signals(stop)
-    start(application)
+    try:
+        start(application)
+    except ConfigError:
+        ray.shutdown()
+        raise
     url = f"http://{_url_host(host)}:{port}"
     replicas = settings.replicas if isinstance(settings.replicas, int) else "-".join(map(str, settings.replicas))
     print(
@@ -200,6 +216,14 @@ def serve_until_signalled(settings: ServeSettings, bundle: ModelBundle | None = 
         serve.shutdown()  # on a cluster Serve's controller would outlive this command
     ray.shutdown()
     print(f"stopped in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def _deploy_failure(name: str) -> str:
+    """What Serve says about an application that failed to deploy: its replicas' last error."""
+    app = serve.status().applications.get(name)
+    if app is None:
+        return ""
+    return "\n".join([app.message, *(d.message for d in app.deployments.values())])
 
 
 def _url_host(host: str) -> str:

@@ -14,6 +14,7 @@ broker sits behind `Broker` so that another log (Kafka) can follow without touch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .broker import Entry, Result, open_broker
+from .broker import Entry, Result, open_broker, with_password
 from .bundle import ModelBundle, load_bundle
 from .errors import RaySentimentError, user_message
 from .predictor import Predictor
@@ -155,7 +156,8 @@ class StreamRunner:
         # Through the object store, so no node needs the model directory; held here for as long as
         # the actors live, since Ray rebuilds a restarted actor from it.
         self.bundle_ref = ray.put(bundle)
-        self.actors = [actor.remote(self.bundle_ref, settings, f"consumer-{i}") for i in range(settings.consumers)]
+        for_actors = dataclasses.replace(settings, redis=with_password(settings.redis))
+        self.actors = [actor.remote(self.bundle_ref, for_actors, f"consumer-{i}") for i in range(settings.consumers)]
         self.processes = ray.get([a.process.remote() for a in self.actors])  # every model loaded: a failure shows here
         self.runs = [a.run.remote() for a in self.actors]
 

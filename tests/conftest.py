@@ -311,10 +311,10 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
 
-    def client(self):
+    def client(self, password: str | None = None):
         import redis
 
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=password)
 
 
 @pytest.fixture(scope="module")

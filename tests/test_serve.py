@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -468,3 +470,77 @@ def _other_ports_answering_http(root_pid: int, port: int) -> list[int]:
                         if probe.recv(16).startswith(b"HTTP/1."):
                             answering.append(c.laddr.port)
     return answering
+
+
+# -- one app per port -------------------------------------------------------------------------------
+
+# A replica's claim on the port, as serve.SentimentServer makes it, in a process of its own: claim,
+# bind with SO_REUSEPORT, answer /healthz with the app's header; "listening" or the refusal.
+CLAIMANT = """
+import asyncio, sys, time
+from ray_sentiment.errors import ConfigError
+from ray_sentiment.http_api import bind
+from ray_sentiment.port_lock import APP_HEADER, claimed_port
+port, app, start_at, hold_s = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+
+async def answer(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(f"HTTP/1.1 200 OK\\r\\n{APP_HEADER}: {app}\\r\\ncontent-length: 0\\r\\n\\r\\n".encode())
+    await writer.drain()
+    writer.close()
+
+async def main():
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        async with claimed_port("127.0.0.1", port, app, f"app {app}"):
+            server = await asyncio.start_server(answer, sock=bind("127.0.0.1", port, reuse_port=True))
+    except ConfigError as exc:
+        print(exc, flush=True)
+        return
+    print("listening", flush=True)
+    async with server:
+        await asyncio.sleep(hold_s)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.integration
+def test_two_apps_started_at_the_same_instant_never_share_a_port():
+    """Six rounds: two apps claim one port at the same instant (a second process of one of them
+    joins it); exactly one app listens, the other is refused naming the holder."""
+    for round_ in range(6):
+        port, start_at = free_port(), time.time() + 0.7
+        apps = ["a", "b", "a"] if round_ % 2 else ["b", "a", "a"]
+        procs = [
+            subprocess.Popen(  # held 1.5 s: the others have decided by then
+                [sys.executable, "-c", CLAIMANT, str(port), app, str(start_at), "1.5"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for app in apps
+        ]
+        outs = [proc.communicate(timeout=30)[0].strip() for proc in procs]
+        listening = {app for app, out in zip(apps, outs) if out == "listening"}
+        assert len(listening) == 1, (round_, apps, outs)
+        [winner] = listening
+        for app, out in zip(apps, outs):
+            if app != winner:
+                assert out == f"cannot listen on 127.0.0.1:{port}: app {winner} listens there; choose another --port"
+
+
+def test_an_app_given_a_port_another_app_holds_fails_to_start_in_one_line(serve_instance, bundle):
+    port = free_port()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CLAIMANT, str(port), "other", str(time.time()), "120"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "listening"
+        with pytest.raises(ConfigError) as refused:
+            start(build(ServeSettings(model=str(bundle), port=port, **HALF)), name="taken")
+        assert (
+            str(refused.value) == f"cannot listen on 127.0.0.1:{port}: app other listens there; choose another --port"
+        )
+        assert "taken" not in serve_instance.status().applications
+    finally:
+        holder.kill()

@@ -4,19 +4,22 @@ and, for the consumer actors, the session's local Ray. Scoring entries and refus
 import json
 import os
 import signal
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ray_sentiment import Predictor
-from ray_sentiment.broker import Entry, open_broker
+from ray_sentiment.broker import Entry, open_broker, shown_url, with_password
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.redis_broker import window_counts
 from ray_sentiment.settings import StreamSettings
 from ray_sentiment.stream import StreamRunner, score_entries
 
-from conftest import actor_pids, cli_process, random_texts, run_cli
+from conftest import actor_pids, cli_process, free_port, random_texts, run_cli
 
 BRANDS = ["acme", "globex", "initech"]
 
@@ -323,3 +326,81 @@ def test_stream_command_reports_an_unreachable_redis_in_one_line(bundle):
     assert result.returncode == 2
     assert result.stderr.startswith("ray-sentiment: error: cannot reach Redis at redis://127.0.0.1:1/0")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- passwords --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:p%40ss:w@h/1", "rediss://user:***@h/1"),
+        ("redis://pw-in-the-user-part@h:6379", "redis://***@h:6379"),
+        ("redis://h:6379/0?password=pw&db=2", "redis://h:6379/0?password=***&db=2"),
+        ("unix:///run/redis.sock?PASSWORD=pw", "unix:///run/redis.sock?PASSWORD=***"),
+        ("redis://:pw@h:notaport/0", "redis://:***@h:notaport/0"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://[::1:6379/0", "<a URL that cannot be parsed>"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url, shown):
+    assert shown_url(url) == shown
+
+
+def test_the_password_comes_from_the_environment_unless_the_url_has_one(monkeypatch):
+    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+    assert with_password("redis://h/0") == "redis://h/0"
+    monkeypatch.setenv("REDIS_PASSWORD", "p@ss word")
+    assert with_password("redis://h/0") == "redis://h/0?password=p%40ss%20word"
+    assert with_password("redis://h/0?db=1") == "redis://h/0?db=1&password=p%40ss%20word"
+    assert with_password("redis://:own@h/0") == "redis://:own@h/0"
+    assert shown_url(with_password("redis://h/0")) == "redis://h/0?password=***"
+
+
+def test_a_redis_password_never_shows_and_can_come_from_the_environment(redis_server, ray_address, bundle):
+    """In no message of `stream` or `stream-stats` (server down, wrong password, none, a bad port),
+    in no output and in no file Ray writes; and REDIS_PASSWORD reaches the consumer actors."""
+    secret = f"S3cret{os.urandom(4).hex()}"
+    redis_server.client().config_set("requirepass", secret)
+    host = f"127.0.0.1:{redis_server.port}"
+    refused = {
+        f"redis://:{secret}@127.0.0.1:{free_port()}/0": "cannot reach Redis at redis://:***@127.0.0.1:",
+        f"redis://:{secret}x@{host}/0": f"Redis at redis://:***@{host}/0 refused the user name or password",
+        f"redis://{host}/0": f"Redis at redis://{host}/0: authentication required; set REDIS_PASSWORD",
+        f"redis://:{secret}@127.0.0.1:notaport/0": "--redis 'redis://:***@127.0.0.1:notaport/0': Port could not",
+    }
+    started = time.time()
+    try:
+        commands = (["stream-stats"], ["stream", "--model", str(bundle), "--input-stream", "comments"])
+        runs = [
+            (message, [*command, "--redis", url, "--output-stream", "scored"])
+            for url, message in refused.items()
+            for command in commands
+        ]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda run: run_cli(*run[1], timeout=120), runs))
+        for (message, args), result in zip(runs, results):
+            assert result.returncode == 2 and result.stderr.count("\n") == 1, (args, result.stderr)
+            assert message in result.stderr and secret not in result.stdout + result.stderr, (args, result.stderr)
+
+        env = {**os.environ, **ray_address, "REDIS_PASSWORD": secret}
+        client = redis_server.client(password=secret)
+        produce(client, 20)
+        args = ["--input-stream", "comments", "--output-stream", "scored", "--block-ms", "200"]
+        with cli_process("stream", "--model", str(bundle), "--redis", f"redis://{host}/0", *args, env=env) as proc:
+            deadline = time.monotonic() + 120
+            while client.xlen("scored") < 20 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "scored 20, dead-lettered 0" in out, err
+        assert secret not in out + err
+    finally:
+        redis_server.client(password=secret).config_set("requirepass", "")
+    leaks = [
+        str(p)
+        for p in Path(tempfile.gettempdir(), "ray").rglob("*")
+        if p.is_file() and p.stat().st_mtime >= started - 1 and secret.encode() in p.read_bytes()
+    ]
+    assert leaks == []
