@@ -9,11 +9,15 @@ what they hold. Cells, each target in turn, `--rounds` times (the median is repo
   (with Ray's processes running, wrk's p99 at one connection came out 10-100x the Python client's);
 - overload: wrk with 512 connections; the answers' statuses (only 2xx and 503 with Retry-After
   are allowed) and the latency of a Python client (aiohttp) on one connection meanwhile (2xx).
+- explanations beside plain requests (the Serve targets): a Python client sending one text at a
+  time, alone and then beside 20 clients each asking to explain 32 texts of 2,000 characters (the
+  most a request may hold), which wait as a 503's Retry-After asks; its p99 beside them over its
+  p99 alone.
 Also the in-process ceiling (`Predictor.predict_proba` on batches of 2,048 texts, no HTTP), and
 the generator check: the plain app at 64 connections with wrk given one thread, then two.
-Needs `wrk` (apt-get install wrk).
+Needs `wrk` (apt-get install wrk), except with --explain-only (the explanation cells alone).
 
-    python benchmarks/serve_load.py [--seconds 5] [--rounds 3]
+    python benchmarks/serve_load.py [--seconds 5] [--rounds 3] [--explain-only]
 """
 
 import argparse
@@ -129,7 +133,10 @@ def wrk(url: str, texts: list[str], connections: int, seconds: float, threads: i
     }
 
 
-async def closed_loop(url: str, body: bytes, seconds: float, concurrency: int) -> list[tuple[int, float]]:
+async def closed_loop(
+    url: str, body: bytes, seconds: float, concurrency: int, polite: bool = False
+) -> list[tuple[int, float]]:
+    """`polite` clients wait as a 503's Retry-After asks before they ask again."""
     import aiohttp
 
     results, deadline = [], time.perf_counter() + seconds
@@ -141,22 +148,24 @@ async def closed_loop(url: str, body: bytes, seconds: float, concurrency: int) -
                 async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
                     await r.read()
                 results.append((r.status, time.perf_counter() - started))
+                if polite and r.status == 503:
+                    await asyncio.sleep(float(r.headers.get("Retry-After", 1)))
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     return results
 
 
-def _load(url, body, seconds, concurrency, queue):
-    queue.put(asyncio.run(closed_loop(url, body, seconds, concurrency)))
+def _load(url, body, seconds, concurrency, queue, polite):
+    queue.put(asyncio.run(closed_loop(url, body, seconds, concurrency, polite)))
 
 
-def start_drive(url: str, texts: list[str], seconds: float, concurrency: int = 1):
+def start_drive(url: str, texts: list[str], seconds: float, concurrency: int = 1, explain: bool = False):
     """Python clients (aiohttp) in their own process, each sending its next request when the last
     is answered; call the returned function for the figures (2xx only) when it is done."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    body = json.dumps({"texts": texts}).encode()
-    process = ctx.Process(target=_load, args=(f"{url}/v1/sentiment", body, seconds, concurrency, queue))
+    body = json.dumps({"texts": texts, **({"explain": True} if explain else {})}).encode()
+    process = ctx.Process(target=_load, args=(f"{url}/v1/sentiment", body, seconds, concurrency, queue, explain))
     process.start()
 
     def result() -> dict:
@@ -166,8 +175,8 @@ def start_drive(url: str, texts: list[str], seconds: float, concurrency: int = 1
         return {
             "req/s": len(ok) / seconds,
             "texts/s": len(ok) * len(texts) / seconds,
-            "p50 ms": np.percentile(ok, 50),
-            "p99 ms": np.percentile(ok, 99),
+            "p50 ms": np.percentile(ok, 50) if len(ok) else float("nan"),
+            "p99 ms": np.percentile(ok, 99) if len(ok) else float("nan"),
             "non-2xx": len(answers) - len(ok),
         }
 
@@ -185,6 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--explain-only", action="store_true", help="only the explanation cells (no wrk needed)")
     parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "BUNDLE"), help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
@@ -239,11 +249,18 @@ def measure(args, bundle: str, texts: list[str]) -> list[dict]:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         for url in urls.values():
             wait_healthy(url)
-            wrk(url, texts[:1], 16, 2)  # warm-up
+            drive(url, texts[:1], 2, concurrency=16)  # warm-up
         for _ in range(args.rounds):
             for name, url in urls.items():
+                if name.startswith("serve"):
+                    for cell, result in explain_cells(url, texts, args.seconds).items():
+                        cells.setdefault((name, cell), []).append(result)
+                if args.explain_only:
+                    continue
                 for cell, result in run_cells(url, texts, args.seconds).items():
                     cells.setdefault((name, cell), []).append(result)
+            if args.explain_only:
+                continue
             for threads in (1, 2):  # does the plain app's figure rise when wrk gets more CPU?
                 result = wrk(urls["plain uvicorn"], texts[:1], 64, args.seconds, threads)
                 cells.setdefault((f"plain uvicorn, wrk {threads} thread(s)", "1 text, c64"), []).append(result)
@@ -273,8 +290,28 @@ def run_cells(url: str, texts: list[str], seconds: float) -> dict[str, dict]:
     return cells
 
 
+LONG = ("the flight was delayed again, the crew was rude, and the food was fine " * 30)[:2_000]
+ALONE, BESIDE = "1 text, c1 (aiohttp), alone", "1 text, c1 (aiohttp), beside 20 explaining clients"
+
+
+def explain_cells(url: str, texts: list[str], seconds: float) -> dict[str, dict]:
+    """One client's plain requests alone, then beside 20 clients explaining 32 long texts each."""
+    alone = drive(url, texts[:1], seconds)
+    load = start_drive(url, [LONG] * 32, seconds + 2, concurrency=20, explain=True)
+    time.sleep(1)  # the explanations are under way
+    beside = drive(url, texts[:1], seconds)
+    explaining = load()
+    beside["p99 × alone"] = beside["p99 ms"] / alone["p99 ms"]
+    beside["explained req/s"] = explaining["req/s"]
+    beside["explain 503s"] = explaining["non-2xx"]
+    return {ALONE: alone, BESIDE: beside}
+
+
 def medians(results: list[dict]) -> dict:
     row = {k: statistics.median(r[k] for r in results) for k in ("req/s", "texts/s", "p50 ms", "p99 ms")}
+    for k in ("p99 × alone", "explained req/s", "explain 503s"):
+        if k in results[0]:
+            row[k] = statistics.median(r[k] for r in results)
     if "statuses" in results[0]:
         totals: dict[str, int] = {}
         for r in results:

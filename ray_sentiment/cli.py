@@ -182,15 +182,16 @@ REDIS_HELP = (
 )
 
 
-def redis_url(given: str | None) -> str:
-    return given or os.environ.get("REDIS_URL") or default(StreamSettings, "redis")
+def redis_url() -> str:
+    """--redis when not given (not shown in --help: the URL may hold a password)."""
+    return os.environ.get("REDIS_URL") or default(StreamSettings, "redis")
 
 
 def _add_stream(sub) -> None:
     parser = _command(sub, "stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
     f = Flags(parser, StreamSettings)
     f.add("--model", required=True, help=MODEL_HELP)
-    f.add("--redis", default=None, help=REDIS_HELP)
+    f.add("--redis", default=redis_url(), help=REDIS_HELP)
     f.add("--input-stream", required=True, help="stream whose entries carry the comment text")
     f.add("--output-stream", required=True, help="stream the scored entries are added to")
     f.setting("group", "consumer group, created if missing")
@@ -208,7 +209,7 @@ def _add_stream(sub) -> None:
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
     stats = Flags(_command(sub, "stream-stats", help="print the live sentiment counts per window (and key)"))
-    stats.add("--redis", default=None, help=REDIS_HELP)
+    stats.add("--redis", default=redis_url(), help=REDIS_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
     stats.setting("last", "windows to show", default=10, type=int)
     stats.add("--json", action="store_true", help="one JSON object per window and key")
@@ -277,7 +278,7 @@ def run(args: argparse.Namespace) -> None:
 
         print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
     elif command == "stream":
-        stream_settings = settings_from(StreamSettings, {**_options(args, "model"), "redis": redis_url(args.redis)})
+        stream_settings = settings_from(StreamSettings, _options(args, "model"))
         check_stream(args.model, stream_settings)
         from .stream import run_until_signalled
 
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> None:
     elif command == "stream-stats":
         from .redis_broker import window_counts
 
-        rows = window_counts(redis_url(args.redis), args.output_stream, args.last)
+        rows = window_counts(args.redis, args.output_stream, args.last)
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
     elif command == "serve":
         serve_settings = settings_from(ServeSettings, _options(args))

@@ -36,6 +36,9 @@ MAX_BODY_BYTES = 1 << 20
 # An explained text costs up to (tokens + 1) model rows, so explaining takes fewer, shorter texts.
 EXPLAIN_MAX_TEXTS = 32
 EXPLAIN_MAX_CHARS = 2_000
+# Explanations in progress per replica; one more is answered 503 at once, so that they cannot
+# fill the places that plain requests need.
+EXPLAIN_IN_FLIGHT = 2
 API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
 MODEL_TIMEOUT_S = 30.0
 RETRY_AFTER_S = "1"
@@ -166,7 +169,7 @@ class SentimentApp:
         self.model_ref = json.dumps({"name": summary["name"], "version": summary["version"]})
         self.labels = summary["labels"]
         self.places = asyncio.Semaphore(settings.max_ongoing_requests)
-        self.in_flight = self.queued = 0
+        self.in_flight = self.queued = self.explaining = 0
         self.draining = False
         self.static = {
             "/v1/model": (200, "application/json", json.dumps(summary).encode()),
@@ -211,8 +214,11 @@ class SentimentApp:
         texts, explain = parse_texts(await read_body(scope, receive), self.settings.max_text_chars)
         if self.places.locked() and self.queued >= self.settings.max_queued_requests:
             raise busy("busy: too many requests queued; retry shortly")
+        if explain and self.explaining >= EXPLAIN_IN_FLIGHT:
+            raise busy(f"busy: {EXPLAIN_IN_FLIGHT} explanations in progress; retry shortly")
         self.in_flight += 1
         self.queued += 1
+        self.explaining += explain
         try:
             async with self.places:
                 self.queued -= 1
@@ -227,6 +233,7 @@ class SentimentApp:
                     raise busy(f"the model did not answer within {MODEL_TIMEOUT_S:.0f} s") from None
         finally:
             self.in_flight -= 1
+            self.explaining -= explain
         results = json.dumps(records)
         return f'{{"model":{self.model_ref},"results":{results}}}'.encode()
 

@@ -7,7 +7,7 @@ Predictor.load("runs/example").score(["love it", "fix the app"])
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -100,32 +100,37 @@ class Predictor:
         negative: away from it.
 
         Only the tokens the model reads (the first `max_len`) are explained, so a text costs at most
-        (tokens + 1) model rows, and all of a text's variants go through the model in one call.
+        (tokens + 1) model rows, `batch_size` of them to a model call.
         Returns `score`'s record per text plus `tokens`: [{"token", "contribution"}] in text order.
         Texts that cannot be scored refuse the call, as in `predict_proba`."""
+        steps = self.explain_steps(texts, label, batch_size)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def explain_steps(
+        self, texts: Sequence[str], label: str | None = None, rows: int = 2048
+    ) -> Generator[None, None, list[dict]]:
+        """`explain`, one model call of at most `rows` rows per step: each `next()` makes one call,
+        and the generator returns the records. A server runs the steps one at a time between its
+        plain batches, so that an explanation never holds the model for long."""
         if label is not None and label not in self.labels:
             raise ValueError(f"unknown label {label!r}; the model's labels are: {', '.join(self.labels)}")
         target = None if label is None else self.labels.index(label)
         token_lists = tokenize(self._checked(texts)).to_pylist()
-        records: list[dict] = []
-        start = rows = 0
-        for i, tokens in enumerate(token_lists):
-            cost = min(len(tokens), self.encoder.max_len) + 1  # the text, and each read token left out
-            if i > start and rows + cost > batch_size:
-                records += self._explain_group(token_lists[start:i], target)
-                start, rows = i, 0
-            rows += cost
-        return records + (self._explain_group(token_lists[start:], target) if start < len(token_lists) else [])
-
-    def _explain_group(self, group: list[list[str]], target: int | None) -> list[dict]:
-        """One model call for every variant of every text in `group`."""
         variants: list[list[str]] = []
-        for tokens in group:
+        for tokens in token_lists:  # the text, then the text without each token the model reads
             variants.append(tokens)
             variants += [tokens[:i] + tokens[i + 1 :] for i in range(min(len(tokens), self.encoder.max_len))]
-        proba = self.predict_proba_encoded(*self._encode_tokens(pa.array(variants, TOKENS)))
+        proba = np.empty((len(variants), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(variants), rows):
+            part = variants[start : start + rows]
+            proba[start : start + len(part)] = self.predict_proba_encoded(*self._encode_tokens(pa.array(part, TOKENS)))
+            yield
         records, row = [], 0
-        for tokens in group:
+        for tokens in token_lists:
             shown = min(len(tokens), self.encoder.max_len)
             full, without = proba[row], proba[row + 1 : row + 1 + shown]
             best = int(full.argmax()) if target is None else target

@@ -1,6 +1,7 @@
 """The serve replicas' batcher, on a real event loop with a model stand-in that records its calls."""
 
 import asyncio
+import json
 import threading
 import time
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from ray_sentiment.batcher import Batcher
+from ray_sentiment.http_api import EXPLAIN_IN_FLIGHT, SentimentApp
+from ray_sentiment.settings import ServeSettings
 
 
 class Model:
@@ -101,3 +104,70 @@ def test_a_request_whose_client_gave_up_does_not_disturb_the_others():
 
     blocker, later = run(main())
     assert blocker.tolist() == [[3, 0]] and later.tolist() == [[5, 0]]
+
+
+def test_long_work_runs_in_steps_and_a_plain_request_waits_for_one_step_at_most():
+    """Three explanations of four steps each are under way when a plain request comes: it is
+    scored after the one step in progress, before the eleven others."""
+    model, log = Model(), []
+    batcher = Batcher(lambda texts: log.append("batch") or model(texts), max_texts=100)
+
+    def step(name: str, i: int) -> int:
+        log.append(f"{name}{i}")
+        time.sleep(0.02)
+        return i
+
+    async def explanation(name: str):
+        return [await batcher.run(step, name, i) for i in range(4)]
+
+    async def main():
+        long = [asyncio.create_task(explanation(name)) for name in "abc"]
+        await asyncio.sleep(0.01)  # a0 is running, b0 and c0 wait
+        plain = await batcher.score(["a"])
+        return await asyncio.gather(*long), plain
+
+    steps, plain = run(main())
+    assert steps == [[0, 1, 2, 3]] * 3 and plain.tolist() == [[1, 0]]
+    assert log[:2] == ["a0", "batch"] and sorted(log[2:]) == sorted(f"{n}{i}" for n in "abc" for i in range(4))[1:]
+
+
+def test_explanations_past_the_limit_per_replica_get_503_at_once_and_plain_requests_go_on():
+    async def score(texts):
+        return np.array([[0.25, 0.75]] * len(texts), dtype=np.float32)
+
+    async def main():
+        release = asyncio.Event()
+
+        async def explain(texts):
+            await release.wait()
+            return [{"label": "b", "tokens": []} for _ in texts]
+
+        summary = {"name": "m", "version": "v", "labels": ["a", "b"]}
+        app = SentimentApp(score, summary, None, ServeSettings(model="m"), {"openapi": {}, "html": ""}, explain)
+
+        async def post(body: dict) -> tuple[int, dict, dict]:
+            raw, sent = json.dumps(body).encode(), []
+            scope = {"type": "http", "path": "/v1/sentiment", "method": "POST", "headers": []}
+
+            async def receive():
+                return {"type": "http.request", "body": raw, "more_body": False}
+
+            async def send(message):
+                sent.append(message)
+
+            await app(scope, receive, send)
+            headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+            return sent[0]["status"], headers, json.loads(sent[1]["body"])
+
+        held = [asyncio.create_task(post({"texts": ["x"], "explain": True})) for _ in range(EXPLAIN_IN_FLIGHT)]
+        await asyncio.sleep(0.01)
+        refused = await asyncio.wait_for(post({"texts": ["x"], "explain": True}), 5)
+        plain = await post({"texts": ["x"]})
+        release.set()
+        return refused, plain, await asyncio.gather(*held)
+
+    refused, plain, held = run(main())
+    assert refused[0] == 503 and refused[1]["retry-after"] == "1"
+    assert refused[2]["detail"] == f"busy: {EXPLAIN_IN_FLIGHT} explanations in progress; retry shortly"
+    assert plain[0] == 200 and plain[2]["results"][0]["label"] == "b"
+    assert [status for status, _, _ in held] == [200] * EXPLAIN_IN_FLIGHT
