@@ -386,7 +386,8 @@ def predict(model: str, texts: list[str], max_text_chars: int, explain: bool = F
         for i, why in zip(good, predictor.explain([texts[i] for i in good])):
             records[i]["tokens"] = why["tokens"]
     for text, record in zip(texts, records):
-        print(json.dumps({"text": text, **record}, ensure_ascii=False))
+        ascii_only = record["error"] == "text is not valid UTF-8"  # its text cannot be written as UTF-8
+        print(json.dumps({"text": text, **record}, ensure_ascii=ascii_only))
     refused = sum(1 for r in records if r["error"])
     if refused:
         raise RaySentimentError(f"{refused} of {len(texts)} texts could not be scored; see their error fields")
@@ -425,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head -1`): nothing left to say, nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush is quiet too
+        return 141  # as a shell reports a process ended by SIGPIPE
     return 0
 
 

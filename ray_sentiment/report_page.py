@@ -43,13 +43,15 @@ def check_output(output: str, overwrite: bool) -> None:
             raise DataError(f"output {output} is a file; give a directory")
         if info.type == pafs.FileType.NotFound:
             return
-        found = [e for e in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if e.type == pafs.FileType.File]
+        # One level: a report writes no folders, so a folder is foreign too, and the check never
+        # walks a tree (`--output /usr` once walked it, following a link back to itself).
+        found = {os.path.basename(e.path): e.type for e in fs.get_file_info(pafs.FileSelector(path))}
         if not found:
             return
-        foreign = sorted(os.path.relpath(e.path, path) for e in found if os.path.relpath(e.path, path) not in FILES)
-        ours = any(os.path.basename(e.path) == "summary.json" for e in found) and _written_by_us(fs, path)
+        foreign = sorted(name for name, kind in found.items() if name not in FILES or kind != pafs.FileType.File)
+        ours = "summary.json" in found and _written_by_us(fs, path)
         if foreign or not ours:
-            shown = ", ".join((foreign or [os.path.relpath(e.path, path) for e in found])[:3])
+            shown = ", ".join((foreign or sorted(found))[:3])
             raise DataError(
                 f"output {output} holds files that ray-sentiment report did not write ({shown}); "
                 "give a new or empty directory"
@@ -66,6 +68,19 @@ def _written_by_us(fs: pafs.FileSystem, path: str) -> bool:
         return False
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (CSV injection). OWASP's
+# advice: such text gets a leading ' . Only the CSV copies: Parquet and JSON keep values exactly.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    def quoted(value):
+        return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+    texts = [c for c in table.columns if table[c].map(lambda v: isinstance(v, str)).any()]
+    return table.assign(**{c: table[c].map(quoted) for c in texts})
+
+
 def write_report(report, output: str) -> list[str]:
     """Every file of the report under `output`; earlier report files this run does not write are
     deleted (they are ours: check_output ran). Returns the names written."""
@@ -73,7 +88,7 @@ def write_report(report, output: str) -> list[str]:
     tables = _tables(report)
     files: dict[str, bytes] = dict(plots)
     for name, table in tables.items():
-        files[f"{name}.csv"] = table.to_csv(index=False).encode()
+        files[f"{name}.csv"] = csv_safe(table).to_csv(index=False).encode()
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
         files[f"{name}.parquet"] = sink.getvalue()

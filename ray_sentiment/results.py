@@ -28,6 +28,11 @@ def text_problem(value: object, max_chars: int = MAX_TEXT_CHARS) -> str | None:
             return "text is not valid UTF-8"
     if not isinstance(value, str):
         return f"text is {type(value).__name__}, not a string"
+    if not value.isascii():
+        try:  # a lone surrogate ("\ud800" in JSON, or undecodable bytes in a command's arguments)
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text is not valid UTF-8"
     if len(value) > max_chars:
         return f"text is {len(value):,} characters, more than --max-text-chars {max_chars:,}"
     if not value.strip():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, EXAMPLES_TEST, run_cli
+from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, run_cli
 
 
 def test_evaluate_prints_the_report_as_json(example_bundle, ray_address, tmp_path):
@@ -52,15 +52,27 @@ def test_predict_prints_one_json_line_per_text(bundle):
 
 
 def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(bundle):
-    result = run_cli("predict", "--model", str(bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21)
+    not_utf8 = b"caf\xe9"  # an argument in latin-1
+    result = run_cli("predict", "--model", str(bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21, not_utf8)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["error"] for line in lines] == [
         None,
         "text is empty",
         "text is 21 characters, more than --max-text-chars 20",
+        "text is not valid UTF-8",
     ]
     assert lines[0]["label"] and lines[1]["label"] is None and lines[2]["p_positive"] is None
-    _one_line_error(result, "2 of 3 texts could not be scored")
+    assert lines[3]["text"] == "caf\udce9"  # the byte as Python holds it, escaped in the JSON
+    _one_line_error(result, "3 of 4 texts could not be scored")
+
+
+def test_predict_into_a_pipe_closed_early_ends_quietly(bundle):
+    """`predict ... | head -1`: the reader goes away; no BrokenPipeError traceback."""
+    texts = " ".join(f"'comment number {i}'" for i in range(3000))
+    command = f"{sys.executable} -m ray_sentiment.cli predict --model {bundle} {texts} | head -1"
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert json.loads(result.stdout)["text"] == "comment number 0"
+    assert result.stderr == ""
 
 
 def _one_line_error(result, *fragments):

@@ -15,7 +15,7 @@ import pytest
 from ray_sentiment import Predictor
 from ray_sentiment.preflight import check_report
 from ray_sentiment.report import build_report
-from ray_sentiment.report_page import write_report
+from ray_sentiment.report_page import csv_safe, write_report
 from ray_sentiment.settings import ReportSettings
 
 from conftest import dataset, run_cli
@@ -274,6 +274,10 @@ def refusal(tmp_path: Path, scored: Path, case: str) -> tuple[list[str], str]:
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "thesis.docx").write_text("mine")
         return ["--input", str(scored), "--output", out], "holds files that ray-sentiment report did not write"
+    if case == "output holds a folder that links to itself":
+        (tmp_path / "out" / "deep" / "er").mkdir(parents=True)
+        (tmp_path / "out" / "deep" / "er" / "loop").symlink_to(tmp_path / "out")  # as /usr/bin/X11 -> .
+        return ["--input", str(scored), "--output", out], "did not write (deep); give a new or empty directory"
     if case == "output inside the input":
         folder = tmp_path / "in"
         folder.mkdir()
@@ -291,6 +295,7 @@ REFUSALS = [
     "no rows",
     "no such input",
     "output holds the user's files",
+    "output holds a folder that links to itself",
     "output inside the input",
     "unknown frequency",
 ]
@@ -314,7 +319,7 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_
             if case != "unknown frequency":  # argparse prints its usage line first
                 assert len(lines) == 1, (case, result.stderr)
             assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before, case
-            if case.startswith("output holds"):
+            if case == "output holds the user's files":
                 assert (folder / "out" / "thesis.docx").read_text() == "mine"
 
 
@@ -326,3 +331,16 @@ def test_an_unknown_focus_label_is_refused(ray_local, scored, tmp_path):
         DataError, match=r"--focus-label 'angry' is not among the labels \(negative, neutral, positive\)"
     ):
         build_report(settings, check_report(settings))
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted():
+    table = pd.DataFrame(
+        {
+            "key": ["=cmd|' /C calc'!A0", "+1", "-2", "@SUM(A1)", "\tx", "acme", None],
+            "n": [1, -2, 3, 4, 5, 6, 7],  # numbers stay numbers, negative ones too
+        }
+    )
+    safe = csv_safe(table)
+    assert safe["key"].tolist()[:6] == ["'=cmd|' /C calc'!A0", "'+1", "'-2", "'@SUM(A1)", "'\tx", "acme"]
+    assert pd.isna(safe["key"][6])
+    assert safe["n"].tolist() == [1, -2, 3, 4, 5, 6, 7] and table["key"][0].startswith("=")  # the input is kept

@@ -118,6 +118,7 @@ BAD_REQUESTS = {
     "null item": ({"texts": ["ok", None]}, 422, "texts[1]: text is null"),
     "number item": ({"texts": [5]}, 422, "texts[0]: text is int, not a string"),
     "empty text": ({"texts": ["ok", "  "]}, 422, "texts[1]: text is empty"),
+    "lone surrogate": (b'{"texts": ["ok", "\\ud800"]}', 422, "texts[1]: text is not valid UTF-8"),
     "text over 10,000 characters": (
         {"texts": ["a" * 10_001]},
         422,

@@ -30,6 +30,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ray_sentiment"
         (None, "text is null"),
         (3, "text is int, not a string"),
         (b"\xff", "text is not valid UTF-8"),
+        ("lone \ud800 surrogate", "text is not valid UTF-8"),
+        ("caf\u00e9 \U0001f60d", None),
         (" \n\t", "text is empty"),
         ("x" * (MAX_TEXT_CHARS + 1), f"text is {MAX_TEXT_CHARS + 1:,} characters, more than --max-text-chars 10,000"),
     ],
