@@ -37,8 +37,8 @@ from .runtime import ensure_ray, stop_on_signals
 from .settings import ServeSettings, settings_from
 
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
-# Rows of one explanation step: with the default model about 13 ms on one core, against 7 ms for a
-# plain one-text call (benchmarks/serve_load.py measures plain latency under explanations).
+# Rows of one explanation step: a plain request waits for at most one step, so a step costs about
+# what a plain call does (benchmarks/serve_load.py --explain-only measures plain latency beside them).
 EXPLAIN_STEP_ROWS = 8
 # A stopping replica drains (http_api.SentimentApp.drain) inside Serve's graceful shutdown, which
 # must outlast it; Serve checks this often whether the replica is done.
