@@ -168,6 +168,20 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`ray-sentiment ARGS` as the console script calls it, in this interpreter, for commands and
+    refusals that start no Ray: a fresh interpreter per case costs a second or more of imports.
+    (That refusals come before Ray and torch load is tested in fresh interpreters, in test_cli.)"""
+    from ray_sentiment.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["ray-sentiment", *args], code, out, err)
+
+
 def wait_healthy(url: str, timeout: float = 120, explain=lambda: "") -> None:
     """Until GET url/healthz answers 200; else the test fails, with `explain()` appended."""
     import requests

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, run_cli
+from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, cli_in_process, run_cli
 
 
 def test_evaluate_prints_the_report_as_json(example_bundle, ray_address, tmp_path):
@@ -39,8 +39,9 @@ def test_evaluate_prints_the_report_as_json(example_bundle, ray_address, tmp_pat
     assert set(report["per_class"]) == {"negative", "neutral", "positive"}
 
 
-def test_predict_prints_one_json_line_per_text(bundle):
-    result = run_cli("predict", "--model", str(bundle), "I love the new update 😍", "this app is trash 😡")
+def test_predict_prints_one_json_line_per_text(bundle, capsys):
+    texts = ("I love the new update 😍", "this app is trash 😡")
+    result = cli_in_process(capsys, "predict", "--model", str(bundle), *texts)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["text"] for line in lines] == ["I love the new update 😍", "this app is trash 😡"]
@@ -51,9 +52,10 @@ def test_predict_prints_one_json_line_per_text(bundle):
         assert line["confidence"] == max(probabilities) == line[f"p_{line['label']}"]
 
 
-def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(bundle):
-    not_utf8 = b"caf\xe9"  # an argument in latin-1
-    result = run_cli("predict", "--model", str(bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21, not_utf8)
+def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(bundle, capsys):
+    not_utf8 = os.fsdecode(b"caf\xe9")  # an argument in latin-1, as Python's sys.argv holds it
+    args = ("--model", str(bundle), "--max-text-chars", "20", "fine", "   ", "x" * 21, not_utf8)
+    result = cli_in_process(capsys, "predict", *args)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["error"] for line in lines] == [
         None,
@@ -212,9 +214,10 @@ def refusals(bundle: Path, tmp_path: Path, busy_port: int) -> list[tuple[tuple, 
                 "--output-stream",
                 "b",
             ),
-            ("cannot reach Redis",),
+            ("cannot reach Redis at redis://127.0.0.1:1/0",),
         ),
         (("serve", "--model", model, "--port", str(busy_port)), ("Address already in use",)),
+        (("report", "--input", str(tmp_path / "nope.parquet"), "--output", out), ("no such file",)),
     ]
     return [
         *((args, env, fragments) for args, fragments in cases),

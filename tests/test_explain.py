@@ -9,7 +9,7 @@ import pytest
 from ray_sentiment import Predictor
 from ray_sentiment.errors import InvalidTextError
 
-from conftest import dataset, run_cli
+from conftest import cli_in_process, dataset, run_cli
 
 # (praise, the same praise negated, the word that carries it)
 PAIRS = [
@@ -119,8 +119,8 @@ def test_evaluate_per_airline_and_the_most_confident_mistakes(airline_bundle, ra
     assert "United: " in summary.stdout and "negative taken as" in summary.stdout
 
 
-def test_evaluate_refuses_a_group_column_that_is_not_there(bundle):
+def test_evaluate_refuses_a_group_column_that_is_not_there(bundle, capsys):
     data = str(dataset("airline/tweets.parquet"))
-    result = run_cli("evaluate", "--model", str(bundle), "--data", data, "--group-column", "brand")
+    result = cli_in_process(capsys, "evaluate", "--model", str(bundle), "--data", data, "--group-column", "brand")
     assert result.returncode == 2 and "has no column 'brand'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -15,7 +15,7 @@ from ray_sentiment.pretrain import pretrain
 from ray_sentiment.settings import PretrainSettings, TrainSettings
 from ray_sentiment.train import train
 
-from conftest import dataset, run_cli, worker_killed_after_first_checkpoint
+from conftest import EXAMPLES, cli_in_process, dataset, worker_killed_after_first_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +118,9 @@ def test_train_refuses_an_encoder_that_does_not_fit(encoder, tmp_path, options, 
         train(settings)
 
 
-def test_cli_refuses_a_model_bundle_as_an_encoder_in_one_line(bundle, tmp_path):
-    result = run_cli(
-        "train", "--train", "examples/train.csv", "--output", str(tmp_path / "b"), "--init-from", str(bundle)
-    )
+def test_cli_refuses_a_model_bundle_as_an_encoder_in_one_line(bundle, tmp_path, capsys):
+    args = ("--train", str(EXAMPLES), "--output", str(tmp_path / "b"), "--init-from", str(bundle))
+    result = cli_in_process(capsys, "train", *args)
     assert result.returncode == 2
     assert "is missing encoder.safetensors (a trained model bundle is not a pretrained encoder)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

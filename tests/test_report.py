@@ -5,7 +5,6 @@ before Ray starts, on a few rows that need no model: unit tests)."""
 import json
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from ray_sentiment.report import build_report
 from ray_sentiment.report_page import csv_safe, write_report
 from ray_sentiment.settings import ReportSettings
 
-from conftest import dataset, run_cli
+from conftest import cli_in_process, dataset, run_cli
 from test_report_stats import wilson_by_hand
 
 # Comments a user would not want published, scored as confidently as can be so that they are
@@ -301,26 +300,21 @@ REFUSALS = [
 ]
 
 
-def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_path):
-    """Each case in a folder and a process of its own, two at a time."""
-
-    def refused(case: str):
-        folder = tmp_path / re.sub(r"\W+", "-", case)
-        folder.mkdir()
-        args, message = refusal(folder, few_scored, case)
-        before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
-        return case, folder, message, before, run_cli("report", *args, timeout=60)
-
-    with ThreadPoolExecutor(2) as pool:
-        for case, folder, message, before, result in pool.map(refused, REFUSALS):
-            assert result.returncode == 2, (case, result.stderr)
-            lines = result.stderr.strip().splitlines()
-            assert message in lines[-1], (case, result.stderr)
-            if case != "unknown frequency":  # argparse prints its usage line first
-                assert len(lines) == 1, (case, result.stderr)
-            assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before, case
-            if case == "output holds the user's files":
-                assert (folder / "out" / "thesis.docx").read_text() == "mine"
+@pytest.mark.parametrize("case", REFUSALS)
+def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_path, capsys, case):
+    folder = tmp_path / "case"
+    folder.mkdir()
+    args, message = refusal(folder, few_scored, case)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    result = cli_in_process(capsys, "report", *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1], result.stderr
+    if case != "unknown frequency":  # argparse prints its usage line first
+        assert len(lines) == 1, result.stderr
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    if case == "output holds the user's files":
+        assert (folder / "out" / "thesis.docx").read_text() == "mine"
 
 
 def test_an_unknown_focus_label_is_refused(ray_local, scored, tmp_path):

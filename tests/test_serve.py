@@ -27,7 +27,7 @@ from ray_sentiment.http_api import API_KEY_ENV
 from ray_sentiment.serve import app_builder, build, start
 from ray_sentiment.settings import ServeSettings
 
-from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_process, free_port, run_cli, wait_healthy
+from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_in_process, cli_process, free_port, wait_healthy
 
 REPLICA = "ServeReplica:sentiment:SentimentServer"
 # Two replicas of half a CPU each leave a CPU of the 2-core test cluster for the other apps below.
@@ -386,13 +386,13 @@ def test_serve_command_keeps_the_key_out_of_ray_logs_opens_no_port_off_host_and_
     assert leaks == []
 
 
-def test_serve_command_refuses_a_busy_port_and_warns_on_an_open_host_without_a_key(bundle):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_KEY_ENV)}
+def test_serve_command_refuses_a_busy_port_and_warns_on_an_open_host_without_a_key(bundle, capsys, monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("serve", "--model", str(bundle), "--host", "0.0.0.0", "--port", str(port), env=env)
+        result = cli_in_process(capsys, "serve", "--model", str(bundle), "--host", "0.0.0.0", "--port", str(port))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("warning: serving on 0.0.0.0 without an API key")
@@ -403,8 +403,9 @@ def test_serve_command_refuses_a_busy_port_and_warns_on_an_open_host_without_a_k
     assert len(lines) == 2
 
 
-def test_serve_command_refuses_an_empty_api_key(bundle):
-    result = run_cli("serve", "--model", str(bundle), "--port", str(free_port()), env={API_KEY_ENV: ""})
+def test_serve_command_refuses_an_empty_api_key(bundle, capsys, monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "")
+    result = cli_in_process(capsys, "serve", "--model", str(bundle), "--port", str(free_port()))
     assert result.returncode == 2
     assert (
         result.stderr.strip()

@@ -310,24 +310,6 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, ray_addr
     assert sum(int(line.split()[-1]) for line in lines) == 300
 
 
-def test_stream_command_reports_an_unreachable_redis_in_one_line(bundle):
-    result = run_cli(
-        "stream",
-        "--model",
-        str(bundle),
-        "--redis",
-        "redis://127.0.0.1:1/0",
-        "--input-stream",
-        "comments",
-        "--output-stream",
-        "scored",
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("ray-sentiment: error: cannot reach Redis at redis://127.0.0.1:1/0")
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
 # -- passwords --------------------------------------------------------------------------------------
 
 
