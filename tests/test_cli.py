@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, cli_in_process, run_cli
+from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, checkpoints, cli_in_process, run_cli
 
 
 def test_evaluate_prints_the_report_as_json(example_bundle, ray_address, tmp_path):
@@ -85,40 +85,8 @@ def _one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_a_tiny_repetitive_dataset_trains_to_finite_weights(ray_address, tmp_path):
-    # Few distinct texts: a rank-deficient co-occurrence matrix, which once gave NaN word vectors.
-    rows = [("good good good", "pos"), ("bad bad bad", "neg"), ("good bad", "pos"), ("bad good", "neg")] * 40
-    pd.DataFrame(rows, columns=["text", "label"]).to_parquet(tmp_path / "d.parquet")
-    result = run_cli(
-        "train",
-        "--train",
-        str(tmp_path / "d.parquet"),
-        "--output",
-        str(tmp_path / "b"),
-        "--epochs",
-        "2",
-        "--storage-path",
-        str(tmp_path / "ckpt"),
-        "--keep-checkpoints",
-        env=ray_address,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    import numpy as np
-    from safetensors.numpy import load_file
-
-    weights = load_file(tmp_path / "b" / "model.safetensors")
-    assert all(np.isfinite(w).all() for w in weights.values())
-    # --keep-checkpoints: every epoch's checkpoint, pretraining's included (the default preset pretrains 2 epochs)
-    assert len(_checkpoints(tmp_path / "ckpt")) == 4
-
-
-def _checkpoints(storage) -> list:
-    [run] = [d for d in storage.iterdir() if d.is_dir()]
-    return sorted(c for c in run.iterdir() if c.is_dir() and c.name.startswith("checkpoint_"))
-
-
 def test_a_successful_run_keeps_only_its_latest_checkpoint(example_bundle):
-    [latest] = _checkpoints(example_bundle.parent / "ckpt")
+    [latest] = checkpoints(example_bundle.parent / "ckpt")
     assert json.loads((example_bundle / "metrics.json").read_text())["checkpoint"] == str(latest)
 
 

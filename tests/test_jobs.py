@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -283,37 +284,40 @@ def test_stream_job_scores_until_ray_job_stop_then_reports(head, trained, tmp_pa
         redis.stop()
 
 
-@pytest.mark.parametrize(
-    "submission_id, entrypoint, message",
-    [
-        (
-            "bad-model",
-            [
-                "python",
-                "jobs/score.py",
-                "--model",
-                "s3://ray-sentiment-test/no-such-model",
-                "--input",
-                "s3://ray-sentiment-test/comments",
-                "--output",
-                "s3://ray-sentiment-test/out",
-            ],
-            "ray-sentiment: error: model bundle s3://ray-sentiment-test/no-such-model is not a directory",
-        ),
-        (
-            "bad-option",
-            ["python", "jobs/train.py", "--output", "runs/x"],
-            "error: the following arguments are required: --train",
-        ),
-    ],
-)
-def test_job_given_bad_arguments_fails_with_its_message(head, submission_id, entrypoint, message):
-    result = head.submit(submission_id, *entrypoint)
-    assert result.returncode != 0
-    assert head.job_status(submission_id) == "FAILED"
-    logs = head.job_logs(submission_id)
-    assert message in logs
-    assert "Traceback" not in logs
+# Jobs that a user gets wrong: submission id, entrypoint, the message the job's log must give
+BAD_JOBS = [
+    (
+        "bad-model",
+        [
+            "python",
+            "jobs/score.py",
+            "--model",
+            "s3://ray-sentiment-test/no-such-model",
+            "--input",
+            "s3://ray-sentiment-test/comments",
+            "--output",
+            "s3://ray-sentiment-test/out",
+        ],
+        "ray-sentiment: error: model bundle s3://ray-sentiment-test/no-such-model is not a directory",
+    ),
+    (
+        "bad-option",
+        ["python", "jobs/train.py", "--output", "runs/x"],
+        "error: the following arguments are required: --train",
+    ),
+]
+
+
+def test_jobs_given_bad_arguments_fail_with_their_messages(head):
+    """Submitted together (each mostly waits for its job to start), checked one by one."""
+    with ThreadPoolExecutor(len(BAD_JOBS)) as pool:
+        results = list(pool.map(lambda job: head.submit(job[0], *job[1]), BAD_JOBS))
+    for (submission_id, _, message), result in zip(BAD_JOBS, results):
+        assert result.returncode != 0, submission_id
+        assert head.job_status(submission_id) == "FAILED"
+        logs = head.job_logs(submission_id)
+        assert message in logs, (submission_id, logs[-3000:])
+        assert "Traceback" not in logs, submission_id
 
 
 def test_jobs_api_refuses_a_wrong_token(head):
