@@ -29,7 +29,7 @@ from .linear import LinearModel
 from .outputs import OutputDir
 from .predictor import Predictor
 from .progress import Reporter, progress
-from .results import SOURCE_COLUMNS, check_texts, result_columns, result_fields
+from .results import LINEAGE_COLUMNS, check_texts, result_columns, result_fields
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
@@ -62,8 +62,8 @@ def _write_scored(s, files, keep, renamed, done, bundle, out, reporter: Reporter
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        columns = sorted((set(keep) - set(SOURCE_COLUMNS)) | {s.text_column})
-        ds = ray.data.read_datasource(NumberedParquet(files, columns, numbered=SOURCE_COLUMNS[0] in keep))
+        columns = sorted((set(keep) - set(LINEAGE_COLUMNS)) | {s.text_column})
+        ds = ray.data.read_datasource(NumberedParquet(files, columns, numbered=LINEAGE_COLUMNS[0] in keep))
         if done is not None and len(done):
             ds = ds.map_batches(_drop_done, fn_args=(s.id_column, done), batch_format="pyarrow")
         scored = score_dataset(
@@ -71,7 +71,8 @@ def _write_scored(s, files, keep, renamed, done, bundle, out, reporter: Reporter
         )
         scored.write_parquet(out.shown, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
-        raise DataError(f"scoring {s.input} failed: {user_message(exc)}") from None
+        resumable = bool(s.id_column) and not s.allow_duplicate_ids
+        raise DataError(f"scoring {s.input} failed: {user_message(exc)}{out.left_by_failure(resumable)}") from None
     finally:
         context.target_max_block_size = default_block_size
 
@@ -105,8 +106,8 @@ def _read_numbered(path: str, columns: list[str], numbered: bool):
             table = pa.Table.from_batches([batch])
             if numbered:
                 rows = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
-                table = table.append_column(SOURCE_COLUMNS[0], pa.array([path] * table.num_rows, pa.string()))
-                table = table.append_column(SOURCE_COLUMNS[1], rows)
+                table = table.append_column(LINEAGE_COLUMNS[0], pa.array([path] * table.num_rows, pa.string()))
+                table = table.append_column(LINEAGE_COLUMNS[1], rows)
             start += table.num_rows
             yield table
 

@@ -6,6 +6,8 @@ Flags map one to one onto the settings in settings.py, whose fields give every d
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import os
 import sys
@@ -230,6 +232,7 @@ def _add_serve(sub) -> None:
     f.setting("max_ongoing_requests", "requests per replica whose texts may share a model call")
     f.setting("max_queued_requests", "requests per replica waiting beyond those; more get 503")
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
+    f.setting("body_timeout_s", "seconds a request body may stall (6 times this in all) before a 408")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,11 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(sub)
     _add_serve(sub)
     _add_report(sub)
-    p = Flags(_command(sub, "predict", help="print one JSON line per text (an error line for a text it cannot score)"))
+    predict_parser = sub.add_parser(
+        "predict",
+        help="print one JSON line per text (an error line for a text it cannot score)",
+        parents=[VERBOSE],
+        epilog="Texts come from the arguments, or from standard input, one per line, when there are none or "
+        "the only one is '-'. A text that begins with '-' goes after '--': predict --model M -- '-terrible'.",
+    )
+    p = Flags(predict_parser)
     p.add("--model", required=True, help=MODEL_HELP)
     p.setting("max_text_chars", MAX_TEXT_CHARS_HELP, default=MAX_TEXT_CHARS)
     p.add("--explain", action="store_true", help="add each token's contribution to the label (occlusion)")
-    p.add("texts", nargs="+", metavar="TEXT")
+    p.add(
+        "--text-field",
+        help="standard input holds JSON lines: score this field of each (its other fields are printed with it)",
+    )
+    p.add("texts", nargs="*", metavar="TEXT")
     return parser
 
 
@@ -297,7 +311,12 @@ def run(args: argparse.Namespace) -> None:
     elif command == "report":
         report(settings_from(ReportSettings, _options(args)))
     elif command == "predict":
-        predict(args.model, args.texts, args.max_text_chars, args.explain)
+        if args.texts in ([], ["-"]):
+            predict_stdin(args.model, args.max_text_chars, args.explain, args.text_field)
+        elif args.text_field:
+            raise ConfigError("--text-field reads JSON lines from standard input; give no TEXT arguments with it")
+        else:
+            predict(args.model, args.texts, args.max_text_chars, args.explain)
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -376,21 +395,70 @@ def report(settings: ReportSettings) -> None:
 def predict(model: str, texts: list[str], max_text_chars: int, explain: bool = False) -> None:
     """One JSON line per text, in `Predictor.score`'s shape (with --explain, plus `tokens`); a text
     that cannot be scored is a line with its error, and the command then exits 2."""
+    predictor = _predictor(model, max_text_chars)
+    refused = _print_scored(predictor, [{"text": t} for t in texts], texts, [None] * len(texts), explain)
+    if refused:
+        raise RaySentimentError(f"{refused} of {len(texts)} texts could not be scored; see their error fields")
+
+
+STDIN_CHUNK = 256  # lines scored together: output keeps pace with a slow pipe, memory stays flat
+
+
+def predict_stdin(model: str, max_text_chars: int, explain: bool, text_field: str | None) -> None:
+    """`predict` on standard input, one text (or, with `text_field`, one JSON object) per line,
+    scored in chunks as the lines arrive. Bytes that are not UTF-8 reach the text as Python holds
+    them, so that its line says so."""
+    predictor = _predictor(model, max_text_chars)
+    lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+    total = refused = 0
+    for chunk in iter(lambda: list(itertools.islice(lines, STDIN_CHUNK)), []):
+        rows, texts, problems = zip(*(_stdin_row(line.rstrip("\r\n"), text_field) for line in chunk))
+        refused += _print_scored(predictor, list(rows), list(texts), list(problems), explain)
+        total += len(chunk)
+        sys.stdout.flush()
+    if refused:
+        raise RaySentimentError(f"{refused} of {total} texts could not be scored; see their error fields")
+
+
+def _stdin_row(line: str, text_field: str | None) -> tuple[dict, str, str | None]:
+    """A line of standard input: the row printed with its result, its text, and why it cannot be
+    scored if it cannot."""
+    if text_field is None:
+        return {"text": line}, line, None
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return {"line": line}, "", "line is not JSON"
+    if not isinstance(row, dict) or text_field not in row:
+        return {"line": line}, "", f"line has no field {text_field!r}"
+    if not isinstance(row[text_field], str):
+        return row, "", f"field {text_field!r} is not a string"
+    return row, row[text_field], None
+
+
+def _predictor(model: str, max_text_chars: int):
     bundle = load_bundle(model)  # a broken bundle is refused before torch is imported
     from .predictor import Predictor
 
-    predictor = Predictor(bundle, max_text_chars=max_text_chars)
+    return Predictor(bundle, max_text_chars=max_text_chars)
+
+
+def _print_scored(predictor, rows: list[dict], texts: list[str], problems: list, explain: bool) -> int:
+    """Each row printed with its text's result (a row's own problem, if it has one, as the error);
+    returns how many could not be scored. A row's fields named like a result are kept as input_<name>."""
     records = predictor.score(texts)
+    for record, problem in zip(records, problems):
+        if problem is not None:
+            record.update(dict.fromkeys(record, None), error=problem)
     if explain:
         good = [i for i, r in enumerate(records) if r["error"] is None]
         for i, why in zip(good, predictor.explain([texts[i] for i in good])):
             records[i]["tokens"] = why["tokens"]
-    for text, record in zip(texts, records):
+    for row, record in zip(rows, records):
+        row = {(f"input_{k}" if k in record else k): v for k, v in row.items()}
         ascii_only = record["error"] == "text is not valid UTF-8"  # its text cannot be written as UTF-8
-        print(json.dumps({"text": text, **record}, ensure_ascii=ascii_only))
-    refused = sum(1 for r in records if r["error"])
-    if refused:
-        raise RaySentimentError(f"{refused} of {len(texts)} texts could not be scored; see their error fields")
+        print(json.dumps({**row, **record}, ensure_ascii=ascii_only))
+    return sum(1 for r in records if r["error"])
 
 
 def format_counts(rows: list[dict]) -> str:
@@ -414,7 +482,11 @@ def format_counts(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # as parse_args says it, and for predict how to pass a text that looks like an option
+        dashed = "; a text that begins with '-' goes after '--'" if args.command == "predict" else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{dashed}")
     if args.verbose:
         from .runtime import set_verbose
 

@@ -88,15 +88,24 @@ def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[str]
     return texts, explain
 
 
-async def read_body(scope, receive, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(scope, receive, limit: int = MAX_BODY_BYTES, timeout_s: float = 10.0) -> bytes:
     """The whole body, refused with 413 by its Content-Length or, when chunked, as soon as the
-    bytes read pass the limit (at most `limit` bytes are ever kept)."""
+    bytes read pass the limit (at most `limit` bytes are ever kept). A body that stalls for
+    `timeout_s` (a Content-Length larger than what is sent), or trickles in for 6 times that, is a
+    408 and the connection closes: it would hold its place in the replica until the client gave up."""
     length = dict(scope["headers"]).get(b"content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise HTTPError(413, f"request body over {limit:,} bytes")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 6 * timeout_s
     body, more = bytearray(), True
     while more:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), min(timeout_s, max(0.0, deadline - loop.time())))
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                408, f"the request body stopped arriving ({len(body):,} bytes read)", {"Connection": "close"}
+            ) from None
         if message["type"] != "http.request":
             raise ConnectionAbortedError("the client went away")
         body += message.get("body", b"")
@@ -211,7 +220,8 @@ class SentimentApp:
     async def sentiment(self, scope, receive) -> bytes:
         if self.draining:
             raise busy("shutting down; retry on another server")
-        texts, explain = parse_texts(await read_body(scope, receive), self.settings.max_text_chars)
+        body = await read_body(scope, receive, timeout_s=self.settings.body_timeout_s)
+        texts, explain = parse_texts(body, self.settings.max_text_chars)
         if self.places.locked() and self.queued >= self.settings.max_queued_requests:
             raise busy("busy: too many requests queued; retry shortly")
         if explain and self.explaining >= EXPLAIN_IN_FLIGHT:
@@ -284,7 +294,7 @@ def api_docs() -> dict:
         detail: str
 
     app = FastAPI(title="ray-sentiment", description="Sentiment of social-media comments.")
-    errors = {status: {"model": Error} for status in (401, 413, 422, 503)}
+    errors = {status: {"model": Error} for status in (401, 408, 413, 422, 503)}
 
     @app.post("/v1/sentiment", responses=errors)  # type: ignore[arg-type]
     def sentiment(request: SentimentRequest) -> dict:

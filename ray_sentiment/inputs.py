@@ -96,7 +96,7 @@ def glob_base(pattern: str) -> str:
     parts = pattern.split("/")
     for i, part in enumerate(parts):
         if any(ch in part for ch in "*?["):
-            return "/".join(parts[:i]) or "/"
+            return "/".join(parts[:i]) or ("/" if pattern.startswith("/") else ".")
     return pattern
 
 

@@ -8,6 +8,7 @@ foreign files named: they are the user's, and no option makes the tool touch the
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -17,11 +18,11 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from .errors import DataError
-from .inputs import glob_base
 from .storage import failing_as, is_uri, resolve_filesystem
 
 MARKER = "_ray_sentiment_score.json"
 FILE_PREFIX = "scored-"
+WRITES = (f"{FILE_PREFIX}0_0.parquet",)  # the kind of name a run writes (Ray Data adds the suffix)
 
 
 @dataclass
@@ -50,6 +51,22 @@ class OutputDir:
         for path in self.files:
             self.fs.delete_file(path)
         self.files = []
+
+    def left_by_failure(self, resumable: bool) -> str:
+        """What a failed run leaves, and how a rerun goes on from there."""
+        try:
+            entries = self.fs.get_file_info(pafs.FileSelector(self.path))
+        except OSError:
+            return ""
+        written = sum(os.path.basename(e.path).startswith(self.file_prefix) for e in entries)
+        if not written:
+            return f"; nothing but its marker was written to {self.shown}, and the same command starts again clean"
+        if resumable:
+            return f"; {written} output files hold the rows scored so far, and the same command scores the rest"
+        return (
+            f"; {written} output files hold part of the rows: rerun with --overwrite to replace them "
+            "(with --id-column, a rerun scores only the rest)"
+        )
 
     def owned(self, name: str) -> bool:
         match = re.fullmatch(rf"{FILE_PREFIX}([0-9a-f]+)_.*\.parquet", name)
@@ -102,17 +119,24 @@ def _listed(base: str, paths: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def check_apart(input_root: str, input_files: list[str], output: str) -> None:
+def check_apart(input_path: str, input_files: list[str], output: str, writes: tuple[str, ...]) -> None:
     """Refuse an output that equals, contains or lies inside the input (after resolving symlinks
-    and `..`): scoring would delete the input, or read its own output."""
+    and `..`): scoring would delete the input, or read its own output. For a glob input, the output
+    is inside it when a file the command `writes` there would match the glob."""
     out = _canonical(output)
-    roots = [_canonical(glob_base(input_root))] + [_canonical(f) for f in input_files]
-    for root in roots:
-        if _within(out, root) or _within(root, out):
-            raise DataError(
-                f"output {output} overlaps the input {input_root}: give an output directory "
-                "outside the input, and not containing it"
-            )
+    roots = [_canonical(f) for f in input_files]
+    overlaps = any(_within(out, root) or _within(root, out) for root in roots)
+    if any(ch in input_path for ch in "*?["):
+        pattern = _canonical(input_path)
+        overlaps = overlaps or any(fnmatch.fnmatch(f"{out}/{name}", pattern) for name in writes)
+    else:
+        root = _canonical(input_path)
+        overlaps = overlaps or _within(out, root) or _within(root, out)
+    if overlaps:
+        raise DataError(
+            f"output {output} overlaps the input {input_path}: give an output directory "
+            "outside the input, and not containing it"
+        )
 
 
 def _canonical(path: str) -> str:

@@ -160,10 +160,10 @@ def check_report(s: ReportSettings) -> ReportInput:
     """The input's columns and time format, the output directory, and the bundle if one is given."""
     from .outputs import check_apart
     from .report_data import check_report_input
-    from .report_page import check_output
+    from .report_page import FILES, check_output
 
     source = check_report_input(s)
-    check_apart(s.input, source.files, s.output)
+    check_apart(s.input, source.files, s.output, FILES)
     check_output(s.output, s.overwrite)
     if s.model:
         load_bundle(s.model)

@@ -5,6 +5,7 @@ the driver only ever holds counts, never rows.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,9 @@ NO_KEY = "(none)"
 OTHER_KEY = "(other)"  # the keys beyond those broken down in words and examples
 COUNTED = ["key", "period", "label", "problem"]  # partial_counts' groups
 UNITS = {"H": "hour", "D": "day", "W": "week", "M": "month"}
+# Times the report can place on its time axis: a 9999-12-31 placeholder would stretch it past what
+# matplotlib draws (and squash every real period into one pixel).
+YEARS = (1900, 2200)
 WORD = r"^#?\p{L}"  # distinctive words start with a letter: no <url>, numbers, emoji or punctuation
 # Every group_by here passes use_threads=False: Ray Data may call a function from several threads
 # of one worker, and Acero's threaded grouping then fails ("thread index 10 is out of range").
@@ -54,6 +58,8 @@ def check_report_input(s: ReportSettings) -> ReportInput:
     text = s.text_column or ("text" if "text" in names else None)
     wanted = [c for c in (s.label_column, s.text_column, s.time_column, s.key_column) if c]
     check_columns(names, wanted, s.input)
+    if text and pa.types.is_null(dataset.schema.field(text).type):
+        text = None  # no text at all (every value null): the report leaves out words and examples
     if text and not _is_text(dataset.schema.field(text).type):
         raise DataError(f"{s.input}: column {text!r} holds {dataset.schema.field(text).type}, not text")
     first = dataset.head(1000, columns=[s.label_column, *([s.time_column] if s.time_column else [])])
@@ -124,6 +130,17 @@ def parse_periods(
         times = times.cast(pa.timestamp("s"))
     if times.type.tz is not None:
         times = times.cast(pa.timestamp(times.type.unit))  # the same instant, in UTC
+    outside = pc.or_(
+        pc.less(times, _scalar(YEARS[0], times.type)), pc.greater_equal(times, _scalar(YEARS[1], times.type))
+    )
+    if pc.any(outside).as_py():
+        if problem is None:
+            value = times.filter(outside)[0].as_py()
+            problem = (
+                f"time column {name!r}: {value} is outside the years {YEARS[0]}-{YEARS[1] - 1} the report draws "
+                "(a placeholder date?); filter those rows out or fix them"
+            )
+        times = pc.if_else(outside, pa.scalar(None, times.type), times)
     start = pc.floor_temporal(times, unit=UNITS[freq], week_starts_monday=True)
     seconds = start.cast(pa.timestamp("s")).cast(pa.int64())
     return pc.fill_null(seconds, NO_TIME), problem
@@ -216,3 +233,7 @@ def partial_examples(batch: pa.Table, s: ReportSettings, text_column: str, keys:
     frame["dedupe"] = [dedupe_key(t) for t in frame["text"]]
     frame = frame.drop_duplicates(["key", "label", "dedupe"]).groupby(["key", "label"], sort=False).head(4 * s.examples)
     return pa.Table.from_pandas(frame.drop(columns="dedupe"), schema=EXAMPLES, preserve_index=False)
+
+
+def _scalar(year: int, kind: pa.DataType) -> pa.Scalar:
+    return pa.scalar(datetime.datetime(year, 1, 1), pa.timestamp("s")).cast(kind)

@@ -32,6 +32,8 @@ PALETTE = ("#2c7fb8", "#e6550d", "#756bb1", "#31a354", "#de2d26", "#636363", "#f
 MAX_LINES = 8  # keys drawn over time; the rest are in the tables
 MAX_BARS = 20  # keys drawn in the shares plot
 MIN_PLOTTED = 10  # comments a period needs to be drawn: a share of 3 comments is noise; the tables keep it
+PAGE_KEYS = 100  # keys in the page's table, and ...
+SUMMARY_KEYS = 1_000  # ... in summary.json, those with most comments: key_shares.csv and .parquet hold every key
 
 
 def check_output(output: str, overwrite: bool) -> None:
@@ -153,7 +155,9 @@ def summary(report, files: list[str]) -> dict:
         "files": files,
     }
     if s.key_column:
-        for key, part in report.key_shares.groupby("key"):
+        kept = set(_biggest_keys(report, SUMMARY_KEYS))
+        out["keys_total"] = int(report.key_shares["key"].nunique())
+        for key, part in report.key_shares[report.key_shares["key"].isin(kept)].groupby("key"):
             out["keys"][key] = {
                 "n": int(part["n"].sum()),
                 "shares": {label: float(v) for label, v in zip(part["label"], part["share"])},
@@ -191,6 +195,12 @@ def _plots(report) -> dict[str, bytes]:
 def _plain(text: str) -> str:
     """Text as matplotlib should draw it: a $ in a brand's name would start its maths mode."""
     return text.replace("$", r"\$")
+
+
+def legend_label(text: str) -> str:
+    """A legend entry: matplotlib leaves out labels that begin with "_", so those get a space first."""
+    text = _plain(text)
+    return " " + text if text.startswith("_") else text
 
 
 def _colour(labels: list[str]) -> dict[str, str]:
@@ -236,7 +246,7 @@ def _key_shares(report) -> bytes:
     left = pd.Series(0.0, index=table.index)
     for label in report.labels:
         if label in table:
-            axes.barh(table.index, table[label] * 100, left=left * 100, color=colours[label], label=label)
+            axes.barh(table.index, table[label] * 100, left=left * 100, color=colours[label], label=legend_label(label))
             left += table[label]
     axes.set_yticks(range(len(table)), [_plain(f"{k} ({totals[k]:,})") for k in table.index])
     axes.set_xlabel("share of comments (%)")
@@ -255,9 +265,8 @@ def _share_over_time(report) -> bytes:
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for colour, key in zip(PALETTE, biggest):
         part = line[(line["key"] == key) & (line["n"] >= MIN_PLOTTED)]
-        axes.plot(
-            part["period"], part["share"] * 100, marker="o", markersize=3, color=colour, label=_plain(key or "all")
-        )
+        name = legend_label(key or "all")
+        axes.plot(part["period"], part["share"] * 100, marker="o", markersize=3, color=colour, label=name)
         axes.fill_between(part["period"], part["low"] * 100, part["high"] * 100, color=colour, alpha=0.15)
     axes.set_ylabel(f"{focus} share (%), 95% interval")
     axes.set_ylim(0, 100)
@@ -305,7 +314,7 @@ def page(report, plots: dict[str, bytes]) -> str:
         parts += [
             f"<h2>Per {_e(s.key_column)}</h2>",
             _image(plots, "key_shares.png", f"Share of each label per {s.key_column}"),
-            _table(_wide_shares(report), None),
+            *_key_table(report),
         ]
     if not report.timeline.empty:
         parts += [
@@ -362,11 +371,22 @@ def _table(table: pd.DataFrame, columns: list[str] | None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _wide_shares(report) -> pd.DataFrame:
-    shares = report.key_shares.pivot(index="key", columns="label", values="share").fillna(0.0)
-    wide = shares.rename(columns=lambda c: f"{c} share")
-    wide.insert(0, "comments", report.key_shares.groupby("key")["n"].sum())
-    return wide.reset_index()
+def _biggest_keys(report, count: int) -> list[str]:
+    return report.key_shares.groupby("key")["n"].sum().nlargest(count).index.tolist()
+
+
+def _key_table(report) -> list[str]:
+    """The keys with most comments, one row each; a page of 100,000 rows helps no one."""
+    biggest = _biggest_keys(report, PAGE_KEYS)
+    rows = report.key_shares[report.key_shares["key"].isin(biggest)]
+    wide = rows.pivot(index="key", columns="label", values="share").fillna(0.0).rename(columns=lambda c: f"{c} share")
+    wide.insert(0, "comments", rows.groupby("key")["n"].sum())
+    parts = [_table(wide.loc[biggest].reset_index(), None)]
+    more = report.key_shares["key"].nunique() - len(biggest)
+    if more > 0:
+        note = f"The {len(biggest)} with most comments; {more:,} more are in key_shares.csv and key_shares.parquet."
+        parts.append(f"<p class='muted'>{note}</p>")
+    return parts
 
 
 def _movers(report) -> str:

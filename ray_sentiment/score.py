@@ -24,13 +24,13 @@ import pyarrow.parquet as pq
 from .bundle import load_bundle
 from .errors import DataError
 from .inputs import check_columns, list_input_files
-from .outputs import OutputDir, check_apart, open_output
-from .results import SOURCE_COLUMNS, result_fields, result_names
+from .outputs import WRITES, OutputDir, check_apart, open_output
+from .results import LINEAGE_COLUMNS, SOURCE_COLUMNS, result_fields, result_names
 from .settings import ScoreSettings
 from .storage import resolve_filesystem
 
 # Input columns with these names (or p_*) are kept as input_<name>: the results take them.
-RESERVED = (*result_names([]), "error", "_ids", "_length", *SOURCE_COLUMNS)
+RESERVED = (*result_names([]), "error", "_ids", "_length", *SOURCE_COLUMNS, *LINEAGE_COLUMNS)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     fmt, files = list_input_files(s.input)
     if fmt != "parquet":
         raise DataError(f"{s.input} holds {fmt} files; score reads Parquet")
-    check_apart(s.input, files, s.output)
+    check_apart(s.input, files, s.output, WRITES)
     schema, rows_in, keep = _check_parquet_files(files, s.input, s.text_column, s.id_column, s.columns)
     resume_by = s.id_column if s.id_column and not s.allow_duplicate_ids else None
     if s.id_column:
@@ -84,8 +84,11 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     else:
         from .batch import score_files  # Ray and torch are imported only now, the input checked
 
-        source = [] if s.id_column else list(SOURCE_COLUMNS)
-        score_files(s, files, keep + source, renamed, done, bundle, out, rows_in - (0 if done is None else len(done)))
+        # Lineage travels under its own names and takes its output names last: an input column
+        # named source_file is kept as input_source_file beside it.
+        lineage = {} if s.id_column else dict(zip(LINEAGE_COLUMNS, SOURCE_COLUMNS))
+        todo = rows_in - (0 if done is None else len(done))
+        score_files(s, files, keep + list(lineage), {**renamed, **lineage}, done, bundle, out, todo)
     rows_out, errors = _count_output(out)
     return ScoreSummary(
         rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed

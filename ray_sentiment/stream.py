@@ -123,13 +123,44 @@ class StreamSummary:
     pending: int | None
     restarted_consumers: int
     seconds: float
+    totals_lost: bool = False  # Redis lost its totals (restarted without persistence): counts are a floor
 
     def line(self) -> str:
         rate = (self.scored + self.dead_lettered) / self.seconds if self.seconds else 0.0
+        lost = (
+            "; Redis lost its totals during the run (a restart without persistence?): the counts add what this "
+            "command saw before and after, and may miss the entries committed just before the loss"
+        )
         return (
             f"scored {self.scored}, dead-lettered {self.dead_lettered}, still pending {self.pending}, "
             f"consumers restarted {self.restarted_consumers}, {self.seconds:.1f} s, {rate:,.0f} entries/s"
+            + (lost if self.totals_lost else "")
         )
+
+
+TOTALS = ("scored", "dead_lettered")
+
+
+class RunTotals:
+    """This run's counts from the broker's totals, which outlive consumers and are committed with
+    their entries. A total that falls means the broker lost them (Redis restarted without
+    persistence): what was seen before is carried over, and the loss is said."""
+
+    def __init__(self, at_start: dict[str, int]):
+        self.base = {name: at_start.get(name, 0) for name in TOTALS}
+        self.seen = dict(self.base)
+        self.carried = dict.fromkeys(TOTALS, 0)
+        self.lost = False
+
+    def update(self, totals: dict[str, int]) -> dict[str, int]:
+        for name in TOTALS:
+            now = totals.get(name, 0)
+            if now < self.seen[name]:
+                self.lost = True
+                self.carried[name] += self.seen[name] - self.base[name]
+                self.base[name] = 0
+            self.seen[name] = now
+        return {name: self.carried[name] + self.seen[name] - self.base[name] for name in TOTALS}
 
 
 class StreamRunner:
@@ -142,7 +173,7 @@ class StreamRunner:
         bundle = load_bundle(model)  # a broken bundle fails here, before Ray starts
         self.broker = open_broker(settings, "ray-sentiment-driver", stop)
         self.broker.ensure_group()  # also fails fast, with a clear message, when Redis is unreachable
-        self.totals_at_start = self.broker.totals()
+        self.totals = RunTotals(self.broker.totals())
         self.started = time.perf_counter()
         ensure_ray()
         total_cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -176,8 +207,9 @@ class StreamRunner:
             self.runs.remove(ref)  # returned: only after a stop
 
     def progress(self) -> dict:
-        totals = self.broker.totals()
-        return {name: totals.get(name, 0) - self.totals_at_start.get(name, 0) for name in ("scored", "dead_lettered")}
+        """This run's scored and dead-lettered entries so far; called often, so that a loss of the
+        broker's totals is seen."""
+        return self.totals.update(self.broker.totals())
 
     def restarted_consumers(self) -> int:
         """Consumers now running as a restarted actor (Ray rebuilt them after a failure): the ones
@@ -195,9 +227,9 @@ class StreamRunner:
         for actor in self.actors:
             ray.kill(actor)
         done = self.progress()
-        summary = StreamSummary(
-            done["scored"], done["dead_lettered"], self.broker.pending(), restarted, time.perf_counter() - self.started
-        )
+        seconds = time.perf_counter() - self.started
+        pending = self.broker.pending()
+        summary = StreamSummary(done["scored"], done["dead_lettered"], pending, restarted, seconds, self.totals.lost)
         self.broker.close()
         return summary
 
@@ -224,7 +256,7 @@ def watch(runner: StreamRunner, stop: threading.Event, settings: StreamSettings,
     last_report = time.monotonic()
     while not stop.is_set():
         runner.poll(timeout=0.5)
+        done = runner.progress()
         if time.monotonic() - last_report >= report_every_s:
             last_report = time.monotonic()
-            done = runner.progress()
             print(f"scored {done['scored']}, dead-lettered {done['dead_lettered']}", flush=True)

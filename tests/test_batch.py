@@ -18,6 +18,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.batch import score_dataset
 from ray_sentiment.bundle import load_bundle
 from ray_sentiment.errors import ConfigError, DataError
+from ray_sentiment.outputs import WRITES, check_apart
 from ray_sentiment.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
@@ -197,6 +198,33 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_address, bundle, tm
     assert "already done" in second.stdout and "already done 0" not in second.stdout
 
 
+def damage_text_pages(path) -> bytes:
+    """Overwrites the text column's pages, leaving the footer whole: the file passes every check
+    made before Ray (schema, row counts, ids) and fails only when its texts are read."""
+    original = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    [chunk] = [meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == "text"]
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    damaged = bytearray(original)
+    damaged[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    path.write_bytes(bytes(damaged))
+    return original
+
+
+def test_a_run_that_fails_midway_says_what_it_left_and_the_same_command_finishes_it(ray_local, bundle, tmp_path):
+    parts = write_parts(comments(3_000), tmp_path / "in", 3)
+    original = damage_text_pages(parts / "part-002.parquet")
+    with pytest.raises(DataError) as failed:
+        score(bundle, parts, tmp_path / "out", id_column="id")
+    message = str(failed.value)
+    assert message.startswith(f"scoring {parts} failed: ") and "\n" not in message, message
+    assert "part-002.parquet" in message, message
+    assert "the same command scores the rest" in message or "the same command starts again clean" in message
+    (parts / "part-002.parquet").write_bytes(original)
+    summary = score(bundle, parts, tmp_path / "out", id_column="id")
+    assert summary.rows_out == 3_000 and read_output(tmp_path / "out")["id"].tolist() == list(range(3_000))
+
+
 def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
     comments(10).to_parquet(tmp_path / "in.parquet")
     with pytest.raises(DataError, match="has no column 'body'; columns are: id, text, brand"):
@@ -261,6 +289,7 @@ def test_an_output_overlapping_the_input_is_refused_before_anything_is_touched(b
         (data, tmp_path / "link" / "x"),
         (data, tmp_path / "d" / ".." / "d"),
         (data / "*.parquet", data),
+        (data / "*.parquet", data / "scored"),  # its files would match the glob
         (data / "sub", data),
     ]
     (data / "sub").mkdir()
@@ -269,6 +298,30 @@ def test_an_output_overlapping_the_input_is_refused_before_anything_is_touched(b
         with pytest.raises(DataError, match="overlaps the input"):
             score(bundle, source, str(target), overwrite=True)
     assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+
+
+def test_a_relative_glob_is_apart_from_an_output_its_files_would_not_match(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("in_1/same", "in_2/same"):
+        write_parts(comments(4), tmp_path / folder, 1)
+    files = [str(tmp_path / f"in_{i}/same/part-000.parquet") for i in (1, 2)]
+    check_apart("in_?/same/*.parquet", files, "plainout", WRITES)
+    check_apart("in_?/same/*.parquet", files, "in_1/other", WRITES)  # beside the input, not in it
+    for output in ("in_1/same/scored", "in_1", "."):
+        with pytest.raises(DataError, match="overlaps the input"):
+            check_apart("in_?/same/*.parquet", files, output, WRITES)
+
+
+def test_files_of_the_same_name_in_two_folders_keep_distinct_sources(ray_local, bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for i, folder in enumerate(("in_1/same", "in_2/same")):
+        write_parts(comments(4).assign(id=lambda d, i=i: d["id"] + 10 * i), tmp_path / folder, 1)
+    score(bundle, "in_?/same/*.parquet", "plainout")
+    out = read_output(tmp_path / "plainout")
+    assert sorted(set(out["source_file"])) == [str(tmp_path / f"in_{i}/same/part-000.parquet") for i in (1, 2)]
+    for source, rows in out.groupby("source_file"):  # each row joins back to its own file and row
+        original = pd.read_parquet(source)
+        assert original["id"].iloc[rows["source_row"]].tolist() == rows["id"].tolist()
 
 
 def test_an_output_that_cannot_be_a_directory_is_one_clear_error(bundle, tmp_path):
@@ -294,11 +347,13 @@ def test_every_input_file_is_checked_for_columns_and_types_before_ray_starts(bun
 
 def test_input_columns_named_like_results_are_kept_under_input_names(ray_local, bundle, tmp_path):
     df = comments(30).assign(label="pos", sentiment="x", confidence=0.5, error="e", p_positive=1.0)
+    df = df.assign(source_file="crm-export.csv", source_row=range(100, 130), _source_row=-1)  # lineage's names too
     df.to_parquet(tmp_path / "in.parquet")
     summary = score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"))
-    out = read_output(tmp_path / "out")
-    for name in ("label", "confidence", "error", "p_positive"):
-        assert out[f"input_{name}"].tolist() == df[name].tolist()
+    out = read_output(tmp_path / "out").sort_values("source_row")
+    for name in ("label", "confidence", "error", "p_positive", "source_file", "source_row", "_source_row"):
+        assert out[f"input_{name}"].tolist() == df[name].tolist(), name
+    assert out["source_row"].tolist() == list(range(30)) and out["source_file"].str.endswith("in.parquet").all()
     assert out["sentiment"].tolist() == df["sentiment"].tolist()  # not a result name (it was, before 0.2)
     assert out["label"].isin(["negative", "neutral", "positive"]).all() and out["error"].isna().all()
     assert summary.renamed["label"] == "input_label" and "'label' written as 'input_label'" in summary.line()

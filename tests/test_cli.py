@@ -1,6 +1,7 @@
 """The `ray-sentiment` command as a user runs it: real processes, real exit codes. Refusals come
 before Ray starts (unit); commands that do work join the session's Ray (integration)."""
 
+import io
 import json
 import os
 import shutil
@@ -66,6 +67,49 @@ def test_predict_prints_an_error_line_for_a_text_it_cannot_score_and_exits_2(bun
     assert lines[0]["label"] and lines[1]["label"] is None and lines[2]["p_positive"] is None
     assert lines[3]["text"] == "caf\udce9"  # the byte as Python holds it, escaped in the JSON
     _one_line_error(result, "3 of 4 texts could not be scored")
+
+
+def stdin_of(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def test_predict_reads_one_text_per_line_from_standard_input(bundle, capsys, monkeypatch):
+    stdin_of(monkeypatch, b"I love it\r\n-terrible\n\ncaf\xe9\n")
+    result = cli_in_process(capsys, "predict", "--model", str(bundle), "-")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["text"] for line in lines] == ["I love it", "-terrible", "", "caf\udce9"]
+    assert [line["error"] for line in lines] == [None, None, "text is empty", "text is not valid UTF-8"]
+    _one_line_error(result, "2 of 4 texts could not be scored")
+
+
+def test_predict_scores_a_field_of_json_lines_and_keeps_the_others(bundle, capsys, monkeypatch):
+    rows = [
+        {"id": 1, "body": "great flight", "label": "pos"},
+        "not json",
+        {"id": 3},
+        {"id": 4, "body": 5},
+    ]
+    stdin_of(monkeypatch, "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows).encode())
+    result = cli_in_process(capsys, "predict", "--model", str(bundle), "--text-field", "body")
+    first, *refused = [json.loads(line) for line in result.stdout.splitlines()]
+    assert first["id"] == 1 and first["input_label"] == "pos" and first["label"] in ("negative", "neutral", "positive")
+    assert [r["error"] for r in refused] == [
+        "line is not JSON",
+        "line has no field 'body'",
+        "field 'body' is not a string",
+    ]
+    assert refused[0]["line"] == "not json" and refused[2]["id"] == 4 and refused[2]["label"] is None
+    _one_line_error(result, "3 of 4 texts could not be scored")
+
+
+def test_predict_says_how_to_pass_a_text_that_begins_with_a_dash(bundle, capsys):
+    result = cli_in_process(capsys, "predict", "--model", str(bundle), "-terrible")
+    assert result.returncode == 2
+    assert "unrecognized arguments: -terrible; a text that begins with '-' goes after '--'" in result.stderr
+    assert (
+        json.loads(cli_in_process(capsys, "predict", "--model", str(bundle), "--", "-terrible").stdout)["text"]
+        == "-terrible"
+    )
 
 
 def test_predict_into_a_pipe_closed_early_ends_quietly(bundle):

@@ -14,7 +14,8 @@ import pytest
 from ray_sentiment import Predictor
 from ray_sentiment.preflight import check_report
 from ray_sentiment.report import build_report
-from ray_sentiment.report_page import csv_safe, write_report
+from ray_sentiment.report_data import check_report_input
+from ray_sentiment.report_page import csv_safe, legend_label, write_report
 from ray_sentiment.settings import ReportSettings
 
 from conftest import cli_in_process, dataset, run_cli
@@ -96,6 +97,7 @@ def test_shares_sum_to_one_and_the_summary_counts_every_row(report, scored):
     for key, part in summary["keys"].items():
         assert sum(part["shares"].values()) == pytest.approx(1), key
     assert set(summary["keys"]) == {"American", "Delta", "Southwest", "US Airways", "United", "Virgin America"}
+    assert summary["keys_total"] == 6
     assert result.key_shares.groupby("key")["share"].sum().to_numpy() == pytest.approx(np.ones(6))
 
 
@@ -338,3 +340,40 @@ def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted():
     assert safe["key"].tolist()[:6] == ["'=cmd|' /C calc'!A0", "'+1", "'-2", "'@SUM(A1)", "'\tx", "acme"]
     assert pd.isna(safe["key"][6])
     assert safe["n"].tolist() == [1, -2, 3, 4, 5, 6, 7] and table["key"][0].startswith("=")  # the input is kept
+
+
+def test_a_key_or_label_that_begins_with_an_underscore_keeps_its_legend_entry():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    for name in ("_internal", "$5 deals", "United"):
+        axes.plot([0, 1], [0, 1], label=legend_label(name))
+    assert [text.strip() for text in axes.get_legend_handles_labels()[1]] == ["_internal", r"\$5 deals", "United"]
+    plt.close(figure)
+
+
+def test_a_text_column_with_no_values_leaves_out_words_and_examples_only(tmp_path):
+    """Parquet stores an all-null column as type null: the counts need no text."""
+    rows = pd.DataFrame({"label": ["negative", "positive"], "text": [None, None]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    checked = check_report_input(ReportSettings(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "out")))
+    assert checked.text_column is None and checked.columns == ["label"]
+
+
+def test_a_page_with_100000_keys_shows_the_biggest_and_says_where_the_rest_are():
+    from types import SimpleNamespace
+
+    from ray_sentiment.report_page import PAGE_KEYS, _key_table
+
+    keys = [f"brand-{i:06d}" for i in range(100_000)]
+    n = np.arange(100_000) % 97 + 1
+    key_shares = pd.DataFrame({"key": keys * 2, "label": ["negative"] * 100_000 + ["positive"] * 100_000})
+    key_shares["n"] = np.concatenate([n, n])
+    key_shares["share"] = 0.5
+    html_table, note = _key_table(SimpleNamespace(key_shares=key_shares))
+    assert html_table.count("<tr>") == PAGE_KEYS + 1  # the head, then the biggest keys
+    assert "brand-000096" in html_table and "brand-000000" not in html_table  # 97 comments each, against 1
+    assert "99,900 more are in key_shares.csv" in note

@@ -1,5 +1,7 @@
 """The report's statistics and masks as plain functions: no Ray, small hand-made tables."""
 
+import datetime
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -96,11 +98,24 @@ REDACTIONS = {
     "my number is +1 415 555 0100.": "my number is <phone>.",
     "see https://t.co/xyz and www.example.com/a?b=1": "see <url> and <url>",
     "flight 1234 at 6:30, 2 hours late": "flight 1234 at 6:30, 2 hours late",
+    # Forms a first version missed (the second hostile trial):
+    "check bit.ly/3xYzAb or t.co/abc now": "check <url> or <url> now",  # shorteners, no scheme
+    "go to example.com today": "go to <url> today",  # a bare domain
+    "ftp://files.example.org/x or mailto:bob@x.org or tel:+14155550100": "<url> or <url> or <url>",  # schemes
+    "write root@localhost": "write <email>",  # a host without a dot
+    "ping ＠united or jane＠example．com": "ping @user or <email>",  # fullwidth
+    "jane [at] example [dot] com or jo (AT) mail (DOT) co (dot) uk": "<email> or <email>",  # obfuscated
+    "call 555 - 123 - 4567": "call <phone>",  # spaced separators
+    "card 4111 1111 1111 1111 or 4111-1111-1111-1111 or 3782 822463 10005": "card <card> or <card> or <card>",
+    # ... and what must stay
+    "e.g. the U.S. version 2.0, flight UA1234 on 2/24 at 6.30 pm, gate 12 row 34": (
+        "e.g. the U.S. version 2.0, flight UA1234 on 2/24 at 6.30 pm, gate 12 row 34"
+    ),
 }
 
 
 @pytest.mark.parametrize("text", list(REDACTIONS))
-def test_redact_masks_handles_emails_phones_and_urls_and_keeps_the_rest(text):
+def test_redact_masks_handles_emails_phones_cards_and_urls_and_keeps_the_rest(text):
     assert redact(text) == REDACTIONS[text]
 
 
@@ -126,6 +141,19 @@ def test_periods_count_zoned_times_in_utc():
 def test_a_time_that_does_not_parse_is_named():
     with pytest.raises(DataError, match=r"time column 'created_at': 'yesterday' does not parse as '%m/%d/%Y %H:%M'"):
         periods(pa.array(["2/24/2015 11:35", "yesterday"]), "%m/%d/%Y %H:%M", "D", "created_at")
+
+
+@pytest.mark.parametrize(
+    "times, fmt, shown",
+    [
+        (["2/24/2015 11:35", "12/31/9999 00:00"], "%m/%d/%Y %H:%M", "9999-12-31 00:00:00"),
+        ([datetime.datetime(2015, 2, 24), datetime.datetime(1899, 12, 31)], None, "1899-12-31 00:00:00"),
+    ],
+)
+def test_a_time_the_page_cannot_draw_is_named(times, fmt, shown):
+    """A placeholder year would stretch the time axis past what matplotlib draws."""
+    with pytest.raises(DataError, match=rf"time column 't': {shown} is outside the years 1900-2199 the report draws"):
+        periods(pa.array(times, None if fmt else pa.timestamp("us")), fmt, "D", "t")
 
 
 def test_movers_count_missing_periods_as_empty():

@@ -37,7 +37,7 @@ HALF = {"cpus_per_replica": 0.5}
 @pytest.fixture(scope="module")
 def server(serve_instance, bundle):
     port = free_port()
-    start(build(ServeSettings(model=str(bundle), port=port, replicas=2, **HALF)))
+    start(build(ServeSettings(model=str(bundle), port=port, replicas=2, body_timeout_s=2.0, **HALF)))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url)
     return url
@@ -411,6 +411,21 @@ def test_serve_command_refuses_an_empty_api_key(bundle, capsys, monkeypatch):
         result.stderr.strip()
         == f"ray-sentiment: error: {API_KEY_ENV} is set but empty; set a key, or unset it to serve without one"
     )
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_and_its_connection_closes(server):
+    """The client promised 100 bytes and sent 11: the replica stops waiting after the body timeout
+    (2 s here) instead of holding the request until the client gives up."""
+    port = int(server.rsplit(":", 1)[1])
+    head = b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(head + b'{"texts": [')
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes; a socket.timeout fails the test
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"the request body stopped arriving (11 bytes read)" in answer
+    assert post(f"{server}/v1/sentiment", {"texts": ["still answering"]}).status_code == 200
 
 
 def _one_large_request(url: str, auth: dict, outcomes: list) -> None:

@@ -17,7 +17,7 @@ from ray_sentiment.broker import Entry, open_broker, shown_url, with_password
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.redis_broker import window_counts
 from ray_sentiment.settings import StreamSettings
-from ray_sentiment.stream import StreamRunner, score_entries
+from ray_sentiment.stream import RunTotals, StreamRunner, StreamSummary, score_entries
 
 from conftest import actor_pids, cli_process, free_port, random_texts, run_cli
 
@@ -308,6 +308,16 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, ray_addr
     header, *lines = table.stdout.splitlines()
     assert header.split()[:4] == ["window", "start", "(UTC)", "key"] and header.split()[-1] == "total"
     assert sum(int(line.split()[-1]) for line in lines) == 300
+
+
+def test_totals_that_redis_lost_are_carried_over_and_the_summary_says_so():
+    """Redis restarted without persistence: its totals start again from 0 under a running stream."""
+    totals = RunTotals({"scored": 100, "dead_lettered": 2})  # earlier runs' entries
+    assert totals.update({"scored": 105, "dead_lettered": 3}) == {"scored": 5, "dead_lettered": 1}
+    assert totals.update({}) == {"scored": 5, "dead_lettered": 1} and totals.lost  # the restart
+    assert totals.update({"scored": 4}) == {"scored": 9, "dead_lettered": 1}
+    line = StreamSummary(9, 1, 0, 0, 2.0, totals.lost).line()
+    assert line.startswith("scored 9, dead-lettered 1,") and "Redis lost its totals during the run" in line
 
 
 # -- passwords --------------------------------------------------------------------------------------
