@@ -29,7 +29,7 @@ from .linear import LinearModel
 from .outputs import OutputDir
 from .predictor import Predictor
 from .progress import Reporter, progress
-from .results import LINEAGE_COLUMNS, check_texts, result_columns, result_fields
+from .results import check_texts, result_columns, result_fields
 from .runtime import cpus_per_process, ensure_ray
 from .settings import Concurrency, ScoreSettings
 from .storage import resolve_filesystem
@@ -44,32 +44,43 @@ def score_files(
     files: list[str],
     keep: list[str],
     renamed: dict,
+    lineage: tuple[str, ...],
     done,
     bundle: ModelBundle,
     out: OutputDir,
     rows: int,
 ) -> None:
-    """Score `files` into `out` (score.score_parquet has checked everything)."""
+    """Score `files` into `out` (score.score_parquet has checked everything). `lineage`: the
+    names, if any, under which the reader gives each row its file and row number."""
     ensure_ray()
     with progress() as reporter:
         reporter.update("scoring", 0, rows)
-        _write_scored(s, files, keep, renamed, done, bundle, out, reporter)
+        _write_scored(s, files, keep, renamed, lineage, done, bundle, out, reporter)
 
 
-def _write_scored(s, files, keep, renamed, done, bundle, out, reporter: Reporter) -> None:
+def _write_scored(s, files, keep, renamed, lineage, done, bundle, out, reporter: Reporter) -> None:
     # Small blocks: every actor gets work, and output files (the unit of resume) are written as
     # the run goes, not all at its end. Ray packs small files into one read task otherwise.
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        columns = sorted((set(keep) - set(LINEAGE_COLUMNS)) | {s.text_column})
-        ds = ray.data.read_datasource(NumberedParquet(files, columns, numbered=LINEAGE_COLUMNS[0] in keep))
+        columns = sorted(set(keep) | {s.text_column})
+        ds = ray.data.read_datasource(NumberedParquet(files, columns, lineage))
         if done is not None and len(done):
             ds = ds.map_batches(_drop_done, fn_args=(s.id_column, done), batch_format="pyarrow")
         scored = score_dataset(
-            ds, bundle, s.text_column, keep, renamed, s.batch_size, s.concurrency, s.use_gpu, s.max_text_chars, reporter
+            ds,
+            bundle,
+            s.text_column,
+            [*keep, *lineage],
+            renamed,
+            s.batch_size,
+            s.concurrency,
+            s.use_gpu,
+            s.max_text_chars,
+            reporter,
         )
-        scored.write_parquet(out.shown, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
+        scored.write_parquet(out.target, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
         resumable = bool(s.id_column) and not s.allow_duplicate_ids
         raise DataError(f"scoring {s.input} failed: {user_message(exc)}{out.left_by_failure(resumable)}") from None
@@ -79,10 +90,11 @@ def _write_scored(s, files, keep, renamed, done, bundle, out, reporter: Reporter
 
 class NumberedParquet(Datasource):
     """Parquet files read in order, one task per file, each row given its file and its row number
-    in that file (from 0) when `numbered`: what lets a result be joined back to its input row."""
+    in that file (from 0) under the two `lineage` names, if given: what lets a result be joined
+    back to its input row."""
 
-    def __init__(self, files: list[str], columns: list[str], numbered: bool):
-        self.files, self.columns, self.numbered = files, columns, numbered
+    def __init__(self, files: list[str], columns: list[str], lineage: tuple[str, ...]):
+        self.files, self.columns, self.lineage = files, columns, lineage
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -90,7 +102,7 @@ class NumberedParquet(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
         return [
             ReadTask(
-                functools.partial(_read_numbered, f, self.columns, self.numbered),
+                functools.partial(_read_numbered, f, self.columns, self.lineage),
                 BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(f,)),
                 per_task_row_limit=per_task_row_limit,
             )
@@ -98,16 +110,23 @@ class NumberedParquet(Datasource):
         ]
 
 
-def _read_numbered(path: str, columns: list[str], numbered: bool):
+def _read_numbered(path: str, columns: list[str], lineage: tuple[str, ...]):
+    try:
+        yield from _read_file(path, columns, lineage)
+    except (OSError, pa.ArrowException) as exc:  # a file damaged past the footer that the checks read
+        raise OSError(f"{path}: {exc}".splitlines()[0]) from None
+
+
+def _read_file(path: str, columns: list[str], lineage: tuple[str, ...]):
     fs, inner = resolve_filesystem(path)
     start = 0
     with fs.open_input_file(inner) as handle:
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_ROWS, columns=columns):
             table = pa.Table.from_batches([batch])
-            if numbered:
+            if lineage:
                 rows = pa.array(np.arange(start, start + table.num_rows, dtype=np.int64))
-                table = table.append_column(LINEAGE_COLUMNS[0], pa.array([path] * table.num_rows, pa.string()))
-                table = table.append_column(LINEAGE_COLUMNS[1], rows)
+                table = table.append_column(lineage[0], pa.array([path] * table.num_rows, pa.string()))
+                table = table.append_column(lineage[1], rows)
             start += table.num_rows
             yield table
 

@@ -35,6 +35,11 @@ class OutputDir:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
+    def target(self) -> str:
+        """Where Ray Data writes: a relative directory is this process's, not each worker's."""
+        return self.shown if is_uri(self.shown) else os.path.abspath(self.shown)
+
+    @property
     def file_prefix(self) -> str:
         """Ray Data's write names each file `<this>_<write uuid>_<task>.parquet`."""
         return f"{FILE_PREFIX}{self.run_id}"

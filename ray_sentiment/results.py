@@ -77,8 +77,6 @@ def refused(labels: Sequence[str], reason: str) -> dict:
 
 
 SOURCE_COLUMNS = ("source_file", "source_row")  # `score` without --id-column: where each row came from
-# ... and their names inside the pipeline, apart from any input column named source_file
-LINEAGE_COLUMNS = ("_source_file", "_source_row")
 
 
 def result_fields(labels: list[str]) -> list[pa.Field]:

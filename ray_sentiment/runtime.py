@@ -29,7 +29,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:  # under `ray job submit`: the job's log is where a user looks, so Ray's lines stay
         ray.init(address=address, logging_level=logging.WARNING)
-        quiet_ray_data()
+        quiet_ray_data(logging.WARNING if _verbose else logging.ERROR)
         return
     quiet = not _verbose
     # Ray (2.59 and later) turns token authentication on for a local cluster, and that token is
@@ -49,11 +49,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         log_to_driver=not quiet,  # our progress reaches the driver through progress.py, not stdout
         _system_config={"enable_metrics_collection": False},
     )
+    # Quiet, even Ray's ERROR lines go (a failed Ray Data task logs its traceback twice): the
+    # failure reaches the user as our one error line, and -v shows Ray's own account of it.
     if quiet:
         for name in RAY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         _drop_native_noise()
-    quiet_ray_data()
+    quiet_ray_data(logging.CRITICAL if quiet else logging.WARNING)
 
 
 # A line of Ray's C++ log: "[2026-11-29 13:46:31,152 E 27453 27453] core_worker.cc:2465: ...".
@@ -99,11 +101,11 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, lambda *_: stop.set())
 
 
-def quiet_ray_data() -> None:
+def quiet_ray_data(level: int) -> None:
     """No per-operator progress bars from Ray Data: our own progress lines say what matters."""
     import ray.data  # first: importing it sets up its logger, which would undo the level set here
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING if _verbose else logging.ERROR)
+    logging.getLogger("ray.data").setLevel(level)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

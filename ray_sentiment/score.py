@@ -25,12 +25,12 @@ from .bundle import load_bundle
 from .errors import DataError
 from .inputs import check_columns, list_input_files
 from .outputs import WRITES, OutputDir, check_apart, open_output
-from .results import LINEAGE_COLUMNS, SOURCE_COLUMNS, result_fields, result_names
+from .results import SOURCE_COLUMNS, result_fields, result_names
 from .settings import ScoreSettings
 from .storage import resolve_filesystem
 
 # Input columns with these names (or p_*) are kept as input_<name>: the results take them.
-RESERVED = (*result_names([]), "error", "_ids", "_length", *SOURCE_COLUMNS, *LINEAGE_COLUMNS)
+RESERVED = (*result_names([]), "error", "_ids", "_length", *SOURCE_COLUMNS)
 
 
 @dataclass
@@ -84,15 +84,25 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     else:
         from .batch import score_files  # Ray and torch are imported only now, the input checked
 
-        # Lineage travels under its own names and takes its output names last: an input column
-        # named source_file is kept as input_source_file beside it.
-        lineage = {} if s.id_column else dict(zip(LINEAGE_COLUMNS, SOURCE_COLUMNS))
+        # Lineage travels under names no input column has, and takes its output names last: an
+        # input column named source_file is kept as input_source_file beside it.
+        taken = {*keep, s.text_column}
+        lineage = {} if s.id_column else {_unused(c, taken): out_name for c, out_name in zip(LINEAGE, SOURCE_COLUMNS)}
         todo = rows_in - (0 if done is None else len(done))
-        score_files(s, files, keep + list(lineage), {**renamed, **lineage}, done, bundle, out, todo)
+        score_files(s, files, keep, {**renamed, **lineage}, tuple(lineage), done, bundle, out, todo)
     rows_out, errors = _count_output(out)
     return ScoreSummary(
         rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed
     )
+
+
+LINEAGE = ("_source_file", "_source_row")  # what the reader calls SOURCE_COLUMNS, unless an input column does
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name = f"_{name}"
+    return name
 
 
 def renamed_columns(keep: list[str]) -> dict[str, str]:

@@ -225,6 +225,18 @@ def test_a_run_that_fails_midway_says_what_it_left_and_the_same_command_finishes
     assert summary.rows_out == 3_000 and read_output(tmp_path / "out")["id"].tolist() == list(range(3_000))
 
 
+@pytest.mark.e2e
+def test_a_failed_run_on_its_own_ray_prints_one_line_and_none_of_rays(bundle, tmp_path):
+    """On the local Ray the command starts, Ray Data logs a failed task's traceback twice at ERROR;
+    the user gets the one line above instead (-v shows Ray's)."""
+    parts = write_parts(comments(300), tmp_path / "in", 3)
+    damage_text_pages(parts / "part-002.parquet")
+    result = run_cli("score", "--model", str(bundle), "--input", str(parts), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"ray-sentiment: error: scoring {parts} failed: ") and "part-002.parquet" in line, line
+
+
 def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
     comments(10).to_parquet(tmp_path / "in.parquet")
     with pytest.raises(DataError, match="has no column 'body'; columns are: id, text, brand"):
@@ -351,8 +363,9 @@ def test_input_columns_named_like_results_are_kept_under_input_names(ray_local, 
     df.to_parquet(tmp_path / "in.parquet")
     summary = score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"))
     out = read_output(tmp_path / "out").sort_values("source_row")
-    for name in ("label", "confidence", "error", "p_positive", "source_file", "source_row", "_source_row"):
+    for name in ("label", "confidence", "error", "p_positive", "source_file", "source_row"):
         assert out[f"input_{name}"].tolist() == df[name].tolist(), name
+    assert out["_source_row"].tolist() == [-1] * 30  # the reader's own name for the lineage, taken: another one
     assert out["source_row"].tolist() == list(range(30)) and out["source_file"].str.endswith("in.parquet").all()
     assert out["sentiment"].tolist() == df["sentiment"].tolist()  # not a result name (it was, before 0.2)
     assert out["label"].isin(["negative", "neutral", "positive"]).all() and out["error"].isna().all()
