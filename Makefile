@@ -2,7 +2,7 @@
 #   make quickstart   train on the example comments, evaluate on held-out ones, predict (local Ray)
 #   make test         the whole test suite: unit, integration (shared local Ray, Redis, S3), end-to-end
 # While changing code:
-#   make unit         the tests that start nothing and train nothing (about 40 s)
+#   make unit         the tests that start nothing and train nothing (about 30 s)
 #   make lint         ruff (lint and format) and mypy, as CI runs them
 #   make coverage     the whole suite under coverage.py, CLI processes and Ray workers included
 VENV   ?= .venv

@@ -232,7 +232,7 @@ def _add_serve(sub) -> None:
     f.setting("max_ongoing_requests", "requests per replica whose texts may share a model call")
     f.setting("max_queued_requests", "requests per replica waiting beyond those; more get 503")
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
-    f.setting("body_timeout_s", "seconds a request body may stall (6 times this in all) before a 408")
+    f.setting("client_timeout_s", "seconds a client may take over a request's head, or stall its body, before a 408")
 
 
 def build_parser() -> argparse.ArgumentParser:

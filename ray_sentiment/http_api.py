@@ -220,7 +220,7 @@ class SentimentApp:
     async def sentiment(self, scope, receive) -> bytes:
         if self.draining:
             raise busy("shutting down; retry on another server")
-        body = await read_body(scope, receive, timeout_s=self.settings.body_timeout_s)
+        body = await read_body(scope, receive, timeout_s=self.settings.client_timeout_s)
         texts, explain = parse_texts(body, self.settings.max_text_chars)
         if self.places.locked() and self.queued >= self.settings.max_queued_requests:
             raise busy("busy: too many requests queued; retry shortly")

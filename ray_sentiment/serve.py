@@ -25,6 +25,7 @@ import ray
 import torch
 import uvicorn
 from ray import serve
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .batcher import Batcher
 from .bundle import ModelBundle, load_bundle
@@ -57,7 +58,7 @@ class SentimentServer:
         app = app_identity(ray.get_runtime_context().gcs_address, serve.get_replica_context().app_name)
         self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs(), self.explain, app=app)
         async with claimed_port(settings.host, settings.port, app, holder_line(settings.model)):
-            self.server = await listen(self.app, settings.host, settings.port)
+            self.server = await listen(self.app, settings.host, settings.port, settings.client_timeout_s)
         # What is loaded now lives as long as the replica: kept out of the collector's full passes,
         # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.
         gc.freeze()
@@ -95,12 +96,13 @@ def _step(steps) -> tuple[bool, list[dict] | None]:
         return True, finished.value
 
 
-async def listen(app, host: str, port: int) -> ReplicaServer:
+async def listen(app, host: str, port: int, head_timeout_s: float) -> ReplicaServer:
     """uvicorn serving `app` on host:port, on this event loop, with SO_REUSEPORT so that every
     replica on the machine can bind the same port."""
     sock = bind(host, port, reuse_port=True)
     config = uvicorn.Config(
         app,
+        http=type("TimedHead", (HeadTimeout,), {"head_timeout_s": head_timeout_s}),
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -115,6 +117,53 @@ async def listen(app, host: str, port: int) -> ReplicaServer:
             raise RuntimeError(f"the HTTP server on {host}:{port} did not start")
         await asyncio.sleep(0.01)
     return server
+
+
+class HeadTimeout(HttpToolsProtocol):
+    """uvicorn waits as long as a client likes for a request's head (a slowloris client holds its
+    connection forever): here a head not complete `head_timeout_s` after the connection opened, or
+    after the request began, gets 408 and the connection closes. (httptools comes with Ray Serve's
+    uvicorn[standard].)"""
+
+    head_timeout_s = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(HEAD_TIMED_OUT)
+            self.transport.close()
+
+
+_HEAD_DETAIL = b'{"detail": "the request head took too long"}'
+HEAD_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_HEAD_DETAIL), _HEAD_DETAIL)
+)
 
 
 class ReplicaServer(uvicorn.Server):

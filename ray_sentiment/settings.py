@@ -246,7 +246,7 @@ class ServeSettings:
     max_ongoing_requests: int = 64  # per model replica: a batch is built from these
     max_queued_requests: int = 256  # beyond this, 503
     max_text_chars: int = MAX_TEXT_CHARS
-    body_timeout_s: float = 10.0  # a request body that stalls this long (or arrives slower than 6x) gets 408
+    client_timeout_s: float = 10.0  # a request head slower than this, or a body stalled this long, gets 408
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "replicas", parse_concurrency(self.replicas, "--replicas"))
@@ -260,8 +260,8 @@ class ServeSettings:
         _at_least(self, 1, "max_ongoing_requests", "max_queued_requests", "max_text_chars")
         if self.cpus_per_replica <= 0:
             raise ConfigError(f"--cpus-per-replica must be more than 0, not {self.cpus_per_replica}")
-        if self.body_timeout_s <= 0:
-            raise ConfigError(f"--body-timeout-s must be more than 0, not {self.body_timeout_s}")
+        if self.client_timeout_s <= 0:
+            raise ConfigError(f"--client-timeout-s must be more than 0, not {self.client_timeout_s}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, not {self.port}")
 

@@ -37,7 +37,7 @@ HALF = {"cpus_per_replica": 0.5}
 @pytest.fixture(scope="module")
 def server(serve_instance, bundle):
     port = free_port()
-    start(build(ServeSettings(model=str(bundle), port=port, replicas=2, body_timeout_s=2.0, **HALF)))
+    start(build(ServeSettings(model=str(bundle), port=port, replicas=2, client_timeout_s=2.0, **HALF)))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url)
     return url
@@ -413,18 +413,28 @@ def test_serve_command_refuses_an_empty_api_key(bundle, capsys, monkeypatch):
     )
 
 
-def test_a_body_shorter_than_its_content_length_gets_408_and_its_connection_closes(server):
-    """The client promised 100 bytes and sent 11: the replica stops waiting after the body timeout
-    (2 s here) instead of holding the request until the client gives up."""
+def _answer_to(port: int, sent: bytes) -> bytes:
+    """What the server says to a client that sends `sent` and then nothing, until it closes the
+    connection (a socket.timeout, if it never does, fails the test)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(sent)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_stalled_head_or_body_gets_408_and_its_connection_closes(server):
+    """A client that sends half a request head, or promises 100 bytes of body and sends 11: the
+    replica stops waiting after the client timeout (2 s here) instead of holding the connection
+    until the client gives up."""
     port = int(server.rsplit(":", 1)[1])
     head = b"POST /v1/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
-        conn.sendall(head + b'{"texts": [')
-        answer = b""
-        while chunk := conn.recv(65536):  # until the server closes; a socket.timeout fails the test
-            answer += chunk
+    answer = _answer_to(port, head + b'{"texts": [')
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"the request body stopped arriving (11 bytes read)" in answer
+    answer = _answer_to(port, head[:40])  # slowloris: the head never ends
+    assert answer.startswith(b"HTTP/1.1 408") and b"the request head took too long" in answer, answer[:300]
     after = post(server, {"texts": ["still answering"]})
     assert after.status_code == 200, (after.status_code, after.text, answer)
 
