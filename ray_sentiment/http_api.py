@@ -88,7 +88,7 @@ def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[str]
     return texts, explain
 
 
-async def read_body(scope, receive, limit: int = MAX_BODY_BYTES, timeout_s: float = 10.0) -> bytes:
+async def read_body(scope, receive, timeout_s: float, limit: int = MAX_BODY_BYTES) -> bytes:
     """The whole body, refused with 413 by its Content-Length or, when chunked, as soon as the
     bytes read pass the limit (at most `limit` bytes are ever kept). A body that stalls for
     `timeout_s` (a Content-Length larger than what is sent), or trickles in for 6 times that, is a

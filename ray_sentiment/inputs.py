@@ -34,7 +34,7 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
         target = path[len(prefix) :]
     else:
         prefix, target = "", os.path.abspath(path)
-    pattern = target if any(ch in target for ch in "*?[") else None
+    pattern = target if is_glob(target) else None
     root = glob_base(target) if pattern else target
     try:
         fs = resolve_filesystem(prefix + root)[0]
@@ -89,6 +89,10 @@ def check_utf8(path: str, chunk: int = 1 << 20) -> None:
             if not data:
                 return
             offset += len(data)
+
+
+def is_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
 
 
 def glob_base(pattern: str) -> str:

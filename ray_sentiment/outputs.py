@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from .errors import DataError
+from .inputs import is_glob
 from .storage import failing_as, is_uri, resolve_filesystem
 
 MARKER = "_ray_sentiment_score.json"
@@ -131,7 +132,7 @@ def check_apart(input_path: str, input_files: list[str], output: str, writes: tu
     out = _canonical(output)
     roots = [_canonical(f) for f in input_files]
     overlaps = any(_within(out, root) or _within(root, out) for root in roots)
-    if any(ch in input_path for ch in "*?["):
+    if is_glob(input_path):
         pattern = _canonical(input_path)
         overlaps = overlaps or any(fnmatch.fnmatch(f"{out}/{name}", pattern) for name in writes)
     else:
