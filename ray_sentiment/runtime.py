@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import inspect
 import logging
 import os
 import re
@@ -41,14 +43,15 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # Metrics collection is off: its Prometheus endpoint would listen, unauthenticated, on every
     # interface (Ray binds it to loopback only when the node address is loopback, which it never is
     # here) and tell anyone session names, process ids and the machine's address.
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
-        logging_level=logging.ERROR if quiet else logging.WARNING,
-        log_to_driver=not quiet,  # our progress reaches the driver through progress.py, not stdout
-        _system_config={"enable_metrics_collection": False},
-    )
+    with _agent_port_from_the_os():
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
+            logging_level=logging.ERROR if quiet else logging.WARNING,
+            log_to_driver=not quiet,  # our progress reaches the driver through progress.py, not stdout
+            _system_config={"enable_metrics_collection": False},
+        )
     # Quiet, even Ray's ERROR lines go (a failed Ray Data task logs its traceback twice): the
     # failure reaches the user as our one error line, and -v shows Ray's own account of it.
     if quiet:
@@ -56,6 +59,31 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         _drop_native_noise()
     quiet_ray_data(logging.CRITICAL if quiet else logging.WARNING)
+
+
+@contextlib.contextmanager
+def _agent_port_from_the_os():
+    """Ray's per-node dashboard agent listens on one fixed port (52365) unless told otherwise, and
+    ray.init cannot tell it (ray-project/ray#14763). So a second local Ray on the machine (`score`
+    started while `serve` runs) had its agent retry that port for 3.4 s while ray.init waited, then
+    run without its HTTP server. Here the OS picks a free port, as it does for Ray's other agents."""
+    from ray._private import parameter
+
+    ray_params = parameter.RayParams
+    if "dashboard_agent_listen_port" not in inspect.signature(ray_params).parameters:
+        yield  # a Ray that has no such setting any more: nothing to choose
+        return
+
+    class AgentPortFromTheOS(ray_params):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = AgentPortFromTheOS
+    try:
+        yield
+    finally:
+        parameter.RayParams = ray_params
 
 
 # A line of Ray's C++ log: "[2026-11-29 13:46:31,152 E 27453 27453] core_worker.cc:2465: ...".

@@ -36,8 +36,11 @@ def tier(item) -> str:
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here
 def pytest_collection_modifyitems(items):
     for item in items:
-        if tier(item) == "unit" and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if tier(item) == "unit" and SERVICE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.integration)
+        if tier(item) == "e2e" and "ray_local" in fixtures:
+            raise pytest.UsageError(f"{item.nodeid}: an e2e test starts its own Ray; the session's is gone by then")
     # Stable: each module's tests stay together within a tier, so its fixtures start once per tier.
     items.sort(key=lambda item: TIERS.index(tier(item)))
 
@@ -63,6 +66,14 @@ def pytest_terminal_summary(terminalreporter):
         if name in _tier_times:
             start, end, count = _tier_times[name]
             terminalreporter.write_line(f"{name:<12} {end - start:7.0f} s  {count:4d} tests")
+
+
+def pytest_runtest_setup(item):
+    """The session's Ray ends where the e2e tier begins: those tests start their own, and a local
+    Ray left running beside them (its leftover actors included) slowed each of their commands."""
+    ray = sys.modules.get("ray")
+    if tier(item) == "e2e" and ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(autouse=True)
@@ -371,11 +382,14 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
         }
-        for _ in range(200):
+        # Until it answers: refused while it starts, and on a busy machine it may accept the
+        # connection and answer its first request (which loads moto's backends) seconds later.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             try:
-                requests.get(self.endpoint, timeout=1)
+                requests.get(self.endpoint, timeout=10)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.05)
         else:
             self.stop()

@@ -45,6 +45,23 @@ def test_local_cluster_serves_no_metrics_on_other_interfaces_but_the_documented_
     assert answering == []
 
 
+def test_the_node_agent_listens_on_a_port_the_os_chose(ray_local):
+    """Ray's default for it is one fixed port: a second local Ray on the machine (`score` started
+    while `serve` runs, or the e2e tests beside the session's) retried it for 3.4 s at start-up
+    and then ran without the agent's HTTP server."""
+    from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
+
+    port = ray_local._private.worker.global_worker.node.dashboard_agent_listen_port
+    assert port > 0 and port != DEFAULT_DASHBOARD_AGENT_LISTEN_PORT, port
+    listening = {
+        c.laddr.port
+        for p in psutil.Process().children(recursive=True)
+        for c in _connections(p)
+        if c.status == psutil.CONN_LISTEN
+    }
+    assert port in listening and DEFAULT_DASHBOARD_AGENT_LISTEN_PORT not in listening
+
+
 def _connections(process: psutil.Process) -> list:
     try:
         return process.net_connections(kind="inet")
