@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make quickstart   train on the example comments, evaluate on held-out ones, predict (local Ray)
-#   make test         the whole test suite: unit, integration (shared local Ray, Redis, S3), end-to-end
+#   make test         the whole test suite: unit, integration (shared local Ray, Redis, S3), end-to-end,
+#                     in two lanes at once (tests/lanes.py)
 # While changing code:
 #   make unit         the tests that start nothing and train nothing (about 30 s)
 #   make lint         ruff (lint and format) and mypy, as CI runs them
@@ -37,7 +38,7 @@ quickstart: setup
 	@echo "README.md walks through all three on the airline tweets."
 
 test: setup
-	$(BIN)/python -m pytest -v --durations=10
+	$(BIN)/python tests/lanes.py -v --durations=10
 
 unit: setup
 	$(BIN)/python -m pytest -q -m "not integration and not e2e"
