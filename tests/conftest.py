@@ -461,15 +461,17 @@ def worker_killed_after_first_checkpoint(storage: Path):
     Train writes its snapshot then: from then on a restarted worker group must resume from it).
     Yields a dict that holds the killed process id afterwards."""
     killed: dict = {}
+    earlier = set(actor_pids("RayTrainWorker"))  # an earlier run's workers, which may still be ending
 
     def kill() -> None:
         deadline = time.time() + 240
         while time.time() < deadline and not list(storage.glob("*/checkpoint_manager_snapshot.json")):
             time.sleep(0.2)
-        workers = actor_pids("RayTrainWorker")
-        if workers:
-            os.kill(workers[-1], signal.SIGKILL)
-            killed["pid"] = workers[-1]
+        for pid in reversed([pid for pid in actor_pids("RayTrainWorker") if pid not in earlier]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
 
     killer = threading.Thread(target=kill, daemon=True)
     killer.start()

@@ -1,5 +1,6 @@
 """Batch scoring on real Parquet files and the session's local Ray; refusals before Ray starts are unit tests."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -133,16 +134,18 @@ def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bu
 def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, tmp_path):
     write_parts(comments(150_000), tmp_path / "in", 30)
     killed = {}
+    earlier = set(actor_pids("MapWorker"))  # an earlier test's actors, which may still be ending
 
     def kill_the_scorer():
         deadline = time.time() + 120
         while time.time() < deadline:
-            scorers = actor_pids("MapWorker")  # Ray Data's actor holding a _Scorer
+            scorers = [pid for pid in actor_pids("MapWorker") if pid not in earlier]  # the actor holding a _Scorer
             if scorers:
                 time.sleep(1.0)  # let it score a few batches first
-                os.kill(scorers[0], signal.SIGKILL)
-                killed["pid"] = scorers[0]
-                return
+                with contextlib.suppress(ProcessLookupError):  # gone meanwhile: look again
+                    os.kill(scorers[0], signal.SIGKILL)
+                    killed["pid"] = scorers[0]
+                    return
             time.sleep(0.1)
 
     killer = threading.Thread(target=kill_the_scorer, daemon=True)
