@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 NO_TESTS = 5  # pytest's exit status when no test was selected
@@ -28,6 +29,8 @@ def main() -> int:
         side = pytest(
             *options, "--lane", "side", "-p", "no:cacheprovider", stdout=side_output, stderr=subprocess.STDOUT
         )
+        side_ended = []
+        threading.Thread(target=lambda: side_ended.append((side.wait(), time.monotonic())), daemon=True).start()
         try:
             main_status = pytest(*options, "--lane", "main").wait()
             main_s = time.monotonic() - started
@@ -36,7 +39,9 @@ def main() -> int:
             if side.poll() is None:  # interrupted: the side lane ends its tests' processes itself
                 side.send_signal(signal.SIGINT)
                 side.wait()
-        side_s = time.monotonic() - started
+        while not side_ended:  # the waiting thread records the side lane's own end
+            time.sleep(0.01)
+        side_s = side_ended[0][1] - started
         side_output.seek(0)
         print(f"\n{' the side lane ':=^80}", flush=True)
         sys.stdout.write(side_output.read())
