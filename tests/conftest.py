@@ -142,14 +142,17 @@ def ray_address(ray_local) -> dict:
     return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
 
-def actor_pids(class_prefix: str) -> list[int]:
+def actor_pids(class_prefix: str, besides: frozenset[int] | set[int] = frozenset()) -> list[int]:
     """Processes of this session's own Ray cluster running an actor of that class. Ray titles an
-    actor's process "ray::ClassName"; looking among our descendants never finds another cluster's."""
+    actor's process "ray::ClassName"; looking among our descendants never finds another cluster's.
+    `besides`: processes to leave out, e.g. an earlier test's actors that may still be ending."""
     import psutil
 
     pids = []
     for process in psutil.Process().children(recursive=True):
         try:
+            if process.pid in besides:
+                continue
             if process.cmdline()[:1] and process.cmdline()[0].startswith(f"ray::{class_prefix}"):
                 pids.append(process.pid)
         except psutil.Error:
@@ -467,7 +470,7 @@ def worker_killed_after_first_checkpoint(storage: Path):
         deadline = time.time() + 240
         while time.time() < deadline and not list(storage.glob("*/checkpoint_manager_snapshot.json")):
             time.sleep(0.2)
-        for pid in reversed([pid for pid in actor_pids("RayTrainWorker") if pid not in earlier]):
+        for pid in reversed(actor_pids("RayTrainWorker", besides=earlier)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid

@@ -227,7 +227,7 @@ def test_a_consumer_killed_mid_run_loses_and_duplicates_nothing(ray_local, redis
     runner = StreamRunner(str(bundle), settings(redis_server, consumers=2, batch_size=20))
     try:
         run_until(runner, lambda: client.xlen("scored") >= 500)
-        victims = [pid for pid in actor_pids("StreamConsumer") if pid not in earlier]
+        victims = actor_pids("StreamConsumer", besides=earlier)
         assert len(victims) == 2
         os.kill(victims[0], signal.SIGKILL)
         assert client.xlen("scored") < 5000, "the run ended before the kill; the test proves nothing"
