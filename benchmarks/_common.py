@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ray_sentiment.bundle import ModelBundle, save_bundle
-from ray_sentiment.model import SentimentLSTM
-from ray_sentiment.presets import get_preset
-from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
+from ray_sentiment.model.bundle import ModelBundle, save_bundle
+from ray_sentiment.model.lstm import SentimentLSTM
+from ray_sentiment.model.presets import get_preset
+from ray_sentiment.text.tokens import TokenizerConfig, build_vocab, count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))

@@ -32,12 +32,12 @@ import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment import Predictor, tokenizer_arrow
+from ray_sentiment import Predictor, rules_arrow
 from ray_sentiment.runtime import ensure_ray
-from ray_sentiment.score import score_parquet
-from ray_sentiment.serve import build, start
+from ray_sentiment.scoring.score import score_parquet
+from ray_sentiment.serving.app import build, start
 from ray_sentiment.settings import ScoreSettings, ServeSettings, TrainSettings
-from ray_sentiment.train import train
+from ray_sentiment.train.driver import train
 
 from _common import DATASETS, Sampler, add_json_option, finish, free_port, write_rows
 from serve_load import drive, wait_healthy
@@ -197,10 +197,10 @@ def feeding(bundle: str, texts: np.ndarray, gpu: bool, batch_size: int) -> list[
     """The tokenizer per core and the model alone on the device; the node's projected rate is the
     smaller of cores x per-core tokenizing and the model's rate."""
     sample = list(np.random.default_rng(1).choice(texts, 200_000))
-    chunks = [pa.array(sample[i : i + tokenizer_arrow.CHUNK]) for i in range(0, len(sample), tokenizer_arrow.CHUNK)]
+    chunks = [pa.array(sample[i : i + rules_arrow.CHUNK]) for i in range(0, len(sample), rules_arrow.CHUNK)]
     started = time.perf_counter()
     for chunk in chunks:
-        tokenizer_arrow.split_array(chunk)
+        rules_arrow.split_array(chunk)
     per_core = len(sample) / (time.perf_counter() - started)
     predictor = Predictor.load(bundle, device="cuda" if gpu else "cpu")
     ids, lengths, _ = predictor.encode(sample)

@@ -67,8 +67,8 @@ def write_scored(rows: int, directory: Path, with_text: bool) -> Path:
 
 
 def run_report(directory: str, with_text: bool) -> dict:
-    from ray_sentiment.preflight import check_report
-    from ray_sentiment.report import build_report
+    from ray_sentiment.report.build import build_report
+    from ray_sentiment.report.checks import check_report
     from ray_sentiment.runtime import ensure_ray
     from ray_sentiment.settings import ReportSettings
 
@@ -94,9 +94,9 @@ def run_pandas(directory: str, with_text: bool) -> dict:
         day = pd.to_datetime(rows["created_at"], format=FORMAT).dt.floor("D")
         rows.groupby([rows["airline"], day, rows["label"]]).size()
         return {"seconds": time.perf_counter() - started, "rows": len(rows)}
-    from ray_sentiment.redact import dedupe_key
-    from ray_sentiment.report_data import WORD
-    from ray_sentiment.text import tokenize
+    from ray_sentiment.report.source import WORD
+    from ray_sentiment.text.redact import dedupe_key
+    from ray_sentiment.text.tokens import tokenize
 
     rows = pd.read_parquet(directory, columns=["airline", "label", "confidence", "text"])
     tokens = pd.concat(

@@ -1,8 +1,8 @@
 """Batch scoring throughput: Ray Data end to end against the in-process ceiling, on one machine.
 
 Builds N rows (default 1,000,000) by resampling tweets/train into Parquet files, then measures in
-one run: (1) the tokenizer alone on one core, the compiled rules (tokenizer_arrow) against Python's
-re (tokenizer_re, the tokenizer before them), and how many texts they split identically; (2) the
+one run: (1) the tokenizer alone on one core, the compiled rules (rules_arrow) against Python's
+re (rules_re, the tokenizer before them), and how many texts they split identically; (2) the
 in-process ceiling, `Predictor.predict_proba` in this process with a thread per CPU, no Ray, no
 I/O, with either tokenizer; (3) `score_parquet` end to end, Ray's start included; (4) the TF-IDF +
 logistic regression baseline's predict; (5) peak memory (resident, all Ray processes plus this
@@ -26,9 +26,9 @@ import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment import Predictor, text, tokenizer_arrow, tokenizer_re
+from ray_sentiment import Predictor, rules_arrow, rules_re, text
 from ray_sentiment.runtime import ensure_ray
-from ray_sentiment.score import score_parquet
+from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
 from _common import DATASETS, Sampler, add_json_option, finish, ratios, seed_bundle, tfidf_baseline, write_rows
@@ -73,12 +73,12 @@ def main() -> None:
         bundle = seed_bundle(train["text"].tolist(), tmp / "bundle")
         sample = list(np.random.default_rng(0).choice(texts, SAMPLE))
 
-        chunks = [sample[i : i + tokenizer_arrow.CHUNK] for i in range(0, SAMPLE, tokenizer_arrow.CHUNK)]
-        old_tokens = [tokenizer_re.split_texts(c) for c in chunks]
-        new_tokens = [tokenizer_arrow.split_array(pa.array(c)) for c in chunks]
+        chunks = [sample[i : i + rules_arrow.CHUNK] for i in range(0, SAMPLE, rules_arrow.CHUNK)]
+        old_tokens = [rules_re.split_texts(c) for c in chunks]
+        new_tokens = [rules_arrow.split_array(pa.array(c)) for c in chunks]
         same = sum(a == b for o, n in zip(old_tokens, new_tokens) for a, b in zip(o, n.to_pylist()))
-        old_tokenizer = rate(lambda: [tokenizer_re.split_texts(c) for c in chunks], SAMPLE)
-        new_tokenizer = rate(lambda: [tokenizer_arrow.split_array(pa.array(c)) for c in chunks], SAMPLE)
+        old_tokenizer = rate(lambda: [rules_re.split_texts(c) for c in chunks], SAMPLE)
+        new_tokenizer = rate(lambda: [rules_arrow.split_array(pa.array(c)) for c in chunks], SAMPLE)
 
         torch.set_num_threads(psutil.cpu_count())
         predictor = Predictor.load(bundle)

@@ -90,8 +90,8 @@ def plain_server(port: int, bundle: str) -> None:
     import uvicorn
     from fastapi import FastAPI, HTTPException, Request
 
-    from ray_sentiment.http_api import HTTPError, parse_texts
     from ray_sentiment.results import result_records
+    from ray_sentiment.serving.http_api import HTTPError, parse_texts
 
     predictor = Predictor.load(bundle)
     app = FastAPI()
@@ -234,7 +234,7 @@ def measure(args, bundle: str, texts: list[str]) -> list[dict]:
     from ray import serve
 
     from ray_sentiment.runtime import ensure_ray
-    from ray_sentiment.serve import build, start
+    from ray_sentiment.serving.app import build, start
     from ray_sentiment.settings import ServeSettings
 
     ports = {name: free_port() for name in ("serve, 1 replica", "serve, 2 replicas", "plain uvicorn")}

@@ -35,7 +35,7 @@ BASELINE = textwrap.dedent("""
     import signal, sys, threading
     from ray import serve
     from ray_sentiment.runtime import ensure_ray
-    from ray_sentiment.serve import build, start
+    from ray_sentiment.serving.app import build, start
     from ray_sentiment.settings import ServeSettings
     application = build(ServeSettings(model=sys.argv[1], port=int(sys.argv[2]), replicas=2))
     ensure_ray()

@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.broker import open_broker
 from ray_sentiment.settings import StreamSettings
-from ray_sentiment.stream import StreamRunner, score_entries
+from ray_sentiment.stream.broker import open_broker
+from ray_sentiment.stream.runner import StreamRunner, score_entries
 
 from _common import DATASETS, add_json_option, finish, free_port, ratios, seed_bundle
 

@@ -1,6 +1,6 @@
 """Accuracy of each preset on later tweets, on tweets/val and on airline tweets, against TF-IDF + LR.
 
-Every model is trained through the real pipeline (`ray_sentiment.train.train` on local Ray), with
+Every model is trained through the real pipeline (`ray_sentiment.train.driver.train` on local Ray), with
 each seed, and scored on rows it never saw:
 - temporal: trained on tweets/train without its latest year (source twitter-2016test), validated
   (early stopping) on the latest year left (twitter-2016dev and -devtest), scored on twitter-2016test;
@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 from ray_sentiment.metrics import classification_report
-from ray_sentiment.presets import get_preset
+from ray_sentiment.model.presets import get_preset
 from ray_sentiment.settings import TrainSettings
-from ray_sentiment.text import tokenize
-from ray_sentiment.train import train
+from ray_sentiment.text.tokens import tokenize
+from ray_sentiment.train.driver import train
 
 from _common import DATASETS, add_json_option, finish, table, tfidf_baseline
 

@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment.model import SentimentLSTM
-from ray_sentiment.presets import get_preset
+from ray_sentiment.model.lstm import SentimentLSTM
+from ray_sentiment.model.presets import get_preset
 from ray_sentiment.settings import TrainSettings
-from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index
-from ray_sentiment.train import train, train_epoch
+from ray_sentiment.text.tokens import build_vocab, count_tokens, encode_batch, vocab_index
+from ray_sentiment.train.driver import train, train_epoch
 
 from _common import DATASETS, add_json_option, finish, median
 

@@ -9,7 +9,7 @@ __all__ = ["Predictor", "__version__"]
 def __getattr__(name: str):
     # Imported on first use: the command line refuses bad input before torch is loaded.
     if name == "Predictor":
-        from .predictor import Predictor
+        from .model.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'ray_sentiment' has no attribute {name!r}")

@@ -14,10 +14,9 @@ import sys
 from datetime import datetime, timezone
 from importlib.metadata import version
 
-from .bundle import load_bundle
 from .errors import ConfigError, RaySentimentError
-from .preflight import check_evaluate, check_pretrain, check_report, check_serve, check_stream, check_train
-from .presets import PRESETS
+from .model.bundle import load_bundle
+from .model.presets import PRESETS
 from .results import MAX_TEXT_CHARS
 from .settings import (
     PretrainSettings,
@@ -270,42 +269,51 @@ def _options(args: argparse.Namespace, *leave_out: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Each command: its settings from the flags, its checks (preflight.py), then the runtime,
-    imported only now: Ray and torch take seconds to import, and a refusal should not wait for them."""
+    """Each command: its settings from the flags, its checks (the runtime's checks.py, which loads
+    neither Ray nor torch), then the runtime, imported only now: Ray and torch take seconds to
+    import, and a refusal should not wait for them."""
     command = args.command
     if command == "train":
+        from .train.checks import check_train
+
         settings = settings_from(TrainSettings, _options(args))
         checked = check_train(settings)  # before Ray and torch are imported: a user error is refused at once
-        from .train import train
+        from .train.driver import train
 
         train(settings, checked)
     elif command == "pretrain":
+        from .train.checks import check_pretrain
+
         pretrain_settings = settings_from(PretrainSettings, _options(args))
         check_pretrain(pretrain_settings)
-        from .pretrain import pretrain
+        from .train.pretrain import pretrain
 
         pretrain(pretrain_settings)
     elif command == "evaluate":
         evaluate(args)
     elif command == "score":
-        from .score import score_parquet
+        from .scoring.score import score_parquet
 
         print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
     elif command == "stream":
+        from .stream.checks import check_stream
+
         stream_settings = settings_from(StreamSettings, _options(args, "model"))
         check_stream(args.model, stream_settings)
-        from .stream import run_until_signalled
+        from .stream.runner import run_until_signalled
 
         print(run_until_signalled(args.model, stream_settings).line())
     elif command == "stream-stats":
-        from .redis_broker import window_counts
+        from .stream.redis_broker import window_counts
 
         rows = window_counts(args.redis, args.output_stream, args.last)
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
     elif command == "serve":
+        from .serving.checks import check_serve
+
         serve_settings = settings_from(ServeSettings, _options(args))
         bundle = check_serve(serve_settings)
-        from .serve import serve_until_signalled
+        from .serving.app import serve_until_signalled
 
         serve_until_signalled(serve_settings, bundle)
     elif command == "report":
@@ -326,10 +334,12 @@ def evaluate(args: argparse.Namespace) -> None:
         raise ConfigError("--split-column and --test-split (one value or more) go together")
     if args.errors < 0:
         raise ConfigError(f"--errors must be 0 or more, not {args.errors}")
+    from .scoring.checks import check_evaluate
+
     bundle = check_evaluate(
         args.model, args.data, args.text_column, args.label_column, args.split_column, split, args.group_column
     )
-    from .evaluate import evaluate_path
+    from .scoring.evaluate import evaluate_path
     from .storage import write_text
 
     report = evaluate_path(
@@ -381,9 +391,11 @@ def format_report(report: dict, written_to: str | None) -> str:
 
 
 def report(settings: ReportSettings) -> None:
+    from .report.checks import check_report
+
     source = check_report(settings)
-    from .report import build_report
-    from .report_page import write_report
+    from .report.build import build_report
+    from .report.page import write_report
 
     result = build_report(settings, source)
     files = write_report(result, settings.output)
@@ -438,7 +450,7 @@ def _stdin_row(line: str, text_field: str | None) -> tuple[dict, str, str | None
 
 def _predictor(model: str, max_text_chars: int):
     bundle = load_bundle(model)  # a broken bundle is refused before torch is imported
-    from .predictor import Predictor
+    from .model.predictor import Predictor
 
     return Predictor(bundle, max_text_chars=max_text_chars)
 

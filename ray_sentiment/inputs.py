@@ -2,7 +2,7 @@
 (up to PREFLIGHT_BYTES of them) their labels make sense. A user error is refused in about a
 second, with one line. Pure pyarrow: importing this starts nothing and loads neither Ray nor torch.
 
-The same checks run again inside Ray on what is actually read (data.py), which also covers inputs
+The same checks run again inside Ray on what is actually read (data/read.py), which also covers inputs
 too large to scan here.
 """
 
@@ -146,7 +146,7 @@ def check_labelled(
 
 
 def open_dataset(fmt: str, files: list[str], columns: list[str], path: str) -> tuple[pads.Dataset, int]:
-    """A pyarrow dataset over the files (CSV columns read as text, as data.py reads them) and their size."""
+    """A pyarrow dataset over the files (CSV columns read as text, as data/read.py reads them) and their size."""
     fs = resolve_filesystem(files[0])[0]
     inner = [resolve_filesystem(f)[1] for f in files]
     if fmt == "csv":

@@ -12,8 +12,6 @@ import signal
 import sys
 import threading
 
-import ray
-
 # Loggers of Ray's libraries on the driver: quiet unless -v, since our own lines say what matters.
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
 _verbose = False
@@ -26,6 +24,8 @@ def set_verbose(verbose: bool) -> None:
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
+    import ray  # here, not at the top: the checks before Ray import this module
+
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -142,6 +142,8 @@ def quiet_ray_data(level: int) -> None:
 def cpus_per_process(count: int, use_gpu: bool) -> float:
     """CPUs to reserve for each of `count` Train workers or model actors: one each, unless that
     would leave no CPU for Ray Data's read and tokenise tasks, which then wait forever."""
+    import ray
+
     total = ray.cluster_resources().get("CPU", 1.0)
     if use_gpu or total - count >= 1:
         return 1.0

@@ -260,11 +260,11 @@ def write_random_bundle(path: Path, seed: int = 0, hybrid: bool = False):
     import numpy as np
     import torch
 
-    from ray_sentiment.bundle import ModelBundle, save_bundle
-    from ray_sentiment.linear import CHAR_BITS, WORD_BITS, LinearModel
-    from ray_sentiment.model import SentimentLSTM
-    from ray_sentiment.presets import ModelConfig
-    from ray_sentiment.text import TokenizerConfig, build_vocab, count_tokens
+    from ray_sentiment.model.bundle import ModelBundle, save_bundle
+    from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, LinearModel
+    from ray_sentiment.model.lstm import SentimentLSTM
+    from ray_sentiment.model.presets import ModelConfig
+    from ray_sentiment.text.tokens import TokenizerConfig, build_vocab, count_tokens
 
     torch.manual_seed(seed)
     vocab = build_vocab(count_tokens(SAMPLE_TEXTS), 50)
@@ -507,11 +507,11 @@ def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
     import pandas as pd
     import torch
 
-    from ray_sentiment.bundle import ModelBundle, save_bundle
-    from ray_sentiment.model import SentimentLSTM
-    from ray_sentiment.presets import ModelConfig
-    from ray_sentiment.text import Encoder, TokenizerConfig, build_vocab, count_tokens
-    from ray_sentiment.train import train_epoch
+    from ray_sentiment.model.bundle import ModelBundle, save_bundle
+    from ray_sentiment.model.lstm import SentimentLSTM
+    from ray_sentiment.model.presets import ModelConfig
+    from ray_sentiment.text.tokens import Encoder, TokenizerConfig, build_vocab, count_tokens
+    from ray_sentiment.train.driver import train_epoch
 
     torch.manual_seed(0)
     rows = pd.read_parquet(dataset("airline/tweets.parquet"), columns=["text", "label", "split"])

@@ -16,11 +16,11 @@ import pytest
 import ray
 
 from ray_sentiment import Predictor
-from ray_sentiment.batch import score_dataset
-from ray_sentiment.bundle import load_bundle
 from ray_sentiment.errors import ConfigError, DataError
+from ray_sentiment.model.bundle import load_bundle
 from ray_sentiment.outputs import WRITES, check_apart
-from ray_sentiment.score import score_parquet
+from ray_sentiment.scoring.pipeline import score_dataset
+from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
 from conftest import ROOT, actor_pids, random_texts, run_cli

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from ray_sentiment.batcher import Batcher
-from ray_sentiment.http_api import EXPLAIN_IN_FLIGHT, SentimentApp
+from ray_sentiment.serving.batcher import Batcher
+from ray_sentiment.serving.http_api import EXPLAIN_IN_FLIGHT, SentimentApp
 from ray_sentiment.settings import ServeSettings
 
 

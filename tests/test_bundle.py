@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ray_sentiment import Predictor
-from ray_sentiment.bundle import load_bundle, save_bundle
 from ray_sentiment.errors import BundleError, InvalidTextError
+from ray_sentiment.model.bundle import load_bundle, save_bundle
 
 from conftest import SAMPLE_TEXTS, dataset, write_random_bundle
 
@@ -127,7 +127,7 @@ def hybrid_dir(tmp_path):
 
 
 def test_hybrid_round_trip_predicts_identically_and_pickles_nothing(hybrid_dir):
-    from ray_sentiment.text import tokenize
+    from ray_sentiment.text.tokens import tokenize
 
     bundle = load_bundle(hybrid_dir)
     assert json.loads((hybrid_dir / "config.json").read_text())["format_version"] == 2

@@ -5,9 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from ray_sentiment.data import fit_vocab, load_labelled, read_labelled, stratified_split
+from ray_sentiment.data.read import read_labelled
 from ray_sentiment.errors import DataError
 from ray_sentiment.inputs import list_input_files
+from ray_sentiment.train.prepare import fit_vocab, load_labelled, stratified_split
 
 ROWS = pd.DataFrame(
     {

@@ -1,8 +1,8 @@
 import numpy as np
 import scipy.sparse as sp
 
-from ray_sentiment.embeddings import cooccurrence_counts, ppmi_vectors
-from ray_sentiment.text import build_vocab, count_tokens, encode_batch, vocab_index
+from ray_sentiment.model.embeddings import cooccurrence_counts, ppmi_vectors
+from ray_sentiment.text.tokens import build_vocab, count_tokens, encode_batch, vocab_index
 
 
 def test_cooccurrence_is_symmetric_weighted_and_ignores_padding_and_unknowns():

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ray_sentiment.linear import CHAR_BITS, WORD_BITS, fit_linear, ngram_counts
-from ray_sentiment.text import tokenize
+from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, fit_linear, ngram_counts
+from ray_sentiment.text.tokens import tokenize
 
 TEXTS = ["I love this 😍😍", "worst update ever :(", "", "the app is out @user http://x.co", "a", "é ü ß 中文"]
 MASK = (1 << 64) - 1

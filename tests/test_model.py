@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from ray_sentiment.errors import ConfigError
-from ray_sentiment.model import SentimentLSTM
-from ray_sentiment.presets import PRESETS, ModelConfig, get_preset, parameter_shapes
+from ray_sentiment.model.lstm import SentimentLSTM
+from ray_sentiment.model.presets import PRESETS, ModelConfig, get_preset, parameter_shapes
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from ray_sentiment import Predictor
-from ray_sentiment.score import score_parquet
+from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings, ServeSettings, StreamSettings
 
 from conftest import SAMPLE_TEXTS, free_port, run_cli, wait_healthy
@@ -41,7 +41,7 @@ def via_serve(bundle, texts, tmp_path, redis_server) -> list[dict]:
     """Good texts in one request; each bad one alone, since a request with a bad text is a 422."""
     from ray import serve
 
-    from ray_sentiment.serve import build, start
+    from ray_sentiment.serving.app import build, start
 
     port = free_port()
     start(build(ServeSettings(model=str(bundle), port=port, max_text_chars=LIMIT)), name="parity")
@@ -64,7 +64,7 @@ def via_serve(bundle, texts, tmp_path, redis_server) -> list[dict]:
 
 
 def via_stream(bundle, texts, tmp_path, redis_server) -> list[dict]:
-    from ray_sentiment.stream import StreamRunner
+    from ray_sentiment.stream.runner import StreamRunner
 
     client = redis_server.client()
     ids = [client.xadd("comments", {"text": text}).decode() for text in texts]

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from ray_sentiment import Predictor
-from ray_sentiment.bundle import load_encoder
 from ray_sentiment.errors import BundleError, ConfigError
-from ray_sentiment.pretrain import pretrain
+from ray_sentiment.model.bundle import load_encoder
 from ray_sentiment.settings import PretrainSettings, TrainSettings
-from ray_sentiment.train import train
+from ray_sentiment.train.driver import train
+from ray_sentiment.train.pretrain import pretrain
 
 from conftest import EXAMPLES, cli_in_process, dataset, worker_killed_after_first_checkpoint
 

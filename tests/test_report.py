@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from ray_sentiment import Predictor
-from ray_sentiment.preflight import check_report
-from ray_sentiment.report import build_report
-from ray_sentiment.report_data import check_report_input
-from ray_sentiment.report_page import csv_safe, legend_label, write_report
+from ray_sentiment.report.build import build_report
+from ray_sentiment.report.checks import check_report
+from ray_sentiment.report.page import csv_safe, legend_label, write_report
+from ray_sentiment.report.source import check_report_input
 from ray_sentiment.settings import ReportSettings
 
 from conftest import cli_in_process, dataset, run_cli
@@ -366,7 +366,7 @@ def test_a_text_column_with_no_values_leaves_out_words_and_examples_only(tmp_pat
 def test_a_page_with_100000_keys_shows_the_biggest_and_says_where_the_rest_are():
     from types import SimpleNamespace
 
-    from ray_sentiment.report_page import PAGE_KEYS, _key_table
+    from ray_sentiment.report.page import PAGE_KEYS, _key_table
 
     keys = [f"brand-{i:06d}" for i in range(100_000)]
     n = np.arange(100_000) % 97 + 1

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 
 from ray_sentiment.errors import DataError
-from ray_sentiment.redact import dedupe_key, redact
-from ray_sentiment.report_data import NO_TIME, periods
-from ray_sentiment.report_stats import distinctive_words, log_odds, movers, timeline, wilson
+from ray_sentiment.report.source import NO_TIME, periods
+from ray_sentiment.report.stats import distinctive_words, log_odds, movers, timeline, wilson
+from ray_sentiment.text.redact import dedupe_key, redact
 
 
 def wilson_by_hand(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

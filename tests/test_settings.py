@@ -1,6 +1,5 @@
 """Typed settings, the one text check and result shape, and the package's import graph: no Ray."""
 
-import ast
 import dataclasses
 from pathlib import Path
 
@@ -121,27 +120,6 @@ def test_split_and_pretraining_options_are_checked(options, message):
 def test_split_values_are_comma_separated():
     built = TrainSettings("t", "o", split_column="source", val_split="twitter-2016dev, twitter-2016devtest")
     assert built.val_split == ("twitter-2016dev", "twitter-2016devtest") and built.train_split is None
-
-
-def _imports(path: Path) -> set[str]:
-    """Modules of the package that `path` imports at its top level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module} if node.module else {a.name for a in node.names}
-    return found
-
-
-def test_the_package_has_no_import_cycle():
-    graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py")}
-
-    def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, " → ".join((*path, module))
-        for child in graph.get(module, ()):
-            visit(child, (*path, module))
-
-    for module in graph:
-        visit(module, ())
 
 
 def test_flags_reach_the_settings_typed():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from ray_sentiment import Predictor
-from ray_sentiment.broker import Entry, open_broker, shown_url, with_password
 from ray_sentiment.errors import ConfigError, RaySentimentError
-from ray_sentiment.redis_broker import window_counts
 from ray_sentiment.settings import StreamSettings
-from ray_sentiment.stream import RunTotals, StreamRunner, StreamSummary, score_entries
+from ray_sentiment.stream.broker import Entry, open_broker, shown_url, with_password
+from ray_sentiment.stream.redis_broker import window_counts
+from ray_sentiment.stream.runner import RunTotals, StreamRunner, StreamSummary, score_entries
 
 from conftest import actor_pids, cli_process, free_port, random_texts, run_cli
 

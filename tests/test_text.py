@@ -3,7 +3,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ray_sentiment.text import (
+from ray_sentiment.text.rules_arrow import split_array
+from ray_sentiment.text.rules_re import split_texts
+from ray_sentiment.text.tokens import (
     COMPILED_FROM,
     PAD_ID,
     UNK_ID,
@@ -14,8 +16,6 @@ from ray_sentiment.text import (
     tokenize,
     vocab_index,
 )
-from ray_sentiment.tokenizer_arrow import split_array
-from ray_sentiment.tokenizer_re import split_texts
 
 from conftest import dataset
 

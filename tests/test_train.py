@@ -9,11 +9,11 @@ import pytest
 import safetensors.numpy
 
 from ray_sentiment import Predictor
-from ray_sentiment.bundle import load_encoder
 from ray_sentiment.metrics import classification_report
+from ray_sentiment.model.bundle import load_encoder
 from ray_sentiment.settings import TrainSettings
-from ray_sentiment.text import tokenize
-from ray_sentiment.train import train
+from ray_sentiment.text.tokens import tokenize
+from ray_sentiment.train.driver import train
 
 from conftest import checkpoints, dataset, worker_killed_after_first_checkpoint
 

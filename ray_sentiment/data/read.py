@@ -1,0 +1,126 @@
+"""Tables and labelled comments as Ray Datasets: find files, read, check columns, normalise
+labels, drop empty rows; shared by training, evaluation and the report.
+
+Aggregates (row and label counts) are computed per block in Ray tasks and only the small partial
+results are merged on the driver; texts never travel to the driver.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import ray
+
+from ..errors import DataError, user_message
+from ..inputs import check_columns, list_input_files
+
+
+@dataclass
+class Split:
+    dataset: ray.data.Dataset  # columns: text (str), label (normalised str)
+    rows_read: int
+    rows_dropped: int
+
+    @property
+    def rows(self) -> int:
+        return self.rows_read - self.rows_dropped
+
+
+NO_GROUP = "(none)"
+
+
+def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """Read Parquet, CSV or JSONL (chosen by extension) as a Ray Dataset."""
+    fmt, files = list_input_files(path)
+    try:
+        if fmt == "parquet":
+            return ray.data.read_parquet(files)
+        if fmt == "csv":  # never let CSV type inference turn a text column into numbers
+            types = {c: pa.string() for c in string_columns}
+            return ray.data.read_csv(files, convert_options=pacsv.ConvertOptions(column_types=types))
+        return ray.data.read_json(files)
+    except Exception as exc:  # Ray wraps pyarrow's errors; name the input either way
+        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
+
+
+def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_column: str | None = None) -> None:
+    """Fail before any work starts when a column is missing, or the text column holds no strings."""
+    try:
+        schema = ds.schema()
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
+    check_columns(schema.names, columns, path)
+    if text_column is not None:
+        kind = schema.base_schema.field(text_column).type if hasattr(schema, "base_schema") else None
+        if kind is not None and not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        ):
+            raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
+
+
+def read_labelled(
+    path: str,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    split_column: str | None = None,
+    group_column: str | None = None,
+) -> Split:
+    """Read, keep text and label, normalise labels (stripped, lower-cased), drop null/empty rows.
+
+    With `label_column=None`, unlabelled comments: only the text is kept. A `split_column` is kept
+    as `split` (text), for `load_labelled` to divide the rows by; a `group_column` as `group`
+    (text, NO_GROUP where null), for per-group metrics."""
+    optional = [c for c in (split_column, group_column) if c]
+    columns = list(dict.fromkeys([text_column] + ([label_column] if label_column else []) + optional))
+    ds = read_table(path, tuple(columns))
+    require_columns(ds, path, columns, text_column)
+
+    def clean(batch: pa.Table) -> pa.Table:
+        text = batch[text_column].cast(pa.string())
+        keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+        if label_column is None:
+            return pa.table({"text": text.filter(pc.fill_null(keep, False))})
+        label = pc.utf8_lower(pc.utf8_trim_whitespace(batch[label_column].cast(pa.string())))
+        keep = pc.fill_null(pc.and_kleene(keep, pc.greater(pc.utf8_length(label), 0)), False)
+        out = {"text": text.filter(keep), "label": label.filter(keep)}
+        if split_column:
+            out["split"] = batch[split_column].cast(pa.string()).filter(keep)
+        if group_column:
+            out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NO_GROUP).filter(keep)
+        return pa.table(out)
+
+    try:
+        rows_read = ds.count()
+        cleaned = ds.map_batches(clean, batch_format="pyarrow").materialize()
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
+    return Split(cleaned, rows_read, rows_read - cleaned.count())
+
+
+def label_counts(ds: ray.data.Dataset) -> Counter:
+    def per_block(batch: pa.Table) -> pa.Table:
+        counts = pc.value_counts(batch["label"])
+        return pa.table({"label": counts.field("values"), "n": counts.field("counts")})
+
+    total: Counter[str] = Counter()
+    for row in ds.map_batches(per_block, batch_format="pyarrow").iter_rows():
+        total[row["label"]] += row["n"]
+    return total
+
+
+def split_rows(ds: ray.data.Dataset, values: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """The rows whose `split` is one of `values` (all of them if None) and none of `exclude`."""
+
+    def select(batch: pa.Table) -> pa.Table:
+        split = batch["split"]
+        mask = pc.fill_null(pc.is_in(split, pa.array(values, pa.string())), False) if values else None
+        if exclude:
+            outside = pc.invert(pc.fill_null(pc.is_in(split, pa.array(exclude, pa.string())), False))
+            mask = outside if mask is None else pc.and_(mask, outside)
+        return (batch if mask is None else batch.filter(mask)).drop_columns(["split"])
+
+    return ds.map_batches(select, batch_format="pyarrow").materialize()
