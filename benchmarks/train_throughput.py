@@ -23,7 +23,8 @@ from ray_sentiment.model.lstm import SentimentLSTM
 from ray_sentiment.model.presets import get_preset
 from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text.tokens import build_vocab, count_tokens, encode_batch, vocab_index
-from ray_sentiment.train.driver import train, train_epoch
+from ray_sentiment.train.driver import train
+from ray_sentiment.train.loop import train_epoch
 
 from _common import DATASETS, add_json_option, finish, median
 

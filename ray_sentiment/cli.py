@@ -11,6 +11,8 @@ import itertools
 import json
 import os
 import sys
+import tempfile
+import traceback
 from datetime import datetime, timezone
 from importlib.metadata import version
 
@@ -493,6 +495,26 @@ def format_counts(rows: list[dict]) -> str:
     )
 
 
+def report_bug(exc: Exception, verbose: bool) -> int:
+    """A bug: one line saying so and where its traceback was written; the traceback itself with -v."""
+    trace = traceback.format_exc()
+    fd, path = tempfile.mkstemp(prefix="ray-sentiment-bug-", suffix=".txt")  # readable by its owner only
+    with os.fdopen(fd, "w") as file:
+        file.write(trace)
+    if verbose:
+        print(trace, file=sys.stderr)
+    raised: BaseException = exc
+    while isinstance(getattr(raised, "cause", None), BaseException):  # inside Ray's wrappers
+        raised = raised.cause  # type: ignore[attr-defined]
+    what = (str(raised).strip().splitlines() or [""])[0]
+    print(
+        f"ray-sentiment: internal error, a bug in ray-sentiment (not in your input): {type(raised).__name__}"
+        f"{': ' + what if what else ''}; the traceback is in {path}; please report it",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -508,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     except RaySentimentError as exc:
         print(f"ray-sentiment: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # not the user's doing: runtimes let only bugs through
+        return report_bug(exc, args.verbose)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader went away (`| head -1`): nothing left to say, nowhere to say it

@@ -1,6 +1,14 @@
-"""The errors a user can cause. The CLI prints their message on one line and exits 2."""
+"""The errors a user can cause, and how the CLI tells them from bugs.
 
-import re
+A user error prints its message on one line and exits 2. Anything else is a bug in ray-sentiment:
+exit 1, one line saying so and where the traceback was written (and the traceback itself under -v).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class RaySentimentError(Exception):
@@ -27,8 +35,66 @@ class TrainingError(RaySentimentError):
     """Training cannot produce a usable model (non-finite weights or loss)."""
 
 
+# Failures of the machines rather than of the input or the code: a worker, actor or node that died
+# or ran out of memory. The user's remedy is to run again (a resume, for score); not a bug.
+RAY_FAILURES = (
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "OutOfMemoryError",
+    "RayActorError",
+    "WorkerCrashedError",
+)
+
+
+def user_cause(exc: BaseException) -> BaseException | None:
+    """The error a user can fix inside `exc`, which Ray may have wrapped (a task's error travels as
+    its `cause`, Ray Data's as `__cause__`): ours, a file that cannot be opened or read, a schema or
+    encoding problem (pyarrow), or a failed machine. None: `exc` is a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)
+        if isinstance(inner, BaseException):  # Ray's wrapper, even one that is also an instance of it
+            current = inner
+            continue
+        if _fixable(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _fixable(exc: BaseException) -> bool:
+    if isinstance(exc, (RaySentimentError, OSError, UnicodeError)):
+        return True
+    pyarrow = sys.modules.get("pyarrow")  # loaded wherever pyarrow could have raised
+    if pyarrow is not None and isinstance(exc, pyarrow.ArrowException):
+        return True
+    return type(exc).__module__.startswith("ray.") and type(exc).__name__ in RAY_FAILURES
+
+
 def user_message(exc: BaseException) -> str:
-    """The message a user needs from an exception that Ray may have wrapped around a traceback."""
-    lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines() if line.strip()]
-    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Invalid)\b.*:", line)]
-    return raised[-1] if raised else lines[0]
+    """One line for the user: the error's own message (not a wrapper's traceback text)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def user_errors(
+    prefix: str,
+    kind: type[RaySentimentError] = DataError,
+) -> Iterator[None]:
+    """Inside: an error a user can fix (see `user_cause`), even one Ray wrapped, becomes one
+    `kind` line, `prefix` + its message. Our own errors raised here pass unchanged, and so does
+    anything else: that is a bug, and the CLI reports it as one."""
+    try:
+        yield
+    except RaySentimentError:
+        raise
+    except Exception as exc:
+        cause = user_cause(exc)
+        if cause is None:
+            raise
+        raise kind(f"{prefix}{user_message(cause)}") from None

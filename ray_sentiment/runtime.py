@@ -31,7 +31,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:  # under `ray job submit`: the job's log is where a user looks, so Ray's lines stay
         ray.init(address=address, logging_level=logging.WARNING)
-        quiet_ray_data(logging.WARNING if _verbose else logging.ERROR)
+        configure_ray_data(logging.WARNING if _verbose else logging.ERROR)
         return
     quiet = not _verbose
     # Ray (2.59 and later) turns token authentication on for a local cluster, and that token is
@@ -58,7 +58,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         for name in RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         _drop_native_noise()
-    quiet_ray_data(logging.CRITICAL if quiet else logging.WARNING)
+    configure_ray_data(logging.CRITICAL if quiet else logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -129,14 +129,17 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, lambda *_: stop.set())
 
 
-def quiet_ray_data(level: int) -> None:
-    """No per-operator progress bars from Ray Data: our own progress lines say what matters."""
+def configure_ray_data(level: int) -> None:
+    """No per-operator progress bars from Ray Data (our own progress lines say what matters), and
+    a failed map's own exception, not Ray Data's text-only wrapper of it, so that errors.py can
+    tell a user's error (a file that cannot be read) from a bug."""
     import ray.data  # first: importing it sets up its logger, which would undo the level set here
 
     logging.getLogger("ray.data").setLevel(level)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    ctx.raise_original_map_exception = True
 
 
 def cpus_per_process(count: int, use_gpu: bool) -> float:

@@ -511,7 +511,7 @@ def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
     from ray_sentiment.model.lstm import SentimentLSTM
     from ray_sentiment.model.presets import ModelConfig
     from ray_sentiment.text.tokens import Encoder, TokenizerConfig, build_vocab, count_tokens
-    from ray_sentiment.train.driver import train_epoch
+    from ray_sentiment.train.loop import train_epoch
 
     torch.manual_seed(0)
     rows = pd.read_parquet(dataset("airline/tweets.parquet"), columns=["text", "label", "split"])

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import ray
 
-from ..errors import DataError, user_message
+from ..errors import DataError, user_errors
 from ..inputs import check_columns, list_input_files
 
 
@@ -36,23 +36,19 @@ NO_GROUP = "(none)"
 def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Read Parquet, CSV or JSONL (chosen by extension) as a Ray Dataset."""
     fmt, files = list_input_files(path)
-    try:
+    with user_errors(f"cannot read {path}: "):
         if fmt == "parquet":
             return ray.data.read_parquet(files)
         if fmt == "csv":  # never let CSV type inference turn a text column into numbers
             types = {c: pa.string() for c in string_columns}
             return ray.data.read_csv(files, convert_options=pacsv.ConvertOptions(column_types=types))
         return ray.data.read_json(files)
-    except Exception as exc:  # Ray wraps pyarrow's errors; name the input either way
-        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
 
 
 def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_column: str | None = None) -> None:
     """Fail before any work starts when a column is missing, or the text column holds no strings."""
-    try:
+    with user_errors(f"cannot read {path}: "):
         schema = ds.schema()
-    except Exception as exc:
-        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
     check_columns(schema.names, columns, path)
     if text_column is not None:
         kind = schema.base_schema.field(text_column).type if hasattr(schema, "base_schema") else None
@@ -93,11 +89,9 @@ def read_labelled(
             out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NO_GROUP).filter(keep)
         return pa.table(out)
 
-    try:
+    with user_errors(f"cannot read {path}: "):
         rows_read = ds.count()
         cleaned = ds.map_batches(clean, batch_format="pyarrow").materialize()
-    except Exception as exc:
-        raise DataError(f"cannot read {path}: {user_message(exc)}") from None
     return Split(cleaned, rows_read, rows_read - cleaned.count())
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from ..errors import DataError, user_message
+from ..errors import DataError, user_errors
 from ..runtime import ensure_ray
 from ..settings import ReportSettings
 from ..text.redact import dedupe_key, redact
@@ -53,12 +53,8 @@ class Report:
 def build_report(s: ReportSettings, source: ReportInput) -> Report:
     ensure_ray()
     ds = _read(s, source)
-    try:
+    with user_errors(f"{s.input}: "):  # a file that cannot be read, say, found by a Ray task
         return _build(s, source, ds)
-    except DataError:
-        raise
-    except Exception as exc:  # a file that cannot be read, say: Ray wraps it in its own exception
-        raise DataError(f"{s.input}: {user_message(exc)}") from None
 
 
 def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Report:

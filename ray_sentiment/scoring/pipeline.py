@@ -23,7 +23,7 @@ import torch
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, FilenameProvider, ReadTask
 
-from ..errors import DataError, user_message
+from ..errors import DataError, user_cause, user_message
 from ..model.bundle import ModelBundle
 from ..model.linear import LinearModel
 from ..model.predictor import Predictor
@@ -82,8 +82,11 @@ def _write_scored(s, files, keep, renamed, lineage, done, bundle, out, reporter:
         )
         scored.write_parquet(out.target, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
+        cause = user_cause(exc)
+        if cause is None:  # a bug: the CLI reports it as one
+            raise
         resumable = bool(s.id_column) and not s.allow_duplicate_ids
-        raise DataError(f"scoring {s.input} failed: {user_message(exc)}{out.left_by_failure(resumable)}") from None
+        raise DataError(f"scoring {s.input} failed: {user_message(cause)}{out.left_by_failure(resumable)}") from None
     finally:
         context.target_max_block_size = default_block_size
 

@@ -27,7 +27,7 @@ import uvicorn
 from ray import serve
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..errors import ConfigError, user_message
+from ..errors import ConfigError
 from ..model.bundle import ModelBundle, load_bundle
 from ..model.predictor import Predictor
 from ..port_lock import app_identity, claimed_port, holder_line
@@ -242,11 +242,11 @@ def start(application: serve.Application, name: str = "sentiment") -> None:
     try:
         serve.run(application, name=name, route_prefix=None, blocking=False)
     except RuntimeError:  # Serve gave up on the replicas; a ConfigError of theirs is the user's to fix
-        why = _deploy_failure(name)
-        if "ConfigError" not in why:
+        why = _config_error(name)
+        if why is None:
             raise
         serve.delete(name)
-        raise ConfigError(user_message(RuntimeError(why)).partition("ConfigError: ")[2]) from None
+        raise ConfigError(why) from None
 
 
 def serve_until_signalled(settings: ServeSettings, bundle: ModelBundle | None = None) -> None:
@@ -283,12 +283,16 @@ def serve_until_signalled(settings: ServeSettings, bundle: ModelBundle | None = 
     print(f"stopped in {time.monotonic() - started:.1f} s", flush=True)
 
 
-def _deploy_failure(name: str) -> str:
-    """What Serve says about an application that failed to deploy: its replicas' last error."""
+def _config_error(name: str) -> str | None:
+    """The message of a ConfigError that failed the application's replicas, if one did. Serve
+    reports a replica's failure only as text, its traceback included."""
     app = serve.status().applications.get(name)
-    if app is None:
-        return ""
-    return "\n".join([app.message, *(d.message for d in app.deployments.values())])
+    messages = [app.message, *(d.message for d in app.deployments.values())] if app else []
+    for line in reversed("\n".join(messages).splitlines()):
+        _, found, message = line.partition("ConfigError: ")
+        if found:
+            return message.strip()
+    return None
 
 
 def _url_host(host: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RaySentimentError
 from ..settings import StreamSettings
 
 ADAPTERS = {"redis": "redis_broker", "rediss": "redis_broker", "unix": "redis_broker"}
@@ -21,6 +21,10 @@ ADAPTERS = {"redis": "redis_broker", "rediss": "redis_broker", "unix": "redis_br
 # entrypoint. A password in the URL wins.
 PASSWORD_ENV = "REDIS_PASSWORD"
 SECRET_PARAMETERS = {"password"}
+
+
+class BrokerError(RaySentimentError):
+    """The broker refused a request (a key that is not a stream, say): the user's to fix."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from ..errors import ConfigError
 from ..settings import StreamSettings
-from .broker import PASSWORD_ENV, Entry, Result, shown_url, with_password
+from .broker import PASSWORD_ENV, BrokerError, Entry, Result, shown_url, with_password
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class RedisBroker:
             return self._retrying(lambda: self._claim_stale(count) or self._read_new(count, block_ms))
         except redis.ResponseError as exc:
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                raise
+                raise BrokerError(f"reading {self.s.input_stream}: {exc}") from None
             log.warning(
                 "stream %s or its group %s is gone (deleted, or Redis restarted without its data); "
                 "creating them again",
@@ -201,7 +201,10 @@ class RedisBroker:
             return self.commit_script(keys=self.keys, args=args)
 
         # Safe to retry: entries a lost-but-applied commit already acknowledged are skipped.
-        return self._retrying(run, keep_trying_s=60)
+        try:
+            return self._retrying(run, keep_trying_s=60)
+        except redis.ResponseError as exc:
+            raise BrokerError(f"committing to {out}: {exc}") from None
 
     def close(self) -> None:
         self.redis.close()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from ..errors import RaySentimentError, user_message
+from ..errors import RaySentimentError, user_cause, user_message
 from ..model.bundle import ModelBundle, load_bundle
 from ..model.predictor import Predictor
 from ..results import result_names
@@ -203,7 +203,10 @@ class StreamRunner:
                     f"a stream consumer died and could not be restarted: {user_message(exc)}"
                 ) from None
             except RayTaskError as exc:  # the consumer raised: retrying would raise again
-                raise RaySentimentError(f"a stream consumer failed: {user_message(exc)}") from None
+                cause = user_cause(exc)  # the broker refused (BrokerError), say
+                if cause is None:  # a bug: the CLI reports it as one
+                    raise
+                raise RaySentimentError(f"a stream consumer failed: {user_message(cause)}") from None
             self.runs.remove(ref)  # returned: only after a stop
 
     def progress(self) -> dict:
