@@ -16,18 +16,23 @@ import traceback
 from datetime import datetime, timezone
 from importlib.metadata import version
 
-from .errors import ConfigError, RaySentimentError
+from .errors import RaySentimentError, user_cause, user_message
 from .model.bundle import load_bundle
 from .model.presets import PRESETS
-from .results import MAX_TEXT_CHARS
 from .settings import (
+    DEVICES,
+    EMBEDDING_INITS,
+    FREQUENCIES,
+    STARTS,
+    EvaluateSettings,
+    PredictSettings,
     PretrainSettings,
     ReportSettings,
     ScoreSettings,
     ServeSettings,
     StreamSettings,
+    StreamStatsSettings,
     TrainSettings,
-    comma_list,
     default,
     flag,
     settings_from,
@@ -74,18 +79,26 @@ def _add_train(sub) -> None:
     f.setting("num_workers", "Ray Train workers")
     f.add("--use-gpu", action="store_true", help="one GPU per worker")
     f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker (default: 1, less on small machines)")
-    f.add("--epochs", type=int, help="maximum epochs (preset: 10)")
-    f.add("--batch-size", type=int, help="global batch size, split across workers (preset: 32)")
-    f.add("--learning-rate", type=float, help="Adam learning rate (preset: 0.001)")
-    f.add("--max-len", type=int, help="tokens kept per text (preset: 100)")
-    f.add("--vocab-size", type=int, help="vocabulary size, <pad> and <unk> included (preset: 10000)")
+    f.add("--epochs", type=int, help=preset_help("maximum epochs", "epochs"))
+    f.add("--batch-size", type=int, help=preset_help("global batch size, split across workers", "batch_size"))
+    f.add("--learning-rate", type=float, help=preset_help("Adam learning rate", "learning_rate"))
+    f.add("--max-len", type=int, help=preset_help("tokens kept per text", "max_len"))
+    f.add("--vocab-size", type=int, help=preset_help("vocabulary size, <pad> and <unk> included", "vocab_size"))
     weighting = f.parser.add_mutually_exclusive_group()
     weighting.add_argument(
         "--class-weighted", action="store_true", default=None, help="weight the loss by inverse class frequency"
     )
     weighting.add_argument("--no-class-weighted", dest="class_weighted", action="store_false")
-    f.add("--embedding-init", choices=["random", "ppmi"], help="embedding from noise or PPMI-SVD word vectors (preset)")
-    f.add("--pretrain-epochs", type=int, help="language-model epochs before the classifier's; 0: none (preset)")
+    f.add(
+        "--embedding-init",
+        choices=EMBEDDING_INITS,
+        help=preset_help("embedding from noise or PPMI-SVD word vectors", "embedding_init"),
+    )
+    f.add(
+        "--pretrain-epochs",
+        type=int,
+        help=preset_help("language-model epochs before the classifier's; 0: none", "pretrain_epochs"),
+    )
     f.add(
         "--unlabelled",
         dest="unlabelled_path",
@@ -117,8 +130,8 @@ def _add_pretrain(sub) -> None:
     f.setting("text_column", "column holding the comment text")
     f.setting("preset", "the architecture the encoder is for", choices=sorted(PRESETS))
     f.add("--epochs", type=int, help="language-model epochs (default: the preset's, else 2)")
-    f.add("--vocab-size", type=int, help="vocabulary size, <pad> and <unk> included (preset: 10000)")
-    f.add("--max-len", type=int, help="tokens kept per text (preset: 100)")
+    f.add("--vocab-size", type=int, help=preset_help("vocabulary size, <pad> and <unk> included", "vocab_size"))
+    f.add("--max-len", type=int, help=preset_help("tokens kept per text", "max_len"))
     f.setting("num_workers", "Ray Train workers")
     f.add("--use-gpu", action="store_true", help="one GPU per worker")
     f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker")
@@ -129,18 +142,18 @@ def _add_pretrain(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    f = Flags(_command(sub, "evaluate", help="score labelled data and print the metrics as JSON"))
+    f = Flags(_command(sub, "evaluate", help="score labelled data and print the metrics as JSON"), EvaluateSettings)
     f.add("--model", required=True, help=MODEL_HELP)
     f.add("--data", required=True, help="labelled Parquet/CSV/JSONL file, directory or glob")
-    f.setting("text_column", "column holding the comment text", default="text")
-    f.setting("label_column", "column holding the label", default="label")
+    f.setting("text_column", "column holding the comment text")
+    f.setting("label_column", "column holding the label")
     f.add("--split-column", help="a column naming each row's part (e.g. split); with --test-split")
     f.add("--test-split", metavar="V[,V]", help="--split-column values whose rows are evaluated, e.g. test")
     f.add("--output", help="also write the whole report to this JSON file; local or s3:// gs://")
     f.add("--json", action="store_true", help="print the whole report as JSON instead of a summary")
-    f.setting("device", "where the model runs", default="cpu", choices=["cpu", "cuda", "auto"])
+    f.setting("device", "where the model runs", choices=DEVICES)
     f.add("--group-column", help="also the metrics per value of this column (e.g. airline)")
-    f.setting("errors", "the N most confident mistakes per true label, with their tokens' contributions", default=0)
+    f.setting("errors", "the N most confident mistakes per true label, with their tokens' contributions")
 
 
 def _add_report(sub) -> None:
@@ -153,7 +166,7 @@ def _add_report(sub) -> None:
     f.add("--time-column", help="column holding each comment's time (a timestamp, or text such as 2/24/2015 11:35)")
     f.add("--time-format", help="strptime format of a text --time-column (default: guessed from its first value)")
     f.add("--key-column", help="column to break the report down by: brand, product, airline")
-    f.setting("freq", "period of the time series: hour, day, week, month", choices=["H", "D", "W", "M"])
+    f.setting("freq", "period of the time series: hour, day, week, month", choices=FREQUENCIES)
     f.setting("focus_label", "the label whose share is followed over time")
     f.add("--model", help="bundle: also show the tokens that drove each label (occlusion on a sample)")
     f.add("--no-redact", dest="redact", action="store_false", help="show handles, e-mails, phones and URLs in examples")
@@ -185,6 +198,19 @@ REDIS_HELP = (
 )
 
 
+def preset_help(help: str, name: str) -> str:
+    """A recipe flag's help, with the value each preset gives it when the flag is left out."""
+    presets: dict[object, list[str]] = {}
+    for key, preset in PRESETS.items():
+        presets.setdefault(getattr(preset, name) if hasattr(preset, name) else getattr(preset.model, name), []).append(
+            key
+        )
+    if len(presets) == 1:
+        return f"{help} (default: the preset's, {next(iter(presets))} in each)"
+    values = "; ".join(f"{value} in {', '.join(keys)}" for value, keys in presets.items())
+    return f"{help} (default: the preset's: {values})"
+
+
 def redis_url() -> str:
     """--redis when not given (not shown in --help: the URL may hold a password)."""
     return os.environ.get("REDIS_URL") or default(StreamSettings, "redis")
@@ -198,7 +224,7 @@ def _add_stream(sub) -> None:
     f.add("--input-stream", required=True, help="stream whose entries carry the comment text")
     f.add("--output-stream", required=True, help="stream the scored entries are added to")
     f.setting("group", "consumer group, created if missing")
-    f.setting("start", "where a group created now starts: the whole stream or new entries", choices=["begin", "new"])
+    f.setting("start", "where a group created now starts: the whole stream or new entries", choices=STARTS)
     f.setting("consumers", "consumer actors holding the model")
     f.setting("batch_size", "entries read and scored at once")
     f.setting("block_ms", "how long a read waits for new entries")
@@ -211,10 +237,11 @@ def _add_stream(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
-    stats = Flags(_command(sub, "stream-stats", help="print the live sentiment counts per window (and key)"))
+    parser = _command(sub, "stream-stats", help="print the live sentiment counts per window (and key)")
+    stats = Flags(parser, StreamStatsSettings)
     stats.add("--redis", default=redis_url(), help=REDIS_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
-    stats.setting("last", "windows to show", default=10, type=int)
+    stats.setting("last", "windows to show")
     stats.add("--json", action="store_true", help="one JSON object per window and key")
 
 
@@ -254,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Texts come from the arguments, or from standard input, one per line, when there are none or "
         "the only one is '-'. A text that begins with '-' goes after '--': predict --model M -- '-terrible'.",
     )
-    p = Flags(predict_parser)
+    p = Flags(predict_parser, PredictSettings)
     p.add("--model", required=True, help=MODEL_HELP)
-    p.setting("max_text_chars", MAX_TEXT_CHARS_HELP, default=MAX_TEXT_CHARS)
+    p.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     p.add("--explain", action="store_true", help="add each token's contribution to the label (occlusion)")
     p.add(
         "--text-field",
@@ -292,7 +319,7 @@ def run(args: argparse.Namespace) -> None:
 
         pretrain(pretrain_settings)
     elif command == "evaluate":
-        evaluate(args)
+        evaluate(settings_from(EvaluateSettings, _options(args)))
     elif command == "score":
         from .scoring.score import score_parquet
 
@@ -306,10 +333,11 @@ def run(args: argparse.Namespace) -> None:
 
         print(run_until_signalled(args.model, stream_settings).line())
     elif command == "stream-stats":
+        stats = settings_from(StreamStatsSettings, _options(args))
         from .stream.redis_broker import window_counts
 
-        rows = window_counts(args.redis, args.output_stream, args.last)
-        print("\n".join(json.dumps(r) for r in rows) if args.json else format_counts(rows))
+        rows = window_counts(stats.redis, stats.output_stream, stats.last)
+        print("\n".join(json.dumps(r) for r in rows) if stats.json else format_counts(rows))
     elif command == "serve":
         from .serving.checks import check_serve
 
@@ -321,45 +349,26 @@ def run(args: argparse.Namespace) -> None:
     elif command == "report":
         report(settings_from(ReportSettings, _options(args)))
     elif command == "predict":
-        if args.texts in ([], ["-"]):
-            predict_stdin(args.model, args.max_text_chars, args.explain, args.text_field)
-        elif args.text_field:
-            raise ConfigError("--text-field reads JSON lines from standard input; give no TEXT arguments with it")
+        predict_settings = settings_from(PredictSettings, _options(args))
+        if predict_settings.from_stdin:
+            predict_stdin(predict_settings)
         else:
-            predict(args.model, args.texts, args.max_text_chars, args.explain)
+            predict(predict_settings)
 
 
-def evaluate(args: argparse.Namespace) -> None:
+def evaluate(s: EvaluateSettings) -> None:
     """A summary (or, with --json, the whole report) on stdout; the whole report in --output."""
-    split = comma_list(args.test_split or "")
-    if bool(args.split_column) != bool(split):
-        raise ConfigError("--split-column and --test-split (one value or more) go together")
-    if args.errors < 0:
-        raise ConfigError(f"--errors must be 0 or more, not {args.errors}")
     from .scoring.checks import check_evaluate
 
-    bundle = check_evaluate(
-        args.model, args.data, args.text_column, args.label_column, args.split_column, split, args.group_column
-    )
+    bundle = check_evaluate(s)
     from .scoring.evaluate import evaluate_path
     from .storage import write_text
 
-    report = evaluate_path(
-        args.model,
-        args.data,
-        args.text_column,
-        args.label_column,
-        args.device,
-        args.split_column,
-        split,
-        bundle,
-        args.group_column,
-        args.errors,
-    )
+    report = evaluate_path(s, bundle)
     text = json.dumps(report, indent=2)
-    if args.output:
-        write_text(args.output, text + "\n")
-    print(text if args.json else format_report(report, args.output))
+    if s.output:
+        write_text(s.output, text + "\n")
+    print(text if s.json else format_report(report, s.output))
 
 
 def format_report(report: dict, written_to: str | None) -> str:
@@ -406,11 +415,11 @@ def report(settings: ReportSettings) -> None:
     print(f"report written to {settings.output.rstrip('/')}/report.html ({len(files)} files)")
 
 
-def predict(model: str, texts: list[str], max_text_chars: int, explain: bool = False) -> None:
+def predict(s: PredictSettings) -> None:
     """One JSON line per text, in `Predictor.score`'s shape (with --explain, plus `tokens`); a text
     that cannot be scored is a line with its error, and the command then exits 2."""
-    predictor = _predictor(model, max_text_chars)
-    refused = _print_scored(predictor, [{"text": t} for t in texts], texts, [None] * len(texts), explain)
+    predictor, texts = _predictor(s.model, s.max_text_chars), list(s.texts)
+    refused = _print_scored(predictor, [{"text": t} for t in texts], texts, [None] * len(texts), s.explain)
     if refused:
         raise RaySentimentError(f"{refused} of {len(texts)} texts could not be scored; see their error fields")
 
@@ -418,16 +427,16 @@ def predict(model: str, texts: list[str], max_text_chars: int, explain: bool = F
 STDIN_CHUNK = 256  # lines scored together: output keeps pace with a slow pipe, memory stays flat
 
 
-def predict_stdin(model: str, max_text_chars: int, explain: bool, text_field: str | None) -> None:
+def predict_stdin(s: PredictSettings) -> None:
     """`predict` on standard input, one text (or, with `text_field`, one JSON object) per line,
     scored in chunks as the lines arrive. Bytes that are not UTF-8 reach the text as Python holds
     them, so that its line says so."""
-    predictor = _predictor(model, max_text_chars)
+    predictor = _predictor(s.model, s.max_text_chars)
     lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
     total = refused = 0
     for chunk in iter(lambda: list(itertools.islice(lines, STDIN_CHUNK)), []):
-        rows, texts, problems = zip(*(_stdin_row(line.rstrip("\r\n"), text_field) for line in chunk))
-        refused += _print_scored(predictor, list(rows), list(texts), list(problems), explain)
+        rows, texts, problems = zip(*(_stdin_row(line.rstrip("\r\n"), s.text_field) for line in chunk))
+        refused += _print_scored(predictor, list(rows), list(texts), list(problems), s.explain)
         total += len(chunk)
         sys.stdout.flush()
     if refused:
@@ -530,13 +539,17 @@ def main(argv: list[str] | None = None) -> int:
     except RaySentimentError as exc:
         print(f"ray-sentiment: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # not the user's doing: runtimes let only bugs through
-        return report_bug(exc, args.verbose)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader went away (`| head -1`): nothing left to say, nowhere to say it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush is quiet too
         return 141  # as a shell reports a process ended by SIGPIPE
+    except Exception as exc:
+        cause = user_cause(exc)  # a file that cannot be written, say, or a machine that failed
+        if cause is None:
+            return report_bug(exc, args.verbose)
+        print(f"ray-sentiment: error: {user_message(cause)}", file=sys.stderr)
+        return 2
     return 0
 
 

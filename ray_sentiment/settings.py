@@ -17,6 +17,11 @@ from .results import MAX_TEXT_CHARS
 Concurrency = int | tuple[int, int]  # a fixed number of actors (replicas), or (min, max) to autoscale
 MAX_TEXTS_PER_REQUEST = 1000  # texts in one HTTP request
 MAX_STREAM_BATCH = 10_000  # entries in one stream commit
+DEVICES = ("cpu", "cuda", "auto")  # where `evaluate` runs the model
+EMBEDDING_INITS = ("random", "ppmi")
+STARTS = ("begin", "new")  # where a stream's consumer group created now starts
+FREQUENCIES = ("H", "D", "W", "M")  # hour, day, week (from Monday), month
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
 
 
@@ -129,8 +134,10 @@ class TrainSettings:
             raise ConfigError("--train-split and --val-split name the same value")
         if self.learning_rate is not None and not 0 < self.learning_rate < float("inf"):
             raise ConfigError("--learning-rate must be a positive number")
-        if self.embedding_init not in (None, "random", "ppmi"):
-            raise ConfigError(f"unknown embedding init {self.embedding_init!r}; use 'random' or 'ppmi'")
+        if self.embedding_init not in (None, *EMBEDDING_INITS):
+            raise ConfigError(
+                f"unknown embedding init {self.embedding_init!r}; use one of {', '.join(EMBEDDING_INITS)}"
+            )
         if not 0 < self.val_fraction < 1:
             raise ConfigError("the validation fraction must be between 0 and 1")
 
@@ -157,6 +164,53 @@ class PretrainSettings:
 
     def __post_init__(self) -> None:
         _check_run(self)
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """`evaluate`: a bundle's metrics on labelled data."""
+
+    model: str
+    data: str
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = None  # with test_split: only the rows whose value is among them
+    test_split: tuple[str, ...] = ()
+    group_column: str | None = None  # also the metrics per value of this column
+    errors: int = 0  # the N most confident mistakes per true label, explained
+    device: str = "cpu"
+    output: str | None = None  # also write the whole report (JSON) here
+    json: bool = False  # print the whole report, not the summary
+
+    def __post_init__(self) -> None:
+        if isinstance(self.test_split, str):  # as the CLI gives it: comma-separated
+            object.__setattr__(self, "test_split", comma_list(self.test_split))
+        if bool(self.split_column) != bool(self.test_split):
+            raise ConfigError("--split-column and --test-split (one value or more) go together")
+        _at_least(self, 0, "errors")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device takes one of {', '.join(DEVICES)}, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """`predict`: texts from the arguments, or from standard input when there are none."""
+
+    model: str
+    texts: tuple[str, ...] = ()
+    max_text_chars: int = MAX_TEXT_CHARS
+    explain: bool = False  # each token's contribution to the label
+    text_field: str | None = None  # standard input holds JSON lines; score this field of each
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "texts", tuple(self.texts))
+        _at_least(self, 1, "max_text_chars")
+        if self.text_field and self.texts not in ((), ("-",)):
+            raise ConfigError("--text-field reads JSON lines from standard input; give no TEXT arguments with it")
+
+    @property
+    def from_stdin(self) -> bool:
+        return self.texts in ((), ("-",))
 
 
 @dataclass(frozen=True)
@@ -189,7 +243,7 @@ class ScoreSettings:
 class StreamSettings:
     """`stream`: a Redis stream of comments scored into another."""
 
-    redis: str = "redis://127.0.0.1:6379/0"
+    redis: str = LOCAL_REDIS
     input_stream: str = "comments"
     output_stream: str = "comments:scored"
     group: str = "ray-sentiment"
@@ -224,10 +278,23 @@ class StreamSettings:
         )
         if self.batch_size > MAX_STREAM_BATCH:
             raise ConfigError(f"--batch-size must be at most {MAX_STREAM_BATCH:,} (one commit carries the whole batch)")
-        if self.start not in ("begin", "new"):
-            raise ConfigError(f"--start takes begin or new, not {self.start!r}")
+        if self.start not in STARTS:
+            raise ConfigError(f"--start takes {' or '.join(STARTS)}, not {self.start!r}")
         if len({self.input_stream, self.output_stream, self.dead_letter_stream}) < 3:
             raise ConfigError("input, output and dead-letter streams must be three different keys")
+
+
+@dataclass(frozen=True)
+class StreamStatsSettings:
+    """`stream-stats`: the live counts `stream` keeps, per window (and key)."""
+
+    redis: str = LOCAL_REDIS
+    output_stream: str = "comments:scored"
+    last: int = 10  # windows shown
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "last")
 
 
 @dataclass(frozen=True)
@@ -264,9 +331,6 @@ class ServeSettings:
             raise ConfigError(f"--client-timeout-s must be more than 0, not {self.client_timeout_s}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port must be between 1 and 65535, not {self.port}")
-
-
-FREQUENCIES = ("H", "D", "W", "M")  # hour, day, week (from Monday), month
 
 
 @dataclass(frozen=True)

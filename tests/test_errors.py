@@ -76,3 +76,14 @@ def test_ray_datas_own_wrapping_keeps_a_bug_a_bug_and_a_missing_file_the_users(r
     gone = r"^scoring: \[Errno 2\] No such file or directory: 'a.parquet'$"
     with pytest.raises(DataError, match=gone), user_errors("scoring: "):
         rows.map_batches(missing).materialize()
+
+
+def test_a_fixable_error_reaching_the_cli_unwrapped_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
+    def denied(args):
+        raise wrapped(PermissionError("[Errno 13] Permission denied: 'out/scored.parquet'"))
+
+    monkeypatch.setattr(cli, "run", denied)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert cli.main(["predict", "--model", "m", "x"]) == 2
+    assert capsys.readouterr().err == "ray-sentiment: error: [Errno 13] Permission denied: 'out/scored.parquet'\n"
+    assert not list(tmp_path.iterdir())  # not a bug: no traceback file

@@ -5,26 +5,19 @@ from __future__ import annotations
 from ..errors import DataError
 from ..inputs import check_labelled, total
 from ..model.bundle import ModelBundle, load_bundle
+from ..settings import EvaluateSettings
 
 
-def check_evaluate(
-    model: str,
-    data: str,
-    text_column: str,
-    label_column: str,
-    split_column: str | None,
-    split: tuple[str, ...],
-    group_column: str | None = None,
-) -> ModelBundle:
+def check_evaluate(s: EvaluateSettings) -> ModelBundle:
     """The bundle, then the data: its columns, and labels the model knows. Returns the bundle."""
-    bundle = load_bundle(model)
-    counts = check_labelled(data, text_column, label_column, split_column, group_column)
+    bundle = load_bundle(s.model)
+    counts = check_labelled(s.data, s.text_column, s.label_column, s.split_column, s.group_column)
     if counts is None:
         return bundle
-    found = total(counts, split or None)
-    if split_column and not found:
-        raise DataError(f"{data}: no row has {split_column} in {', '.join(split)}")
-    unknown_labels(set(found), bundle.labels, data)
+    found = total(counts, s.test_split or None)
+    if s.split_column and not found:
+        raise DataError(f"{s.data}: no row has {s.split_column} in {', '.join(s.test_split)}")
+    unknown_labels(set(found), bundle.labels, s.data)
     return bundle
 
 

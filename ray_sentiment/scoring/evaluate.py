@@ -17,42 +17,32 @@ from ..errors import DataError
 from ..metrics import classification_report
 from ..model.bundle import ModelBundle
 from ..runtime import ensure_ray
+from ..settings import EvaluateSettings
 from .checks import check_evaluate, unknown_labels
 from .pipeline import score_dataset
 
 NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
 
 
-def evaluate_path(
-    model_path: str,
-    data_path: str,
-    text_column: str = "text",
-    label_column: str = "label",
-    device: str = "cpu",
-    split_column: str | None = None,
-    test_split: tuple[str, ...] = (),
-    bundle: ModelBundle | None = None,
-    group_column: str | None = None,
-    errors: int = 0,
-) -> dict:
+def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dict:
     """Metrics of the bundle on the labelled rows (those whose `split_column` is in `test_split`,
     if given); with `group_column`, also per value of that column; with `errors`, the N most
     confident mistakes per true label with their tokens' contributions. `bundle`: what
     checks.check_evaluate returned, if the caller ran it already."""
-    bundle = bundle or check_evaluate(model_path, data_path, text_column, label_column, split_column, test_split)
+    bundle = bundle or check_evaluate(s)
     labels = bundle.labels
     ensure_ray()
-    split = read_labelled(data_path, text_column, label_column, split_column, group_column)
-    if split_column:
-        split.dataset = split_rows(split.dataset, test_split)
-    unknown_labels(set(label_counts(split.dataset)), labels, data_path)
+    split = read_labelled(s.data, s.text_column, s.label_column, s.split_column, s.group_column)
+    if s.split_column:
+        split.dataset = split_rows(split.dataset, s.test_split)
+    unknown_labels(set(label_counts(split.dataset)), labels, s.data)
     # The true label travels as `true`: the results take the name `label`.
-    use_gpu = device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    use_gpu = s.device == "cuda" or (s.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     scored = score_dataset(
         split.dataset,
         bundle,
         "text",
-        ["label", *(["group"] if group_column else []), *(["text"] if errors else [])],
+        ["label", *(["group"] if s.group_column else []), *(["text"] if s.errors else [])],
         {"label": "true"},
         batch_size=4096,
         concurrency=1,
@@ -65,21 +55,21 @@ def evaluate_path(
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
         y.append(np.fromiter((index[x] for x in batch["true"].to_pylist()), np.int64, batch.num_rows))
         proba.append(np.column_stack([batch[f"p_{label}"].to_numpy() for label in labels]))
-        if group_column:
+        if s.group_column:
             groups.append(batch["group"].to_numpy(zero_copy_only=False))
-        if errors:
-            mistakes = _most_confident_mistakes(mistakes, batch, errors)
+        if s.errors:
+            mistakes = _most_confident_mistakes(mistakes, batch, s.errors)
     y_true, p = np.concatenate(y), np.concatenate(proba)
     if len(y_true) == 0:
-        raise DataError(f"{data_path} has no rows with both a text and a label")
+        raise DataError(f"{s.data} has no rows with both a text and a label")
     report = classification_report(y_true, p, labels)
     report["rows_scored"], report["rows_skipped"] = len(y_true), split.rows_dropped
-    if group_column:
+    if s.group_column:
         group = np.concatenate(groups)
         report["groups"] = {
             str(g): classification_report(y_true[group == g], p[group == g], labels) for g in sorted(set(group))
         }
-    if errors:
+    if s.errors:
         report["errors"] = _explained(mistakes, bundle)
     return report
 

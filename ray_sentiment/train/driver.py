@@ -37,7 +37,7 @@ from ..settings import TrainSettings
 from ..storage import is_uri
 from ..text.tokens import TokenizerConfig, tokenize
 from .checks import RECIPE_FIELDS, check_train
-from .loop import STATE_FILE, LoopSettings, TrainState, train_loop
+from .loop import STATE_FILE, Classifying, LoopSettings, Pretraining, TrainState, train_loop
 from .prepare import LabelledData, cooccurrence_matrix, encode_dataset, fit_vocab, load_labelled
 
 PRETRAINED_DIR = "pretrained"  # in the bundle directory: the encoder, for `train --init-from`
@@ -60,6 +60,9 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     loop = loop_settings(settings, r, data, vocab, encoded, encoder)
     datasets = {"train": train_ds, "val": val_ds, **({"lm": encoded} if pretraining else {})}
     state, checkpoint = fit(settings, loop, datasets)
+    if state.best_model is None or state.best_report is None:  # no bundle without a validated epoch
+        raise TrainingError("training ended without a validated epoch; see the workers' errors above")
+    report = state.best_report
     metrics = {
         **training_metrics(settings, r, state),
         "rows": data.counts,
@@ -71,7 +74,7 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
         vocab=vocab,
         model_config=loop.model,
         tokenizer=TokenizerConfig(vocab_size=len(vocab), max_len=r.max_len),
-        state_dict=state.best_model or {},
+        state_dict=state.best_model,
         preset=settings.preset,
         metrics=metrics,
     )
@@ -81,7 +84,6 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     path = save_bundle(bundle, settings.output)
     if pretraining and state.encoder:
         save_encoder(encoder_of(bundle, state), f"{path.rstrip('/')}/{PRETRAINED_DIR}")
-    report = state.best_report or {}
     print(
         f"best epoch {state.best_epoch}: val_loss {report['loss']:.4f} "
         f"macro_recall {report['macro_recall']:.4f} accuracy {report['accuracy']:.4f}; bundle written to {path}"
@@ -194,21 +196,25 @@ def loop_settings(
     embedding = None
     if r.embedding_init == "ppmi" and encoder is None:
         embedding = ppmi_vectors(cooccurrence_matrix(encoded_texts, len(vocab)), model.embed_dim, seed=settings.seed)
+    pretraining = None
+    if r.pretrain_epochs and encoder is None:
+        batch = max(1, r.pretrain_batch_size // settings.num_workers)
+        pretraining = Pretraining(r.pretrain_epochs, batch, r.pretrain_learning_rate)
     return LoopSettings(
         model=model,
-        labels=tuple(data.labels),
-        epochs=r.epochs,
-        patience=r.patience,
-        batch_size=max(1, r.batch_size // settings.num_workers),
-        learning_rate=r.learning_rate,
-        class_weights=None if weights is None else tuple(weights.tolist()),
         embedding=embedding,
         seed=settings.seed,
         cpus=settings.cpus_per_worker or cpus_per_process(settings.num_workers, settings.use_gpu),
         initial=encoder.state_dict if encoder else None,
-        pretrain_epochs=0 if encoder else r.pretrain_epochs,
-        pretrain_batch_size=max(1, r.pretrain_batch_size // settings.num_workers),
-        pretrain_learning_rate=r.pretrain_learning_rate,
+        pretraining=pretraining,
+        classifying=Classifying(
+            labels=tuple(data.labels),
+            epochs=r.epochs,
+            patience=r.patience,
+            batch_size=max(1, r.batch_size // settings.num_workers),
+            learning_rate=r.learning_rate,
+            class_weights=None if weights is None else tuple(weights.tolist()),
+        ),
     )
 
 

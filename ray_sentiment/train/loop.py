@@ -35,23 +35,38 @@ EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoc
 
 
 @dataclass(frozen=True)
-class LoopSettings:
-    """Everything a worker's loop needs, passed whole as the TorchTrainer's train_loop_config."""
+class Pretraining:
+    """The language-model phase: next-word prediction over the "lm" shard."""
 
-    model: ModelConfig
+    epochs: int
+    batch_size: int  # per worker
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class Classifying:
+    """The classifier phase: labelled epochs with early stopping on the validation loss."""
+
     labels: tuple[str, ...]
     epochs: int
     patience: int
     batch_size: int  # per worker
     learning_rate: float
     class_weights: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Everything a worker's loop needs, passed whole as the TorchTrainer's train_loop_config:
+    `train` runs one phase or both, `pretrain` only the first."""
+
+    model: ModelConfig
     embedding: np.ndarray | None
     seed: int
     cpus: float  # reserved per worker; its whole part is the worker's torch threads
     initial: dict | None = None  # embedding and LSTM weights to start from (a pretrained encoder)
-    pretrain_epochs: int = 0
-    pretrain_batch_size: int = 128  # per worker
-    pretrain_learning_rate: float = 2e-3
+    pretraining: Pretraining | None = None
+    classifying: Classifying | None = None
 
 
 @dataclass
@@ -91,11 +106,11 @@ def train_loop(config: dict) -> None:
     bad = nonfinite_tensors(model.state_dict())
     if bad:  # every worker starts from the same weights, so all of them stop here together
         return _stop(f"initial weights are not finite in {', '.join(bad)}; nothing was trained", rank)
-    if state.pretrain_epoch < cfg.pretrain_epochs:
-        language_model_phase(cfg, state, model, device, rank, reporter)
-    if cfg.epochs == 0:  # `ray-sentiment pretrain`: the encoder is the result
+    if cfg.pretraining and state.pretrain_epoch < cfg.pretraining.epochs:
+        language_model_phase(cfg.model, cfg.pretraining, cfg.seed, state, model, device, rank, reporter)
+    if cfg.classifying is None:  # `ray-sentiment pretrain`: the encoder is the result
         return None
-    return classifier_phase(cfg, state, model, device, rank, reporter)
+    return classifier_phase(cfg.classifying, cfg.seed, state, model, device, rank, reporter)
 
 
 def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
@@ -114,15 +129,22 @@ def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
 
 
 def language_model_phase(
-    cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
+    config: ModelConfig,
+    phase: Pretraining,
+    seed: int,
+    state: TrainState,
+    model: SentimentLSTM,
+    device,
+    rank: int,
+    reporter: Reporter,
 ) -> None:
     """Language-model epochs over the "lm" shard; a checkpoint after each. Gradients are averaged by
     hand (language_model.average_gradients): DDP wraps the model only for the classifier."""
     ids, lengths = _load_shard("lm", ("ids", "length"))
-    heads = LanguageModelHeads(cfg.model).to(device)
+    heads = LanguageModelHeads(config).to(device)
     if state.heads is not None:
         heads.load_state_dict(state.heads)
-    optimizer = torch.optim.Adam([*model.parameters(), *heads.parameters()], lr=cfg.pretrain_learning_rate)
+    optimizer = torch.optim.Adam([*model.parameters(), *heads.parameters()], lr=phase.learning_rate)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         state.optimizer = None
@@ -130,12 +152,12 @@ def language_model_phase(
     texts = int(_all_reduce(len(ids), device, dist.ReduceOp.MIN))
     if texts == 0:
         raise ValueError("a worker's shard holds no texts to pretrain on")
-    batch = min(cfg.pretrain_batch_size, texts)
+    batch = min(phase.batch_size, texts)
     steps = texts // batch
-    for epoch in range(state.pretrain_epoch + 1, cfg.pretrain_epochs + 1):
+    for epoch in range(state.pretrain_epoch + 1, phase.epochs + 1):
         started = time.perf_counter()
-        order = np.random.default_rng([cfg.seed, epoch, rank, 1]).permutation(len(ids))
-        what = f"pretrain epoch {epoch}/{cfg.pretrain_epochs}"
+        order = np.random.default_rng([seed, epoch, rank, 1]).permutation(len(ids))
+        what = f"pretrain epoch {epoch}/{phase.epochs}"
         on_step = _on_step(reporter, what, steps, batch, rank)
         loss = pretrain_epoch(model, heads, optimizer, (ids, lengths), order, batch, steps, device, on_step)
         loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / _world()
@@ -144,7 +166,7 @@ def language_model_phase(
         record = {"pretrain_epoch": epoch, "lm_loss": loss, "texts_per_s": rate, "seconds": seconds}
         state.pretrain_history.append(record)
         state.pretrain_epoch = epoch
-        last = epoch == cfg.pretrain_epochs
+        last = epoch == phase.epochs
         state.heads = None if last else heads.state_dict()
         state.encoder = {k: v for k, v in _cpu_state(model).items() if k.startswith(ENCODER_PARTS)}
         if rank == 0:
@@ -154,7 +176,7 @@ def language_model_phase(
 
 
 def classifier_phase(
-    cfg: LoopSettings, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
+    phase: Classifying, seed: int, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
 ) -> None:
     """The classifier's epochs, with early stopping on the validation loss."""
     world = _world()
@@ -162,24 +184,26 @@ def classifier_phase(
     val_ids, val_len, val_y = _load_shard("val", ("ids", "length", "label_id"))
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1
     # Created after the move, so a restored optimizer state lands on the parameters' device.
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=phase.learning_rate)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         state.optimizer = None
-    weights = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    weights = (
+        None if phase.class_weights is None else torch.tensor(phase.class_weights, dtype=torch.float32, device=device)
+    )
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
 
-    batch = cfg.batch_size
+    batch = phase.batch_size
     n_train = len(train_arrays[2])
     # DDP needs the same number of steps on every worker.
     steps = int(_all_reduce(n_train // batch, device, dist.ReduceOp.MIN))
     if steps == 0:
         raise ValueError(f"a worker's shard has fewer rows ({n_train}) than one batch ({batch})")
 
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+    for epoch in range(state.epoch + 1, phase.epochs + 1):
         started = time.perf_counter()
-        order = np.random.default_rng([cfg.seed, epoch, rank]).permutation(n_train)
-        on_step = _on_step(reporter, f"epoch {epoch}/{cfg.epochs}", steps, batch, rank)
+        order = np.random.default_rng([seed, epoch, rank]).permutation(n_train)
+        on_step = _on_step(reporter, f"epoch {epoch}/{phase.epochs}", steps, batch, rank)
         loss = train_epoch(model, optimizer, loss_fn, train_arrays, order, batch, steps, device, on_step)
         seconds = time.perf_counter() - started
         train_loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / world
@@ -189,20 +213,20 @@ def classifier_phase(
                 "lower --learning-rate, or check the data",
                 rank,
             )
-        report = _validate(model, val_ids, val_len, val_y, device, cfg.labels)
+        report = _validate(model, val_ids, val_len, val_y, device, phase.labels)
         record = {"epoch": epoch, "loss": train_loss, **{f"val_{k}": report[k] for k in EPOCH_METRICS}}
         record.update(samples_per_s=steps * batch * world / seconds, seconds=seconds)
         _advance(state, record, report, model)
         if rank == 0:
             reporter.line(
-                f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val_loss {report['loss']:.4f} "
+                f"epoch {epoch}/{phase.epochs} loss {train_loss:.4f} val_loss {report['loss']:.4f} "
                 f"val_macro_recall {report['macro_recall']:.4f} val_accuracy {report['accuracy']:.4f} "
                 f"{record['samples_per_s']:.0f} samples/s"
             )
         _report(record, state, model, optimizer, rank)
-        if state.bad_epochs >= cfg.patience:
+        if state.bad_epochs >= phase.patience:
             if rank == 0:
-                reporter.line(f"early stop: validation loss has not improved for {cfg.patience} epochs")
+                reporter.line(f"early stop: validation loss has not improved for {phase.patience} epochs")
             break
     return None
 

@@ -22,7 +22,8 @@ from ..runtime import cpus_per_process, ensure_ray
 from ..settings import PretrainSettings
 from ..text.tokens import TokenizerConfig
 from .checks import check_pretrain
-from .driver import LoopSettings, fit
+from .driver import fit
+from .loop import LoopSettings, Pretraining
 from .prepare import cooccurrence_matrix, encode_dataset, fit_vocab
 
 DEFAULT_EPOCHS = 2  # for a preset that does not pretrain by itself
@@ -49,18 +50,14 @@ def pretrain(settings: PretrainSettings) -> str:
         embedding = ppmi_vectors(cooccurrence_matrix(encoded, len(vocab)), model.embed_dim, seed=s.seed)
     loop = LoopSettings(
         model=model,
-        labels=(),
-        epochs=0,
-        patience=0,
-        batch_size=1,
-        learning_rate=preset.learning_rate,
-        class_weights=None,
         embedding=embedding,
         seed=s.seed,
         cpus=s.cpus_per_worker or cpus_per_process(s.num_workers, s.use_gpu),
-        pretrain_epochs=s.epochs or preset.pretrain_epochs or DEFAULT_EPOCHS,
-        pretrain_batch_size=max(1, preset.pretrain_batch_size // s.num_workers),
-        pretrain_learning_rate=preset.pretrain_learning_rate,
+        pretraining=Pretraining(
+            epochs=s.epochs or preset.pretrain_epochs or DEFAULT_EPOCHS,
+            batch_size=max(1, preset.pretrain_batch_size // s.num_workers),
+            learning_rate=preset.pretrain_learning_rate,
+        ),
     )
     state, checkpoint = fit(s, loop, {"lm": encoded})
     if not state.encoder:
