@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from safetensors import SafetensorError
@@ -44,6 +44,7 @@ Shown = Callable[[str], str]  # a part name → how messages name that file of t
 CONFIG, VOCAB, WEIGHTS, METRICS = "config.json", "vocab.json", "model.safetensors", "metrics.json"
 LINEAR, ENCODER = "linear.safetensors", "encoder.safetensors"
 ENCODER_PARTS = ("embedding.", "lstm.")  # the tensors pretraining learns; the classifier head is not among them
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,46 +82,60 @@ def _versions() -> dict:
 
 
 def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> str:
-    """Write the bundle to a local directory or a URI; returns where it went."""
-    if is_uri(path):
-        with tempfile.TemporaryDirectory() as tmp:
-            _write(bundle, Path(tmp))
-            upload_dir(tmp, str(path))
-        return str(path)
-    return str(_write(bundle, Path(path)))
-
-
-def _write(bundle: ModelBundle, path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+    """Write the bundle to a local directory or a URI; returns where it went. The bundle itself
+    is left as it was: its version is the one `load_bundle` reads back."""
     config = {
         "format_version": 2 if bundle.linear else 1,
         "labels": bundle.labels,
         "preset": bundle.preset,
-        "model": model_config_to_dict(bundle.model_config),
-        "tokenizer": {"vocab_size": bundle.tokenizer.vocab_size, "max_len": bundle.tokenizer.max_len},
+        **_shape_config(bundle.model_config, bundle.tokenizer),
         "versions": bundle.versions or _versions(),
     }
-    weights = save_arrays(_arrays(bundle.state_dict))
-    parts = [weights]
+    parts = {WEIGHTS: save_arrays(_arrays(bundle.state_dict))}
     if bundle.linear:
         config["linear"] = {"weight": bundle.linear_weight, "word_bits": WORD_BITS, "char_bits": CHAR_BITS}
-        parts.append(save_arrays(bundle.linear.tensors()))
-        (path / LINEAR).write_bytes(parts[-1])
-    _write_json(path / CONFIG, config)
-    _write_json(path / VOCAB, bundle.vocab)
-    _write_json(path / METRICS, bundle.metrics)
-    (path / WEIGHTS).write_bytes(weights)
-    bundle.version = _digest(*parts)
-    return path
+        parts[LINEAR] = save_arrays(bundle.linear.tensors())
+    return _save(path, config, bundle.vocab, bundle.metrics, parts)
+
+
+def _shape_config(model_config: ModelConfig, tokenizer: TokenizerConfig) -> dict:
+    return {
+        "model": model_config_to_dict(model_config),
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "max_len": tokenizer.max_len},
+    }
+
+
+def _save(path: str | os.PathLike, config: dict, vocab: list[str], metrics: dict, parts: dict[str, bytes]) -> str:
+    """The one writer of bundles and encoders: JSON parts, then binary ones, to a directory or a URI."""
+
+    def write(directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in ((CONFIG, config), (VOCAB, vocab), (METRICS, metrics)):
+            (directory / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for name, content in parts.items():
+            (directory / name).write_bytes(content)
+
+    if is_uri(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            upload_dir(tmp, str(path))
+        return str(path)
+    write(Path(path))
+    return str(path)
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Load and check every part; a problem is reported as a BundleError naming the part."""
+    return _load(path, _read)
+
+
+def _load(path: str | os.PathLike, read: Callable[[Path, str], T]) -> T:
+    """The one place bundles and encoders are fetched: a URI is copied to a temporary directory."""
     if is_uri(path):
         with tempfile.TemporaryDirectory() as tmp:
             download_dir(str(path), tmp)
-            return _read(Path(tmp), str(path).rstrip("/"))
-    return _read(Path(path), str(path))
+            return read(Path(tmp), str(path).rstrip("/"))
+    return read(Path(path), str(path))
 
 
 def _read(path: Path, name: str) -> ModelBundle:
@@ -130,26 +145,21 @@ def _read(path: Path, name: str) -> ModelBundle:
     missing = [p for p in (CONFIG, VOCAB, WEIGHTS) if not (path / p).is_file()]
     if missing:
         raise BundleError(f"model bundle {name} is missing {', '.join(missing)}")
-
-    def shown(part: str) -> str:
-        return f"{name.rstrip('/')}/{part}"
-
+    shown = _shown(name)
     config = _read_json(path / CONFIG, dict, shown(CONFIG))
-    vocab = _read_json(path / VOCAB, list, shown(VOCAB))
-    metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
     labels, model_config, tokenizer = _check_config(config, shown(CONFIG))
-    _check_vocab(vocab, tokenizer, model_config, shown)
+    vocab, metrics = _read_vocab_and_metrics(path, tokenizer, model_config, shown)
     weights = (path / WEIGHTS).read_bytes()
     parts, linear = [weights], None
     if config["format_version"] == 2:
         parts.append(_read_part(path, LINEAR, shown))
         linear = _check_linear(parts[-1], config.get("linear"), len(labels), shown)
-    bundle = ModelBundle(
+    return ModelBundle(
         labels=labels,
         vocab=vocab,
         model_config=model_config,
         tokenizer=tokenizer,
-        state_dict=_check_weights(weights, model_config, shown),
+        state_dict=_check_weights(weights, WEIGHTS, parameter_shapes(model_config), shown),
         preset=config.get("preset", "custom"),
         metrics=metrics,
         versions=config.get("versions", {}),
@@ -157,7 +167,31 @@ def _read(path: Path, name: str) -> ModelBundle:
         linear=linear,
         linear_weight=config["linear"]["weight"] if linear else 0.0,
     )
-    return bundle
+
+
+def _shown(name: str) -> Shown:
+    return lambda part: f"{name.rstrip('/')}/{part}"
+
+
+def _read_vocab_and_metrics(
+    path: Path, tokenizer: TokenizerConfig, model_config: ModelConfig, shown: Shown
+) -> tuple[list[str], dict]:
+    vocab = _read_json(path / VOCAB, list, shown(VOCAB))
+    _check_vocab(vocab, tokenizer, model_config, shown)
+    metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
+    return vocab, metrics
+
+
+def _check_shape_config(config: dict, shown: str) -> tuple[ModelConfig, TokenizerConfig]:
+    """config.json's model and tokenizer settings, each field's type and range checked."""
+    try:
+        if not isinstance(config.get("model"), dict) or not isinstance(config.get("tokenizer"), dict):
+            raise ConfigError("'model' and 'tokenizer' must be JSON objects")
+        _check_fields(config["model"], "model", MODEL_FIELDS)
+        _check_fields(config["tokenizer"], "tokenizer", TOKENIZER_FIELDS)
+        return model_config_from_dict(config["model"]), TokenizerConfig(**config["tokenizer"])
+    except (TypeError, ConfigError) as exc:
+        raise BundleError(f"{shown}: {exc}") from None
 
 
 def _check_config(config: dict, shown: str) -> tuple[list[str], ModelConfig, TokenizerConfig]:
@@ -175,15 +209,7 @@ def _check_config(config: dict, shown: str) -> tuple[list[str], ModelConfig, Tok
         raise BundleError(f"{shown}: 'preset' must be a string")
     if len(set(labels)) != len(labels):
         raise BundleError(f"{shown}: 'labels' repeats a label: {labels}")
-    try:
-        if not isinstance(config["model"], dict) or not isinstance(config["tokenizer"], dict):
-            raise ConfigError("'model' and 'tokenizer' must be JSON objects")
-        _check_fields(config["model"], "model", MODEL_FIELDS)
-        _check_fields(config["tokenizer"], "tokenizer", TOKENIZER_FIELDS)
-        model_config = model_config_from_dict(config["model"])
-        tokenizer = TokenizerConfig(**config["tokenizer"])
-    except (TypeError, ConfigError) as exc:
-        raise BundleError(f"{shown}: {exc}") from None
+    model_config, tokenizer = _check_shape_config(config, shown)
     if model_config.num_classes != len(labels):
         raise BundleError(f"{shown}: {len(labels)} labels but the model has {model_config.num_classes} outputs")
     return labels, model_config, tokenizer
@@ -205,18 +231,19 @@ def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelCon
         )
 
 
-def _check_weights(weights: bytes, model_config: ModelConfig, shown: Shown) -> dict[str, np.ndarray]:
-    """The arrays of model.safetensors, once their shapes fit the config and every value is finite."""
+def _check_weights(data: bytes, part: str, expected: dict[str, tuple[int, ...]], shown: Shown) -> dict[str, np.ndarray]:
+    """The arrays of a weights file, once their names and shapes are the `expected` ones (checked
+    before the model is built: a wrong size could ask for petabytes) and every value is finite."""
     try:
-        state_dict = load_arrays(weights)
+        state_dict = load_arrays(data)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{shown(WEIGHTS)} is corrupt: {exc}") from None
-    mismatch = _shape_mismatch(model_config, state_dict)  # before building: a wrong size could ask for petabytes
+        raise BundleError(f"{shown(part)} is corrupt: {exc}") from None
+    mismatch = _shape_mismatch(expected, state_dict)
     if mismatch:
-        raise BundleError(f"{shown(CONFIG)} does not describe {shown(WEIGHTS)}: {mismatch}")
+        raise BundleError(f"{shown(CONFIG)} does not describe {shown(part)}: {mismatch}")
     bad = _nonfinite(state_dict)
     if bad:
-        raise BundleError(f"{shown(WEIGHTS)} holds NaN or infinite values in {', '.join(bad)}")
+        raise BundleError(f"{shown(part)} holds NaN or infinite values in {', '.join(bad)}")
     return state_dict
 
 
@@ -263,9 +290,8 @@ def _kind_name(kind) -> str:
     return {int: "an integer", bool: "true or false", str: "a string"}.get(kind, "a number")
 
 
-def _shape_mismatch(config: ModelConfig, state: dict[str, np.ndarray]) -> str | None:
+def _shape_mismatch(expected: dict[str, tuple[int, ...]], state: dict[str, np.ndarray]) -> str | None:
     """What the weights' names and shapes say that the config contradicts, or None."""
-    expected = parameter_shapes(config)
     for name, shape in expected.items():
         if name not in state:
             return f"it has no tensor {name}"
@@ -273,10 +299,6 @@ def _shape_mismatch(config: ModelConfig, state: dict[str, np.ndarray]) -> str | 
             return f"{name} has shape {list(state[name].shape)}, the config implies {list(shape)}"
     extra = sorted(set(state) - set(expected))
     return f"it has tensors the model does not: {', '.join(extra[:3])}" if extra else None
-
-
-def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _digest(*parts: bytes) -> str:
@@ -345,75 +367,32 @@ class EncoderBundle:
 
 
 def save_encoder(encoder: EncoderBundle, path: str) -> str:
-    def write(directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {
-            "kind": "encoder",
-            "format_version": 1,
-            "model": model_config_to_dict(encoder.model_config),
-            "tokenizer": {"vocab_size": encoder.tokenizer.vocab_size, "max_len": encoder.tokenizer.max_len},
-            "versions": _versions(),
-        }
-        _write_json(directory / CONFIG, config)
-        _write_json(directory / VOCAB, encoder.vocab)
-        _write_json(directory / METRICS, encoder.metrics)
-        (directory / ENCODER).write_bytes(save_arrays(_arrays(encoder.state_dict)))
-
-    if is_uri(path):
-        with tempfile.TemporaryDirectory() as tmp:
-            write(Path(tmp))
-            upload_dir(tmp, path)
-        return path
-    write(Path(path))
-    return path
+    config = {
+        "kind": "encoder",
+        "format_version": 1,
+        **_shape_config(encoder.model_config, encoder.tokenizer),
+        "versions": _versions(),
+    }
+    return _save(path, config, encoder.vocab, encoder.metrics, {ENCODER: save_arrays(_arrays(encoder.state_dict))})
 
 
 def load_encoder(path: str) -> EncoderBundle:
-    if is_uri(path):
-        with tempfile.TemporaryDirectory() as tmp:
-            download_dir(path, tmp)
-            return _read_encoder(Path(tmp), path.rstrip("/"))
-    return _read_encoder(Path(path), path)
+    return _load(path, _read_encoder)
 
 
 def _read_encoder(path: Path, name: str) -> EncoderBundle:
-    def shown(part: str) -> str:
-        return f"{name.rstrip('/')}/{part}"
-
     missing = [p for p in (CONFIG, VOCAB, ENCODER) if not (path / p).is_file()]
     if missing:
         hint = " (a trained model bundle is not a pretrained encoder)" if (path / WEIGHTS).is_file() else ""
         raise BundleError(f"pretrained encoder {name} is missing {', '.join(missing)}{hint}")
+    shown = _shown(name)
     config = _read_json(path / CONFIG, dict, shown(CONFIG))
     if config.get("kind") != "encoder" or config.get("format_version") != 1:
         raise BundleError(f"{shown(CONFIG)} does not describe a pretrained encoder of format version 1")
-    try:
-        _check_fields(config.get("model", {}), "model", MODEL_FIELDS)
-        _check_fields(config.get("tokenizer", {}), "tokenizer", TOKENIZER_FIELDS)
-        model_config = model_config_from_dict(config["model"])
-        tokenizer = TokenizerConfig(**config["tokenizer"])
-    except (TypeError, KeyError, ConfigError) as exc:
-        raise BundleError(f"{shown(CONFIG)}: {exc}") from None
-    vocab = _read_json(path / VOCAB, list, shown(VOCAB))
-    _check_vocab(vocab, tokenizer, model_config, shown)
-    try:
-        state_dict = load_arrays((path / ENCODER).read_bytes())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{shown(ENCODER)} is corrupt: {exc}") from None
-    rows = tuple(state_dict["embedding.weight"].shape) if "embedding.weight" in state_dict else None
-    if rows != (len(vocab), model_config.embed_dim):
-        raise BundleError(
-            f"{shown(ENCODER)} has an embedding of shape {list(rows or [])}, but {VOCAB} holds {len(vocab)} "
-            f"tokens of dimension {model_config.embed_dim}: the vocabulary does not match the weights"
-        )
+    model_config, tokenizer = _check_shape_config(config, shown(CONFIG))
+    vocab, metrics = _read_vocab_and_metrics(path, tokenizer, model_config, shown)
+    # The embedding has a row per token of this vocabulary, which may be fewer than the config's.
     expected = {k: v for k, v in parameter_shapes(model_config).items() if k.startswith(ENCODER_PARTS)}
-    wrong = [k for k in expected if k not in state_dict or tuple(state_dict[k].shape) != expected[k]]
-    if wrong or set(state_dict) - set(expected):
-        raise BundleError(
-            f"{shown(ENCODER)} does not fit the model in {CONFIG} (first difference: {(wrong or ['extra tensors'])[0]})"
-        )
-    bad = _nonfinite(state_dict)
-    if bad:
-        raise BundleError(f"{shown(ENCODER)} holds NaN or infinite values in {', '.join(bad)}")
-    metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
+    expected["embedding.weight"] = (len(vocab), model_config.embed_dim)
+    state_dict = _check_weights((path / ENCODER).read_bytes(), ENCODER, expected, shown)
     return EncoderBundle(vocab, model_config, tokenizer, state_dict, metrics)
