@@ -25,6 +25,7 @@ from .storage import is_uri, resolve_filesystem
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 PREFLIGHT_BYTES = 1 << 30  # labels are counted before Ray starts in inputs up to this size
 LabelCounts = dict  # split value (None without a split column) → Counter of normalised labels
+NONE = "(none)"  # what a null group or key is called in metrics and reports
 
 
 def list_input_files(path: str) -> tuple[str, list[str]]:
@@ -110,6 +111,24 @@ def check_columns(names: list[str], wanted: list[str], path: str) -> None:
         raise DataError(f"{path} has no column {', '.join(map(repr, missing))}; columns are: {', '.join(names)}")
 
 
+def is_text(kind: pa.DataType, null_too: bool = True) -> bool:
+    """A column of strings (or, with `null_too`, one that holds only nulls)."""
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or (null_too and pa.types.is_null(kind))
+
+
+def check_text_column(schema: pa.Schema, text_column: str, path: str) -> None:
+    kind = schema.field(text_column).type
+    if not is_text(kind):
+        raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
+
+
+def normalised_labels(labels: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """Labels stripped and lower-cased (" Positive" and "positive" are one class), and which of
+    them count: not null, not empty."""
+    normal = pc.utf8_lower(pc.utf8_trim_whitespace(labels.cast(pa.string())))
+    return normal, pc.fill_null(pc.greater(pc.utf8_length(normal), 0), False)
+
+
 def check_labelled(
     path: str,
     text_column: str,
@@ -127,16 +146,13 @@ def check_labelled(
     columns = [c for c in (text_column, label_column, split_column) if c]
     dataset, size = open_dataset(fmt, files, columns, path)
     check_columns(dataset.schema.names, [*columns, *([group_column] if group_column else [])], path)
-    kind = dataset.schema.field(text_column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-        raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
+    check_text_column(dataset.schema, text_column, path)
     if label_column is None or size > PREFLIGHT_BYTES:
         return None
     counts: LabelCounts = {}
     try:
         for batch in dataset.to_batches(columns=[label_column] + ([split_column] if split_column else [])):
-            labels = pc.utf8_lower(pc.utf8_trim_whitespace(batch.column(0).cast(pa.string())))
-            keep = pc.fill_null(pc.greater(pc.utf8_length(labels), 0), False)
+            labels, keep = normalised_labels(batch.column(0))
             splits = batch.column(1).cast(pa.string()).filter(keep).to_pylist() if split_column else None
             for split, label in zip(splits or [None] * batch.num_rows, labels.filter(keep).to_pylist()):
                 counts.setdefault(split, Counter())[label] += 1
@@ -160,6 +176,28 @@ def open_dataset(fmt: str, files: list[str], columns: list[str], path: str) -> t
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     return dataset, size
+
+
+# The label checks of training data, on counts: made before Ray starts on what fits in
+# PREFLIGHT_BYTES (train/checks.py), and again inside Ray on what was read (train/prepare.py).
+
+
+def check_split_has_rows(found: Counter, path: str, split_column: str | None, values: tuple[str, ...] | None) -> None:
+    if split_column and not found:
+        raise DataError(f"{path}: no row has {split_column} in {', '.join(values or ())}")
+
+
+def check_validation_rows(rows: int, split_column: str | None, val_split: tuple[str, ...] | None) -> None:
+    if rows == 0:
+        where = f"no row has {split_column} in {', '.join(val_split or ())}" if val_split else "it is empty"
+        raise DataError(f"no validation rows: {where}; give --val, --val-split or more training rows")
+
+
+def check_known_labels(found: set[str], known: set[str], rows: str, known_as: str = "the training data") -> None:
+    """`rows` (e.g. "val.csv") may hold no label outside `known`."""
+    unknown = found - known
+    if unknown:
+        raise DataError(f"{rows} has labels not in {known_as}: {', '.join(sorted(unknown))}")
 
 
 def require_classes(counts: Counter, path: str) -> None:

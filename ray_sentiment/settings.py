@@ -85,8 +85,21 @@ def _at_least(settings: object, minimum: float, *names: str) -> None:
             raise ConfigError(f"{flag(name)} must be at least {minimum}, not {getattr(settings, name)}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """What `train` and `pretrain` share: a Ray Train run's workers, restarts and checkpoints."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    seed: int = 0
+    max_failures: int = 0
+    storage_path: str | None = None
+    keep_checkpoints: bool = False  # else only the latest (which holds the best weights) outlives a successful run
+
+
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(RunSettings):
     """What the user asked of `train`. None: take the preset's value (see presets.PRESETS)."""
 
     train_path: str
@@ -108,13 +121,6 @@ class TrainSettings:
     split_column: str | None = None  # a column naming each row's part, e.g. train/test or the source year
     train_split: tuple[str, ...] | None = None  # its values whose rows train (default: all but val_split)
     val_split: tuple[str, ...] | None = None  # its values whose rows validate (default: val_fraction of train)
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float | None = None
-    seed: int = 0
-    max_failures: int = 0
-    storage_path: str | None = None
-    keep_checkpoints: bool = False  # else only the latest (which holds the best weights) outlives a successful run
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
@@ -143,7 +149,7 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class PretrainSettings:
+class PretrainSettings(RunSettings):
     """`pretrain`: a language-model encoder from comments without labels. None: the preset's value."""
 
     unlabelled_path: str
@@ -154,13 +160,6 @@ class PretrainSettings:
     epochs: int | None = None
     vocab_size: int | None = None
     max_len: int | None = None
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float | None = None
-    seed: int = 0
-    max_failures: int = 0
-    storage_path: str | None = None
-    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         _check_run(self)

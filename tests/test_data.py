@@ -8,6 +8,7 @@ import pytest
 from ray_sentiment.data.read import read_labelled
 from ray_sentiment.errors import DataError
 from ray_sentiment.inputs import list_input_files
+from ray_sentiment.settings import TrainSettings
 from ray_sentiment.train.prepare import fit_vocab, load_labelled, stratified_split
 
 ROWS = pd.DataFrame(
@@ -104,27 +105,27 @@ def test_mixed_file_types_are_refused(tmp_path):
 def test_one_class_only_is_refused(ray_local, tmp_path):
     path = _write(pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos", "Pos ", "POS"]}), tmp_path / "one.csv")
     with pytest.raises(DataError, match="only the label 'pos'; training needs at least two classes"):
-        load_labelled(str(path))
+        load_labelled(TrainSettings(str(path), "out"))
 
 
 def test_validation_labels_must_be_known(ray_local, tmp_path):
     train = _write(pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]}), tmp_path / "t.csv")
     val = _write(pd.DataFrame({"text": ["a", "b"], "label": ["x", "z"]}), tmp_path / "v.csv")
     with pytest.raises(DataError, match="labels not in the training data: z"):
-        load_labelled(str(train), str(val))
+        load_labelled(TrainSettings(str(train), "out", val_path=str(val)))
 
 
 def test_held_out_split_is_seeded_stratified_and_disjoint(ray_local, tmp_path):
     labels = ["neg"] * 150 + ["neu"] * 450 + ["pos"] * 400
     df = pd.DataFrame({"text": [f"comment number {i}" for i in range(1000)], "label": labels})
     path = _write(df, tmp_path / "rows.parquet")
-    data = load_labelled(str(path), seed=7)
+    data = load_labelled(TrainSettings(str(path), "out", seed=7))
     train, val = data.train.to_pandas(), data.val.to_pandas()
     assert val["label"].value_counts().to_dict() == {"neu": 45, "pos": 40, "neg": 15}
     assert len(train) == 900 and not set(train["text"]) & set(val["text"])
     assert data.labels == ["neg", "neu", "pos"]
     assert data.counts["class_counts"] == {"neg": 135, "neu": 405, "pos": 360}
-    again = load_labelled(str(path), seed=7).val.to_pandas()
+    again = load_labelled(TrainSettings(str(path), "out", seed=7)).val.to_pandas()
     other = stratified_split(read_labelled(str(path)).dataset, 0.1, seed=8)[1].to_pandas()
     assert sorted(again["text"]) == sorted(val["text"])
     assert sorted(other["text"]) != sorted(val["text"])

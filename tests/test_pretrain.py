@@ -99,7 +99,9 @@ def _copy(encoder: Path, tmp_path: Path) -> Path:
 def test_an_encoder_whose_vocabulary_does_not_match_its_weights_is_refused(encoder, tmp_path):
     copy = _copy(encoder, tmp_path)
     _edit_vocab(copy, lambda vocab: vocab[:-10])
-    with pytest.raises(BundleError, match=r"embedding.weight has shape \[5000, 100\], the config implies \[4990, 100\]"):
+    with pytest.raises(
+        BundleError, match=r"embedding.weight has shape \[5000, 100\], the config implies \[4990, 100\]"
+    ):
         load_encoder(str(copy))
 
 

@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import ray
 
-from ..errors import DataError, user_errors
-from ..inputs import check_columns, list_input_files
+from ..errors import user_errors
+from ..inputs import NONE, check_columns, check_text_column, list_input_files, normalised_labels
 
 
 @dataclass
@@ -28,9 +28,6 @@ class Split:
     @property
     def rows(self) -> int:
         return self.rows_read - self.rows_dropped
-
-
-NO_GROUP = "(none)"
 
 
 def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
@@ -50,12 +47,8 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
     with user_errors(f"cannot read {path}: "):
         schema = ds.schema()
     check_columns(schema.names, columns, path)
-    if text_column is not None:
-        kind = schema.base_schema.field(text_column).type if hasattr(schema, "base_schema") else None
-        if kind is not None and not (
-            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
-        ):
-            raise DataError(f"{path}: column {text_column!r} holds {kind}, not text")
+    if text_column is not None and hasattr(schema, "base_schema"):
+        check_text_column(schema.base_schema, text_column, path)
 
 
 def read_labelled(
@@ -69,7 +62,7 @@ def read_labelled(
 
     With `label_column=None`, unlabelled comments: only the text is kept. A `split_column` is kept
     as `split` (text), for `load_labelled` to divide the rows by; a `group_column` as `group`
-    (text, NO_GROUP where null), for per-group metrics."""
+    (text, NONE where null), for per-group metrics."""
     optional = [c for c in (split_column, group_column) if c]
     columns = list(dict.fromkeys([text_column] + ([label_column] if label_column else []) + optional))
     ds = read_table(path, tuple(columns))
@@ -80,13 +73,13 @@ def read_labelled(
         keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
         if label_column is None:
             return pa.table({"text": text.filter(pc.fill_null(keep, False))})
-        label = pc.utf8_lower(pc.utf8_trim_whitespace(batch[label_column].cast(pa.string())))
-        keep = pc.fill_null(pc.and_kleene(keep, pc.greater(pc.utf8_length(label), 0)), False)
+        label, labelled = normalised_labels(batch[label_column])
+        keep = pc.fill_null(pc.and_kleene(keep, labelled), False)
         out = {"text": text.filter(keep), "label": label.filter(keep)}
         if split_column:
             out["split"] = batch[split_column].cast(pa.string()).filter(keep)
         if group_column:
-            out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NO_GROUP).filter(keep)
+            out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NONE).filter(keep)
         return pa.table(out)
 
     with user_errors(f"cannot read {path}: "):

@@ -13,13 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import DataError
-from ..inputs import check_columns, check_utf8, list_input_files, open_dataset
+from ..inputs import NONE, check_columns, check_utf8, is_text, list_input_files, open_dataset
 from ..settings import ReportSettings
 from ..text.redact import dedupe_key
 from ..text.tokens import tokenize
 
 NO_TIME = -(2**62)  # the period of a row whose time is null
-NO_KEY = "(none)"
 OTHER_KEY = "(other)"  # the keys beyond those broken down in words and examples
 COUNTED = ["key", "period", "label", "problem"]  # partial_counts' groups
 UNITS = {"H": "hour", "D": "day", "W": "week", "M": "month"}
@@ -60,7 +59,7 @@ def check_report_input(s: ReportSettings) -> ReportInput:
     check_columns(names, wanted, s.input)
     if text and pa.types.is_null(dataset.schema.field(text).type):
         text = None  # no text at all (every value null): the report leaves out words and examples
-    if text and not _is_text(dataset.schema.field(text).type):
+    if text and not is_text(dataset.schema.field(text).type, null_too=False):
         raise DataError(f"{s.input}: column {text!r} holds {dataset.schema.field(text).type}, not text")
     first = dataset.head(1000, columns=[s.label_column, *([s.time_column] if s.time_column else [])])
     if first.num_rows == 0:
@@ -73,16 +72,12 @@ def check_report_input(s: ReportSettings) -> ReportInput:
     return ReportInput(fmt, files, columns, text, time_format, bool(extra))
 
 
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
 def _time_format(s: ReportSettings, kind: pa.DataType, sample: pa.ChunkedArray) -> str | None:
     """None for a timestamp or date column; for text, --time-format or the format of the first
     value, checked on the first rows so that a wrong guess is refused before any work."""
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         return None
-    if not _is_text(kind):
+    if not is_text(kind, null_too=False):
         raise DataError(f"time column {s.time_column!r} holds {kind}; give a timestamp or text column")
     fmt = s.time_format
     if fmt is None:
@@ -150,7 +145,9 @@ def _keys(batch: pa.Table, key_column: str | None) -> pa.Array:
     if key_column is None:
         return pa.array([""] * batch.num_rows, pa.string())
     values = batch[key_column].combine_chunks()
-    return pc.fill_null(values if _is_text(values.type) else values.cast(pa.string()), NO_KEY).cast(pa.string())
+    return pc.fill_null(values if is_text(values.type, null_too=False) else values.cast(pa.string()), NONE).cast(
+        pa.string()
+    )
 
 
 def _labels(batch: pa.Table, label_column: str) -> pa.Array:

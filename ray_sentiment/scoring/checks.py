@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import DataError
-from ..inputs import check_labelled, total
+from ..inputs import check_labelled, check_split_has_rows, total
 from ..model.bundle import ModelBundle, load_bundle
 from ..settings import EvaluateSettings
 
@@ -15,8 +15,7 @@ def check_evaluate(s: EvaluateSettings) -> ModelBundle:
     if counts is None:
         return bundle
     found = total(counts, s.test_split or None)
-    if s.split_column and not found:
-        raise DataError(f"{s.data}: no row has {s.split_column} in {', '.join(s.test_split)}")
+    check_split_has_rows(found, s.data, s.split_column, s.test_split)
     unknown_labels(set(found), bundle.labels, s.data)
     return bundle
 

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..errors import ConfigError, DataError
-from ..inputs import check_labelled, require_classes, total
+from ..errors import ConfigError
+from ..inputs import (
+    check_known_labels,
+    check_labelled,
+    check_split_has_rows,
+    check_validation_rows,
+    require_classes,
+    total,
+)
 from ..model.bundle import EncoderBundle, load_encoder
 from ..model.presets import Preset, get_preset
 from ..settings import PretrainSettings, TrainSettings
@@ -52,27 +59,22 @@ def check_train(s: TrainSettings) -> tuple[Preset, EncoderBundle | None]:
 
 
 def check_labels(s: TrainSettings, counts: dict, val: dict | None) -> None:
-    """Two classes to train on, and validation labels among them (data.load_labelled checks the
+    """Two classes to train on, and validation labels among them (prepare.load_labelled checks the
     same inside Ray, for inputs too large to count here)."""
     train = total(counts, s.train_split, exclude=s.val_split or ())
-    if s.split_column and not train:
-        raise DataError(f"{s.train_path}: no row has {s.split_column} in {', '.join(s.train_split or ())}")
+    check_split_has_rows(train, s.train_path, s.split_column, s.train_split)
     require_classes(train, s.train_path)
     if s.val_split:
         val_counts = total(counts, s.val_split)
-        if not val_counts:
-            where = f"no row has {s.split_column} in {', '.join(s.val_split)}"
-            raise DataError(f"no validation rows: {where}; give --val, --val-split or more training rows")
-        unknown = set(val_counts) - set(train)
-        if unknown:
-            raise DataError(
-                f"the {s.split_column} {', '.join(s.val_split)} rows have labels not in training: "
-                f"{', '.join(sorted(unknown))}"
-            )
+        check_validation_rows(sum(val_counts.values()), s.split_column, s.val_split)
+        check_known_labels(set(val_counts), set(train), split_rows_named(s))
     elif val is not None:
-        unknown = set(total(val)) - set(train)
-        if unknown:
-            raise DataError(f"{s.val_path} has labels not in the training data: {', '.join(sorted(unknown))}")
+        check_known_labels(set(total(val)), set(train), f"{s.val_path} has")
+
+
+def split_rows_named(s: TrainSettings) -> str:
+    """How messages name the --val-split rows."""
+    return f"the {s.split_column} {', '.join(s.val_split or ())} rows have"
 
 
 def check_pretrain(s: PretrainSettings) -> None:

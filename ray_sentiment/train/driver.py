@@ -137,17 +137,7 @@ def encoder_of(bundle: ModelBundle, state: TrainState) -> EncoderBundle:
 def read_data(settings: TrainSettings, r: Preset) -> LabelledData:
     """The labelled rows, split, with a line saying what was read."""
     s = settings
-    data = load_labelled(
-        s.train_path,
-        s.val_path,
-        s.text_column,
-        s.label_column,
-        s.val_fraction,
-        s.seed,
-        s.split_column,
-        s.train_split,
-        s.val_split,
-    )
+    data = load_labelled(s)
     rows = data.counts["train"]["rows"]
     print(
         f"data: {rows} training rows, {data.counts['val']['rows']} validation rows, "

@@ -15,10 +15,11 @@ import ray
 import scipy.sparse as sp
 
 from ..data.read import label_counts, read_labelled, split_rows
-from ..errors import DataError
-from ..inputs import require_classes
+from ..inputs import check_known_labels, check_split_has_rows, check_validation_rows, require_classes
 from ..model.embeddings import cooccurrence_counts
+from ..settings import TrainSettings
 from ..text.tokens import TOKENISE_ROWS, Encoder, build_vocab, count_tokens
+from .checks import split_rows_named
 
 
 @dataclass
@@ -65,54 +66,35 @@ def stratified_split(ds: ray.data.Dataset, fraction: float, seed: int) -> tuple[
     return train, val
 
 
-def load_labelled(
-    train_path: str,
-    val_path: str | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    split_column: str | None = None,
-    train_split: tuple[str, ...] | None = None,
-    val_split: tuple[str, ...] | None = None,
-) -> LabelledData:
-    """Training and validation rows: --val, else the --val-split rows, else a stratified fraction."""
-    train = read_labelled(train_path, text_column, label_column, split_column)
+def load_labelled(s: TrainSettings) -> LabelledData:
+    """Training and validation rows: --val, else the --val-split rows, else a stratified fraction.
+    The label checks are those train/checks.py makes before Ray starts, here on all that was read."""
+    train = read_labelled(s.train_path, s.text_column, s.label_column, s.split_column)
     val_rows = None
-    if split_column:
-        val_rows = split_rows(train.dataset, val_split) if val_split else None
-        train.dataset = split_rows(train.dataset, train_split, exclude=val_split or ())
-        if train.dataset.count() == 0:
-            raise DataError(f"{train_path}: no row has {split_column} in {', '.join(train_split or ())}")
+    if s.split_column:
+        val_rows = split_rows(train.dataset, s.val_split) if s.val_split else None
+        train.dataset = split_rows(train.dataset, s.train_split, exclude=s.val_split or ())
     counts = label_counts(train.dataset)
-    require_classes(counts, train_path)
+    check_split_has_rows(counts, s.train_path, s.split_column, s.train_split)
+    require_classes(counts, s.train_path)
     labels = sorted(counts)
     summary: dict[str, dict] = {"train": {"read": train.rows_read, "dropped": train.rows_dropped}}
-    if val_path:
-        val = read_labelled(val_path, text_column, label_column)
-        unknown = set(label_counts(val.dataset)) - set(labels)
-        if unknown:
-            raise DataError(f"{val_path} has labels not in the training data: {', '.join(sorted(unknown))}")
+    if s.val_path:
+        val = read_labelled(s.val_path, s.text_column, s.label_column)
+        check_known_labels(set(label_counts(val.dataset)), set(labels), f"{s.val_path} has")
         train_ds, val_ds = train.dataset, val.dataset
         summary["val"] = {"read": val.rows_read, "dropped": val.rows_dropped}
     elif val_rows is not None:
-        unknown = set(label_counts(val_rows)) - set(labels)
-        if unknown:
-            raise DataError(
-                f"the {split_column} {', '.join(val_split or ())} rows have labels not in training: "
-                f"{', '.join(sorted(unknown))}"
-            )
+        check_known_labels(set(label_counts(val_rows)), set(labels), split_rows_named(s))
         train_ds, val_ds = train.dataset, val_rows
-        summary["val"] = {"split": list(val_split or ())}
+        summary["val"] = {"split": list(s.val_split or ())}
     else:
-        train_ds, val_ds = stratified_split(train.dataset, val_fraction, seed)
-        summary["val"] = {"held_out_from_train": val_fraction}
+        train_ds, val_ds = stratified_split(train.dataset, s.val_fraction, s.seed)
+        summary["val"] = {"held_out_from_train": s.val_fraction}
         counts = label_counts(train_ds)
     summary["train"]["rows"] = train_ds.count()
     summary["val"]["rows"] = val_ds.count()
-    if summary["val"]["rows"] == 0:
-        where = f"no row has {split_column} in {', '.join(val_split or ())}" if val_split else "it is empty"
-        raise DataError(f"no validation rows: {where}; give --val, --val-split or more training rows")
+    check_validation_rows(summary["val"]["rows"], s.split_column, s.val_split)
     summary["class_counts"] = dict(sorted(counts.items()))
     return LabelledData(train_ds, val_ds, labels, summary)
 
