@@ -160,7 +160,7 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
     predictor.predict_proba(texts, batch_size=args.batch_size)
     ceiling = len(texts) / (time.perf_counter() - started)
 
-    base = dict(redis=f"redis://127.0.0.1:{port}/0", key_field="brand", batch_size=args.batch_size, block_ms=100)
+    base = dict(broker=f"redis://127.0.0.1:{port}/0", key_field="brand", batch_size=args.batch_size, block_ms=100)
     plain = plain_loop(
         StreamSettings(**base, input_stream="plain", output_stream="plain:scored"), predictor, port, texts
     )

@@ -192,9 +192,10 @@ def _add_score(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
 
 
-REDIS_HELP = (
-    "redis://[[USER]:PASSWORD@]HOST:PORT/DB (default: $REDIS_URL, else redis://127.0.0.1:6379/0); "
-    "a password in $REDIS_PASSWORD keeps it out of shell history and `ps`"
+BROKER_HELP = (
+    "the comment log: redis://[[USER]:PASSWORD@]HOST:PORT/DB (default: $REDIS_URL, else "
+    "redis://127.0.0.1:6379/0); a password in $REDIS_PASSWORD keeps it out of shell history and `ps`. "
+    "--redis is the same option"
 )
 
 
@@ -211,16 +212,16 @@ def preset_help(help: str, name: str) -> str:
     return f"{help} (default: the preset's: {values})"
 
 
-def redis_url() -> str:
-    """--redis when not given (not shown in --help: the URL may hold a password)."""
-    return os.environ.get("REDIS_URL") or default(StreamSettings, "redis")
+def broker_url() -> str:
+    """--broker when not given (not shown in --help: the URL may hold a password)."""
+    return os.environ.get("REDIS_URL") or default(StreamSettings, "broker")
 
 
 def _add_stream(sub) -> None:
     parser = _command(sub, "stream", help="score a Redis stream of comments until stopped (SIGTERM/Ctrl-C)")
     f = Flags(parser, StreamSettings)
     f.add("--model", required=True, help=MODEL_HELP)
-    f.add("--redis", default=redis_url(), help=REDIS_HELP)
+    f.add("--broker", "--redis", dest="broker", default=broker_url(), help=BROKER_HELP)
     f.add("--input-stream", required=True, help="stream whose entries carry the comment text")
     f.add("--output-stream", required=True, help="stream the scored entries are added to")
     f.setting("group", "consumer group, created if missing")
@@ -239,7 +240,7 @@ def _add_stream(sub) -> None:
 
     parser = _command(sub, "stream-stats", help="print the live sentiment counts per window (and key)")
     stats = Flags(parser, StreamStatsSettings)
-    stats.add("--redis", default=redis_url(), help=REDIS_HELP)
+    stats.add("--broker", "--redis", dest="broker", default=broker_url(), help=BROKER_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
     stats.setting("last", "windows to show")
     stats.add("--json", action="store_true", help="one JSON object per window and key")
@@ -334,9 +335,9 @@ def run(args: argparse.Namespace) -> None:
         print(run_until_signalled(args.model, stream_settings).line())
     elif command == "stream-stats":
         stats = settings_from(StreamStatsSettings, _options(args))
-        from .stream.redis_broker import window_counts
+        from .stream.broker import window_counts
 
-        rows = window_counts(stats.redis, stats.output_stream, stats.last)
+        rows = window_counts(stats.broker, stats.output_stream, stats.last)
         print("\n".join(json.dumps(r) for r in rows) if stats.json else format_counts(rows))
     elif command == "serve":
         from .serving.checks import check_serve

@@ -240,9 +240,9 @@ class ScoreSettings:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """`stream`: a Redis stream of comments scored into another."""
+    """`stream`: a stream of comments (Redis Streams today) scored into another."""
 
-    redis: str = LOCAL_REDIS
+    broker: str = LOCAL_REDIS  # the comment log's URL; its scheme picks the adapter (stream/broker.py)
     input_stream: str = "comments"
     output_stream: str = "comments:scored"
     group: str = "ray-sentiment"
@@ -287,7 +287,7 @@ class StreamSettings:
 class StreamStatsSettings:
     """`stream-stats`: the live counts `stream` keeps, per window (and key)."""
 
-    redis: str = LOCAL_REDIS
+    broker: str = LOCAL_REDIS
     output_stream: str = "comments:scored"
     last: int = 10  # windows shown
     json: bool = False

@@ -19,7 +19,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, DataError
 from ray_sentiment.model.bundle import load_bundle
 from ray_sentiment.outputs import WRITES, check_apart
-from ray_sentiment.scoring.pipeline import score_dataset
+from ray_sentiment.scoring.pipeline import Columns, ScoringPlan, score_dataset
 from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
@@ -90,7 +90,8 @@ def test_tokenising_in_tasks_as_for_gpu_actors_gives_the_same_rows(ray_local, bu
     results = {}
     for in_tasks in (True, False):
         ds = ray.data.read_parquet(str(tmp_path / "in"))
-        scored = score_dataset(ds, loaded, "text", ["id"], {}, 256, 1, False, 10_000, tokenise_in_tasks=in_tasks)
+        plan = ScoringPlan(loaded, Columns("text", ("id",)), 256, 1, False, 10_000, tokenise_in_tasks=in_tasks)
+        scored = score_dataset(ds, plan)
         results[in_tasks] = scored.to_pandas().sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(results[True], results[False])
     assert len(results[True]) == 2500 and errors(results[True])[1:3] == ["text is null", "text is empty"]

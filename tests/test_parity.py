@@ -68,7 +68,7 @@ def via_stream(bundle, texts, tmp_path, redis_server) -> list[dict]:
 
     client = redis_server.client()
     ids = [client.xadd("comments", {"text": text}).decode() for text in texts]
-    settings = StreamSettings(redis=redis_server.url, output_stream="scored", block_ms=200, max_text_chars=LIMIT)
+    settings = StreamSettings(broker=redis_server.url, output_stream="scored", block_ms=200, max_text_chars=LIMIT)
     runner = StreamRunner(str(bundle), settings)
     try:
         deadline = time.monotonic() + 120

@@ -15,8 +15,7 @@ import pytest
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.settings import StreamSettings
-from ray_sentiment.stream.broker import Entry, open_broker, shown_url, with_password
-from ray_sentiment.stream.redis_broker import window_counts
+from ray_sentiment.stream.broker import Entry, open_broker, shown_url, window_counts, with_password
 from ray_sentiment.stream.runner import RunTotals, StreamRunner, StreamSummary, score_entries
 
 from conftest import actor_pids, cli_process, free_port, random_texts, run_cli
@@ -31,7 +30,7 @@ def predictor(bundle):
 
 def settings(server, **overrides) -> StreamSettings:
     values = dict(
-        redis=server.url,
+        broker=server.url,
         input_stream="comments",
         output_stream="scored",
         key_field="brand",
@@ -104,8 +103,8 @@ def test_settings_refuse_impossible_values():
         StreamSettings(batch_size=0)
     with pytest.raises(ConfigError, match="three different keys"):
         StreamSettings(input_stream="a", output_stream="a")
-    with pytest.raises(ConfigError, match="--redis takes redis://"):
-        open_broker(StreamSettings(redis="kafka://broker:9092"), "c")
+    with pytest.raises(ConfigError, match="--broker takes redis://"):
+        open_broker(StreamSettings(broker="kafka://broker:9092"), "c")
 
 
 # -- the broker against a real redis-server -------------------------------------------------------
@@ -302,7 +301,7 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, ray_addr
     assert "scored 300, dead-lettered 0, still pending 0" in out
     assert sorted(o["source_id"] for o in outputs(client)) == sorted(produced)
 
-    stats = run_cli("stream-stats", "--redis", redis_server.url, "--output-stream", "scored", "--json", timeout=60)
+    stats = run_cli("stream-stats", "--broker", redis_server.url, "--output-stream", "scored", "--json", timeout=60)
     rows = [json.loads(line) for line in stats.stdout.splitlines()]
     assert sum(sum(r["counts"].values()) for r in rows) == 300 and {r["key"] for r in rows} == set(BRANDS)
     table = run_cli("stream-stats", "--redis", redis_server.url, "--output-stream", "scored", timeout=60)
@@ -361,7 +360,7 @@ def test_a_redis_password_never_shows_and_can_come_from_the_environment(redis_se
         f"redis://:{secret}@127.0.0.1:{free_port()}/0": "cannot reach Redis at redis://:***@127.0.0.1:",
         f"redis://:{secret}x@{host}/0": f"Redis at redis://:***@{host}/0 refused the user name or password",
         f"redis://{host}/0": f"Redis at redis://{host}/0: authentication required; set REDIS_PASSWORD",
-        f"redis://:{secret}@127.0.0.1:notaport/0": "--redis 'redis://:***@127.0.0.1:notaport/0': Port could not",
+        f"redis://:{secret}@127.0.0.1:notaport/0": "--broker 'redis://:***@127.0.0.1:notaport/0': Port could not",
     }
     started = time.time()
     try:

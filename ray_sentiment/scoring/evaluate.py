@@ -19,7 +19,7 @@ from ..model.bundle import ModelBundle
 from ..runtime import ensure_ray
 from ..settings import EvaluateSettings
 from .checks import check_evaluate, unknown_labels
-from .pipeline import score_dataset
+from .pipeline import Columns, ScoringPlan, score_dataset
 
 NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
 
@@ -38,17 +38,9 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     unknown_labels(set(label_counts(split.dataset)), labels, s.data)
     # The true label travels as `true`: the results take the name `label`.
     use_gpu = s.device == "cuda" or (s.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    scored = score_dataset(
-        split.dataset,
-        bundle,
-        "text",
-        ["label", *(["group"] if s.group_column else []), *(["text"] if s.errors else [])],
-        {"label": "true"},
-        batch_size=4096,
-        concurrency=1,
-        use_gpu=use_gpu,
-        max_text_chars=NO_LIMIT,
-    )
+    kept = ("label", *(["group"] if s.group_column else []), *(["text"] if s.errors else []))
+    plan = ScoringPlan(bundle, Columns("text", kept, {"label": "true"}), 4096, 1, use_gpu, max_text_chars=NO_LIMIT)
+    scored = score_dataset(split.dataset, plan)
     index = {label: i for i, label in enumerate(labels)}
     y, proba, groups = [np.zeros(0, np.int64)], [np.zeros((0, len(labels)), np.float32)], []
     mistakes = pd.DataFrame()

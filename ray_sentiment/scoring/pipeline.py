@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -39,47 +40,39 @@ BLOCK_BYTES = 1 << 20
 READ_ROWS = 8192  # rows per Parquet read, so a large file streams in small blocks
 
 
-def score_files(
-    s: ScoreSettings,
-    files: list[str],
-    keep: list[str],
-    renamed: dict,
-    lineage: tuple[str, ...],
-    done,
-    bundle: ModelBundle,
-    out: OutputDir,
-    rows: int,
-) -> None:
-    """Score `files` into `out` (score.score_parquet has checked everything). `lineage`: the
-    names, if any, under which the reader gives each row its file and row number."""
+@dataclass(frozen=True)
+class FilesToScore:
+    """What `score` has checked and decided before Ray starts (score.score_parquet)."""
+
+    files: list[str]
+    columns: Columns  # the lineage names, if any, among `keep`
+    lineage: tuple[str, ...]  # the names under which the reader gives each row its file and row number
+    done: np.ndarray | None  # ids already written by an earlier run, skipped
+    rows: int  # to score, for the progress line
+
+
+def score_files(s: ScoreSettings, todo: FilesToScore, bundle: ModelBundle, out: OutputDir) -> None:
+    """Score the files into `out`."""
     ensure_ray()
     with progress() as reporter:
-        reporter.update("scoring", 0, rows)
-        _write_scored(s, files, keep, renamed, lineage, done, bundle, out, reporter)
+        reporter.update("scoring", 0, todo.rows)
+        _write_scored(s, todo, bundle, out, reporter)
 
 
-def _write_scored(s, files, keep, renamed, lineage, done, bundle, out, reporter: Reporter) -> None:
+def _write_scored(s: ScoreSettings, todo: FilesToScore, bundle: ModelBundle, out: OutputDir, reporter: Reporter):
     # Small blocks: every actor gets work, and output files (the unit of resume) are written as
     # the run goes, not all at its end. Ray packs small files into one read task otherwise.
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        columns = sorted(set(keep) | {s.text_column})
-        ds = ray.data.read_datasource(NumberedParquet(files, columns, lineage))
-        if done is not None and len(done):
-            ds = ds.map_batches(_drop_done, fn_args=(s.id_column, done), batch_format="pyarrow")
-        scored = score_dataset(
-            ds,
-            bundle,
-            s.text_column,
-            [*keep, *lineage],
-            renamed,
-            s.batch_size,
-            s.concurrency,
-            s.use_gpu,
-            s.max_text_chars,
-            reporter,
+        read = sorted((set(todo.columns.keep) - set(todo.lineage)) | {s.text_column})
+        ds = ray.data.read_datasource(NumberedParquet(todo.files, read, todo.lineage))
+        if todo.done is not None and len(todo.done):
+            ds = ds.map_batches(_drop_done, fn_args=(s.id_column, todo.done), batch_format="pyarrow")
+        plan = ScoringPlan(
+            bundle, todo.columns, s.batch_size, s.concurrency, s.use_gpu, s.max_text_chars, reporter=reporter
         )
+        scored = score_dataset(ds, plan)
         scored.write_parquet(out.target, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
     except Exception as exc:
         cause = user_cause(exc)
@@ -134,52 +127,61 @@ def _read_file(path: str, columns: list[str], lineage: tuple[str, ...]):
             yield table
 
 
-def score_dataset(
-    ds: ray.data.Dataset,
-    bundle: ModelBundle,
-    text_column: str,
-    keep: list[str],
-    renamed: dict,
-    batch_size: int,
-    concurrency: Concurrency,
-    use_gpu: bool,
-    max_text_chars: int,
-    reporter: Reporter | None = None,
-    tokenise_in_tasks: bool | None = None,
-) -> ray.data.Dataset:
-    """check and tokenise → score (actor pool): the `keep` columns (renamed) followed by label,
-    confidence, p_<label>... and error. Shared by `score` and `evaluate`. Tokenising runs in CPU
-    tasks of its own when `tokenise_in_tasks` (default: with use_gpu), else in the actors.
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns the output keeps, and their output names."""
+
+    text: str
+    keep: tuple[str, ...]
+    renamed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How a dataset is scored: the model, the columns, the batch and actor sizes, and whether CPU
+    tasks of their own tokenise (`tokenise_in_tasks`; default: with use_gpu) or the actors do."""
+
+    bundle: ModelBundle
+    columns: Columns
+    batch_size: int
+    concurrency: Concurrency
+    use_gpu: bool
+    max_text_chars: int
+    tokenise_in_tasks: bool | None = None
+    reporter: Reporter | None = None
+
+    @property
+    def in_tasks(self) -> bool:
+        return self.use_gpu if self.tokenise_in_tasks is None else self.tokenise_in_tasks
+
+
+def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
+    """check and tokenise → score (actor pool): the kept columns (renamed) followed by label,
+    confidence, p_<label>... and error. Shared by `score` and `evaluate`.
 
     The bundle travels to the actors through Ray's object store, so on a cluster no node needs
     the model directory on its own disk."""
-    pool = _actor_pool(concurrency)
-    prepare = (
-        text_column,
-        keep,
-        renamed,
-        Encoder(bundle.vocab, bundle.tokenizer.max_len),
-        bundle.linear,
-        max_text_chars,
+    pool = _actor_pool(plan.concurrency)
+    tokenising = Tokenising(
+        plan.columns, Encoder(plan.bundle.vocab, plan.bundle.tokenizer.max_len), plan.bundle.linear, plan.max_text_chars
     )
-    in_tasks = use_gpu if tokenise_in_tasks is None else tokenise_in_tasks
-    if in_tasks:
-        ds = ds.map_batches(_tokenise, fn_args=prepare, batch_format="pyarrow", batch_size=TOKENISE_ROWS)
+    if plan.in_tasks:
+        ds = ds.map_batches(tokenising, batch_format="pyarrow", batch_size=TOKENISE_ROWS)
     return ds.map_batches(
         _Scorer,
         fn_constructor_args=(
-            bundle,
-            "cuda" if use_gpu else "cpu",
-            batch_size,
-            None if in_tasks else prepare,
-            reporter,
+            plan.bundle,
+            "cuda" if plan.use_gpu else "cpu",
+            plan.batch_size,
+            None if plan.in_tasks else tokenising,
+            plan.reporter,
             _threads_per_actor(pool.max_size),
         ),
         batch_format="pyarrow",
-        batch_size=batch_size if in_tasks else max(batch_size, TOKENISE_ROWS),
+        batch_size=plan.batch_size if plan.in_tasks else max(plan.batch_size, TOKENISE_ROWS),
         compute=pool,
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=cpus_per_process(pool.max_size, use_gpu),
+        num_gpus=1 if plan.use_gpu else 0,
+        num_cpus=cpus_per_process(pool.max_size, plan.use_gpu),
     )
 
 
@@ -210,56 +212,58 @@ def _texts(column: pa.ChunkedArray) -> list:
         return column.cast(pa.binary()).to_pylist()
 
 
-def _tokenise(
-    batch: pa.Table,
-    text_column: str,
-    keep: list[str],
-    renamed: dict,
-    encoder: Encoder,
-    linear: LinearModel | None,
-    max_text_chars: int,
-) -> pa.Table:
+@dataclass(frozen=True)
+class Tokenising:
     """The CPU side: checks, token ids and, for a hybrid bundle, the linear model's probabilities."""
-    good, problems = check_texts(_texts(batch[text_column]), max_text_chars)
-    ok = np.array([p is None for p in problems], dtype=bool)
-    ids = np.zeros((len(problems), encoder.max_len), dtype=np.int32)
-    lengths = np.zeros(len(problems), dtype=np.int32)
-    tokens = tokenize(good)
-    if good:
-        ids[ok], lengths[ok] = encoder.encode_tokens(tokens)
-    out = batch.select(keep).rename_columns([renamed.get(c, c) for c in keep])
-    out = out.append_column("_ids", pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), encoder.max_len))
-    out = out.append_column("_length", pa.array(lengths))
-    if linear is not None:
-        proba = np.zeros((len(problems), linear.intercept.shape[0]), dtype=np.float32)
+
+    columns: Columns
+    encoder: Encoder
+    linear: LinearModel | None
+    max_text_chars: int
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        good, problems = check_texts(_texts(batch[self.columns.text]), self.max_text_chars)
+        ok = np.array([p is None for p in problems], dtype=bool)
+        ids = np.zeros((len(problems), self.encoder.max_len), dtype=np.int32)
+        lengths = np.zeros(len(problems), dtype=np.int32)
+        tokens = tokenize(good)
         if good:
-            proba[ok] = linear.predict_proba(tokens)
-        out = out.append_column("_linear", pa.FixedSizeListArray.from_arrays(pa.array(proba.ravel()), proba.shape[1]))
-    return out.append_column("error", pa.array(problems, pa.string()))
+            ids[ok], lengths[ok] = self.encoder.encode_tokens(tokens)
+        keep, renamed = list(self.columns.keep), self.columns.renamed
+        out = batch.select(keep).rename_columns([renamed.get(c, c) for c in keep])
+        out = out.append_column("_ids", pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), self.encoder.max_len))
+        out = out.append_column("_length", pa.array(lengths))
+        if self.linear is not None:
+            proba = np.zeros((len(problems), self.linear.intercept.shape[0]), dtype=np.float32)
+            if good:
+                proba[ok] = self.linear.predict_proba(tokens)
+            linear = pa.FixedSizeListArray.from_arrays(pa.array(proba.ravel()), proba.shape[1])
+            out = out.append_column("_linear", linear)
+        return out.append_column("error", pa.array(problems, pa.string()))
 
 
 class _Scorer:
-    """One per actor: the model is loaded once and reused for every batch. Given `prepare` (the
-    arguments of `_tokenise` after the batch), it tokenises its batches itself."""
+    """One per actor: the model is loaded once and reused for every batch. Given `tokenising`, it
+    tokenises its batches itself."""
 
     def __init__(
         self,
         bundle: ModelBundle,
         device: str,
         batch_size: int,
-        prepare: tuple | None,
+        tokenising: Tokenising | None,
         reporter: Reporter | None,
         threads: int = 1,
     ):
         if device == "cpu":  # Ray starts a 1-CPU actor with one torch thread; give it its share
             torch.set_num_threads(max(1, min(os.cpu_count() or 1, threads)))
         self.predictor = Predictor(bundle, device=device)
-        self.batch_size, self.prepare, self.reporter = batch_size, prepare, reporter
+        self.batch_size, self.tokenising, self.reporter = batch_size, tokenising, reporter
         self.fields = result_fields(self.predictor.labels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.prepare is not None:
-            batch = _tokenise(batch, *self.prepare)
+        if self.tokenising is not None:
+            batch = self.tokenising(batch)
         n = batch.num_rows
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
         ids, lengths = _matrix(batch["_ids"], n)[ok], batch["_length"].to_numpy()[ok]

@@ -82,14 +82,16 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     if rows_in == 0:
         _write_empty(out, schema, keep, renamed, bundle.labels, s.id_column)
     else:
-        from .pipeline import score_files  # Ray and torch are imported only now, the input checked
+        # Ray and torch are imported only now, the input checked.
+        from .pipeline import Columns, FilesToScore, score_files
 
         # Lineage travels under names no input column has, and takes its output names last: an
         # input column named source_file is kept as input_source_file beside it.
         taken = {*keep, s.text_column}
         lineage = {} if s.id_column else {_unused(c, taken): out_name for c, out_name in zip(LINEAGE, SOURCE_COLUMNS)}
         todo = rows_in - (0 if done is None else len(done))
-        score_files(s, files, keep, {**renamed, **lineage}, tuple(lineage), done, bundle, out, todo)
+        columns = Columns(s.text_column, (*keep, *lineage), {**renamed, **lineage})
+        score_files(s, FilesToScore(files, columns, tuple(lineage), done, todo), bundle, out)
     rows_out, errors = _count_output(out)
     return ScoreSummary(
         rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed

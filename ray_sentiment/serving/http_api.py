@@ -12,7 +12,8 @@ Client errors are 4xx with {"detail": ...}; a full queue, a slow model or a serv
 stopping is 503 with Retry-After and {"detail": ...}; a client error is never a 500.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the annotations of api_docs' models at runtime.
+from __future__ import annotations
+
 import asyncio
 import hashlib
 import hmac
@@ -45,6 +46,80 @@ RETRY_AFTER_S = "1"
 # After a drain starts, how long new requests keep getting their 503 before the socket closes: the
 # time a load balancer needs to see /healthz fail and stop sending.
 DRAIN_NOTICE_S = 0.3
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route: what the handler answers there, and all that /openapi.json says of it."""
+
+    method: str
+    summary: str
+    responses: dict[int, str]  # status → when it is answered
+    body: dict | None = None  # JSON Schema of the request body
+    keyed: bool = True  # needs the API key, when one is set
+
+
+# Any route: a request head (or body) slower than --client-timeout-s is answered 408 by the server.
+SLOW = {408: "the request head or body stalled longer than --client-timeout-s; the connection closes"}
+KEYED = {401: "an API key is set and the request did not send it (Authorization: Bearer <key>)"}
+GET_ONLY = {405: "a method other than GET or HEAD"}
+HEALTH = {200: "it takes requests", 503: "it is stopping", **SLOW}
+BUSY = "the replica is stopping, its queue is full, or the model did not answer in time; see Retry-After"
+SENTIMENT_REQUEST = {
+    "type": "object",
+    "required": ["texts"],
+    "properties": {
+        "texts": {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 1,
+            "maxItems": MAX_TEXTS,
+            "description": f"1 to {MAX_TEXTS:,} comments, each at most --max-text-chars characters "
+            f"(with explain: {EXPLAIN_MAX_TEXTS} comments of at most {EXPLAIN_MAX_CHARS:,} characters)",
+        },
+        "explain": {
+            "type": "boolean",
+            "default": False,
+            "description": "also give each result `tokens`: every token's contribution to its label "
+            "(leave-one-token-out occlusion)",
+        },
+    },
+}
+ROUTES = {
+    "/v1/sentiment": Route(
+        "POST",
+        "Label, confidence and one probability per class (`p_<label>`) for each text, in order.",
+        {
+            200: "the results",
+            405: "a method other than POST",
+            413: "a body over 1 MiB, or more texts than one request may carry",
+            422: "a body that is not the JSON object described, or a text that cannot be scored",
+            503: BUSY,
+            **KEYED,
+            **SLOW,
+        },
+        body=SENTIMENT_REQUEST,
+    ),
+    "/v1/model": Route(
+        "GET",
+        "The model's name, version (a hash of its weights), labels, preset and validation metrics.",
+        {200: "the model", **GET_ONLY, **KEYED, **SLOW},
+    ),
+    "/healthz": Route(
+        "GET",
+        "Whether the server takes requests (any method).",
+        {200: "it does", 503: "it is stopping", **SLOW},
+        keyed=False,
+    ),
+    "/-/healthz": Route(
+        "GET",
+        "The same, in the form KubeRay's probe reads.",
+        {200: "it does", 503: "it is stopping", **SLOW},
+        keyed=False,
+    ),
+    "/openapi.json": Route("GET", "This document.", {200: "the document", **GET_ONLY, **KEYED, **SLOW}),
+    "/docs": Route("GET", "This document as a page.", {200: "the page", **GET_ONLY, **KEYED, **SLOW}),
+}
 
 Score = Callable[[list[str]], Awaitable[np.ndarray]]
 Explain = Callable[[list[str]], Awaitable[list[dict]]]
@@ -124,7 +199,7 @@ class KeyDigest:
     sha256: str
 
     @classmethod
-    def of(cls, key: str) -> "KeyDigest":
+    def of(cls, key: str) -> KeyDigest:
         salt = secrets.token_hex(16)
         return cls(salt, _sha256(salt, key))
 
@@ -153,10 +228,9 @@ def api_key_digest() -> KeyDigest | None:
 
 
 class SentimentApp:
-    """The ASGI app. /healthz stays open without the key, for load balancers; everything else
-    needs it when one is set. A request without the key has its body left unread."""
-
-    OPEN = ("/healthz", "/-/healthz")
+    """The ASGI app, answering the ROUTES. /healthz stays open without the key, for load
+    balancers; everything else needs it when one is set. A request without the key has its body
+    left unread."""
 
     def __init__(
         self,
@@ -181,17 +255,20 @@ class SentimentApp:
         self.in_flight = self.queued = self.explaining = 0
         self.draining = False
         self.static = {
-            "/v1/model": (200, "application/json", json.dumps(summary).encode()),
-            "/openapi.json": (200, "application/json", json.dumps(docs["openapi"]).encode()),
-            "/docs": (200, "text/html; charset=utf-8", docs["html"].encode()),
+            "/v1/model": ("application/json", json.dumps(summary).encode()),
+            "/openapi.json": ("application/json", json.dumps(docs["openapi"]).encode()),
+            "/docs": ("text/html; charset=utf-8", docs["html"].encode()),
         }
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        route = ROUTES.get(path)
         try:
-            if path in self.OPEN:
+            if route is None:
+                raise HTTPError(404, f"no route {path}; see /docs")
+            if not route.keyed:  # the health checks: open to load balancers, whatever the method
                 if self.draining:
                     raise HTTPError(503, "shutting down", self.app_header)
                 if path == "/-/healthz":  # what KubeRay's readiness probe looks for
@@ -201,16 +278,12 @@ class SentimentApp:
                 raise HTTPError(
                     401, "missing or wrong API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
                 )
+            if method != route.method and not (method == "HEAD" and route.method == "GET"):
+                raise HTTPError(405, f"use {route.method}", {"Allow": route.method})
             if path == "/v1/sentiment":
-                if method != "POST":
-                    raise HTTPError(405, "use POST", {"Allow": "POST"})
                 return await _send(send, 200, await self.sentiment(scope, receive), close=self.draining)
-            if path in self.static:
-                if method not in ("GET", "HEAD"):
-                    raise HTTPError(405, "use GET", {"Allow": "GET"})
-                status, kind, body = self.static[path]
-                return await _send(send, status, body, kind)
-            raise HTTPError(404, f"no route {path}; see /docs")
+            kind, body = self.static[path]
+            return await _send(send, 200, body, kind)
         except HTTPError as error:
             body = json.dumps({"detail": error.detail}).encode()
             await _send(send, error.status, body, headers=error.headers, close=self.draining)
@@ -272,47 +345,34 @@ async def _send(send, status, body: bytes, kind="application/json", headers=None
 
 
 def api_docs() -> dict:
-    """The OpenAPI document and the /docs page, described with FastAPI once; FastAPI serves nothing."""
-    from fastapi import FastAPI
+    """The OpenAPI document, written from ROUTES (what the handler answers), and the /docs page."""
     from fastapi.openapi.docs import get_swagger_ui_html
-    from pydantic import BaseModel, Field
 
-    class SentimentRequest(BaseModel):
-        texts: list[str] = Field(
-            min_length=1,
-            max_length=MAX_TEXTS,
-            description=f"1 to {MAX_TEXTS:,} comments, each at most --max-text-chars characters "
-            f"(with explain: {EXPLAIN_MAX_TEXTS} comments of at most {EXPLAIN_MAX_CHARS:,} characters)",
-        )
-        explain: bool = Field(
-            default=False,
-            description="also give each result `tokens`: every token's contribution to its label "
-            "(leave-one-token-out occlusion)",
-        )
-
-    class Error(BaseModel):
-        detail: str
-
-    app = FastAPI(title="ray-sentiment", description="Sentiment of social-media comments.")
-    errors = {status: {"model": Error} for status in (401, 408, 413, 422, 503)}
-
-    @app.post("/v1/sentiment", responses=errors)  # type: ignore[arg-type]
-    def sentiment(request: SentimentRequest) -> dict:
-        """Label, confidence and one probability per class (`p_<label>`) for each text, in order."""
-        raise NotImplementedError
-
-    @app.get("/v1/model")
-    def model() -> dict:
-        """The model's name, version (a hash of its weights), labels, preset and validation metrics."""
-        raise NotImplementedError
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        """200 while the server takes requests; 503 once it is stopping."""
-        raise NotImplementedError
-
+    error = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+    paths = {}
+    for path, route in ROUTES.items():
+        operation: dict = {"summary": route.summary, "responses": {}}
+        for status, when in sorted(route.responses.items()):
+            answer: dict = {"description": when}
+            if status >= 400:
+                answer["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            operation["responses"][str(status)] = answer
+        if route.body:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body}}}
+        if route.keyed:
+            operation["security"] = [{"apiKey": []}, {}]  # the key, when the server has one
+        paths[path] = {route.method.lower(): operation}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "ray-sentiment", "description": "Sentiment of social-media comments.", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": error},
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }
     html = get_swagger_ui_html(openapi_url="/openapi.json", title="ray-sentiment").body
-    return {"openapi": app.openapi(), "html": bytes(html).decode()}
+    return {"openapi": document, "html": bytes(html).decode()}
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:

@@ -69,13 +69,24 @@ class Broker(Protocol):
 
 
 def open_broker(settings: StreamSettings, consumer: str, stop: threading.Event | None = None) -> Broker:
-    scheme = urlsplit(settings.redis).scheme
+    """A consumer's connection to the broker that `settings.broker` names."""
+    with_secret = dataclasses.replace(settings, broker=with_password(settings.broker))
+    return _adapter(settings.broker).open_broker(with_secret, consumer, stop)
+
+
+def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
+    """The counts `stream` keeps for the `last` windows that have any, oldest first:
+    [{"window_start_ms": ..., "key": ..., "counts": {label: n}}] (`stream-stats`)."""
+    return _adapter(url).window_counts(with_password(url), output_stream, last)
+
+
+def _adapter(url: str):
+    scheme = urlsplit(url).scheme
     if scheme not in ADAPTERS:
         schemes = ", ".join(f"{scheme}://" for scheme in ADAPTERS)
-        raise ConfigError(f"--redis takes {schemes} URLs, not {shown_url(settings.redis)!r}")
+        raise ConfigError(f"--broker takes {schemes} URLs, not {shown_url(url)!r}")
     # Imported by name: the adapter imports this module, and only the chosen one needs its client library.
-    adapter = importlib.import_module(f".{ADAPTERS[scheme]}", __package__)
-    return adapter.open_broker(dataclasses.replace(settings, redis=with_password(settings.redis)), consumer, stop)
+    return importlib.import_module(f".{ADAPTERS[scheme]}", __package__)
 
 
 def shown_url(url: str) -> str:

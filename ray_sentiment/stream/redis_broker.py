@@ -73,7 +73,7 @@ def connect(url: str, socket_timeout: float) -> redis.Redis:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
         )
     except ValueError as exc:
-        raise ConfigError(f"--redis {shown_url(url)!r}: {exc}") from None
+        raise ConfigError(f"--broker {shown_url(url)!r}: {exc}") from None
     return client
 
 
@@ -97,7 +97,7 @@ class RedisBroker:
     def __init__(self, settings: StreamSettings, consumer: str, stop: threading.Event | None = None):
         self.s, self.consumer = settings, consumer
         self.stop = stop or threading.Event()
-        self.redis = connect(settings.redis, socket_timeout=settings.block_ms / 1000 + 10)
+        self.redis = connect(settings.broker, socket_timeout=settings.block_ms / 1000 + 10)
         self.commit_script = self.redis.register_script(COMMIT)
         out = settings.output_stream
         self.windows_key, self.totals_key = f"{out}:windows", f"{out}:totals"
@@ -122,7 +122,7 @@ class RedisBroker:
                     f"cannot create consumer group {self.s.group!r} on {self.s.input_stream!r}: {exc}"
                 ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise not_reached(exc, self.s.redis) from None
+            raise not_reached(exc, self.s.broker) from None
         self.redis.hset(self.totals_key, "window_s", self.s.window_s)
 
     def totals(self) -> dict[str, int]:
@@ -241,9 +241,8 @@ def _entry(raw_id: bytes, fields: dict, deliveries: int) -> Entry:
 
 
 def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
-    """The counts of the `last` windows that have any, oldest first:
-    [{"window_start_ms": ..., "key": ..., "counts": {label: n}}]."""
-    client = connect(with_password(url), socket_timeout=10)
+    """broker.window_counts for Redis: from the sorted set of windows and a hash per window (and key)."""
+    client = connect(url, socket_timeout=10)
     try:
         members = client.zrange(f"{output_stream}:windows", 0, -1, withscores=True)
         starts = sorted({int(score) for _, score in members})[-last:]

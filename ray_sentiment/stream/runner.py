@@ -187,7 +187,7 @@ class StreamRunner:
         # Through the object store, so no node needs the model directory; held here for as long as
         # the actors live, since Ray rebuilds a restarted actor from it.
         self.bundle_ref = ray.put(bundle)
-        for_actors = dataclasses.replace(settings, redis=with_password(settings.redis))
+        for_actors = dataclasses.replace(settings, broker=with_password(settings.broker))
         self.actors = [actor.remote(self.bundle_ref, for_actors, f"consumer-{i}") for i in range(settings.consumers)]
         self.processes = ray.get([a.process.remote() for a in self.actors])  # every model loaded: a failure shows here
         self.runs = [a.run.remote() for a in self.actors]
