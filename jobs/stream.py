@@ -1,4 +1,4 @@
-"""`ray job submit -- python jobs/stream.py --model DIR --redis URL --input-stream K --output-stream K`.
+"""`ray job submit -- python jobs/stream.py --model DIR --broker URL --input-stream K --output-stream K`.
 `ray job stop` sends SIGTERM: the consumers finish their batches in flight and the job ends."""
 
 import sys

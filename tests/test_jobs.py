@@ -254,7 +254,7 @@ def test_stream_job_scores_until_ray_job_stop_then_reports(head, trained, tmp_pa
         texts = pd.read_csv(EXAMPLES_TEST)["text"].tolist()
         for text in texts:
             client.xadd("comments", {"text": text})
-        # Ray gives a stopped job 3 s before SIGKILL; the README says to allow the consumers more.
+        # Ray gives a stopped job 3 s before SIGKILL; docs/deploy.md says to allow the consumers more.
         wait = '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"}}'
         submitted = head.submit(
             "stream-example",

@@ -21,7 +21,7 @@ def test_local_cluster_requires_the_token_and_keeps_its_dashboard_on_loopback(ra
 
 
 # The autoscaler's and the dashboard head's: Ray 2.60 offers no way to move or stop them for a
-# local node; README, Security, says so.
+# local node; SECURITY.md says so.
 DOCUMENTED_METRICS_PORTS = {44217, 44227}
 
 

@@ -377,7 +377,9 @@ def test_serve_command_keeps_the_key_out_of_ray_logs_opens_no_port_off_host_and_
         *served, last = answers
         assert set(served) == {200} and len(served) > 5, answers
         assert last == (503, "1", "shutting down; retry on another server"), answers
-    assert stop_seconds < 10, stop_seconds  # loose: the command's figure is benchmarks/serve_stop.py's
+    # Only that the stop ends rather than hangs (25 s was seen on a loaded machine): how long it
+    # takes is benchmarks/serve_stop.py's figure, not a test's.
+    assert stop_seconds < 90, stop_seconds
     leaks = [
         str(p)
         for p in Path(tempfile.gettempdir(), "ray").rglob("*")

@@ -52,7 +52,7 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(),
         description="reference: Embedding(10k,64) → LSTM(128) → Dropout → Dense(64) → Dropout → Dense",
     ),
-    # Measured against each other by benchmarks/train_accuracy.py; the README quotes the figures.
+    # Measured against each other by benchmarks/train_accuracy.py; benchmarks/README.md quotes the figures.
     "bilstm": Preset(
         BILSTM,
         class_weighted=True,

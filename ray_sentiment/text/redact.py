@@ -4,7 +4,7 @@ shorteners, other schemes), e-mail addresses (fullwidth, obfuscated, at hosts wi
 a handle, and a card number what looks like a phone number.
 
 It is pattern matching, not understanding: names, street addresses, numbers written as words and
-forms not listed here pass through. The README says so."""
+forms not listed here pass through. docs/cli.md (report) says so."""
 
 from __future__ import annotations
 
