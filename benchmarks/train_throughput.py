@@ -44,7 +44,16 @@ def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, devic
     for epoch in range(epochs):
         order = np.random.default_rng(epoch).permutation(len(y))
         started = time.perf_counter()
-        train_epoch(model, optimizer, loss_fn, (ids, lengths, y), order, preset.batch_size, steps, device)
+        train_epoch(
+            model,
+            optimizer,
+            loss_fn=loss_fn,
+            arrays=(ids, lengths, y),
+            order=order,
+            batch=preset.batch_size,
+            steps=steps,
+            device=device,
+        )
         rates.append(steps * preset.batch_size / (time.perf_counter() - started))
     return rates
 

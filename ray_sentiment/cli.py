@@ -420,7 +420,9 @@ def predict(s: PredictSettings) -> None:
     """One JSON line per text, in `Predictor.score`'s shape (with --explain, plus `tokens`); a text
     that cannot be scored is a line with its error, and the command then exits 2."""
     predictor, texts = _predictor(s.model, s.max_text_chars), list(s.texts)
-    refused = _print_scored(predictor, [{"text": t} for t in texts], texts, [None] * len(texts), s.explain)
+    refused = _print_scored(
+        predictor, [{"text": t} for t in texts], texts=texts, problems=[None] * len(texts), explain=s.explain
+    )
     if refused:
         raise RaySentimentError(f"{refused} of {len(texts)} texts could not be scored; see their error fields")
 
@@ -437,7 +439,7 @@ def predict_stdin(s: PredictSettings) -> None:
     total = refused = 0
     for chunk in iter(lambda: list(itertools.islice(lines, STDIN_CHUNK)), []):
         rows, texts, problems = zip(*(_stdin_row(line.rstrip("\r\n"), s.text_field) for line in chunk))
-        refused += _print_scored(predictor, list(rows), list(texts), list(problems), s.explain)
+        refused += _print_scored(predictor, list(rows), texts=list(texts), problems=list(problems), explain=s.explain)
         total += len(chunk)
         sys.stdout.flush()
     if refused:
@@ -467,7 +469,7 @@ def _predictor(model: str, max_text_chars: int):
     return Predictor(bundle, max_text_chars=max_text_chars)
 
 
-def _print_scored(predictor, rows: list[dict], texts: list[str], problems: list, explain: bool) -> int:
+def _print_scored(predictor, rows: list[dict], *, texts: list[str], problems: list, explain: bool) -> int:
     """Each row printed with its text's result (a row's own problem, if it has one, as the error);
     returns how many could not be scored. A row's fields named like a result are kept as input_<name>."""
     records = predictor.score(texts)

@@ -132,6 +132,7 @@ def normalised_labels(labels: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.
 def check_labelled(
     path: str,
     text_column: str,
+    *,
     label_column: str | None = None,
     split_column: str | None = None,
     group_column: str | None = None,
@@ -144,7 +145,7 @@ def check_labelled(
         for f in files:
             check_utf8(f)
     columns = [c for c in (text_column, label_column, split_column) if c]
-    dataset, size = open_dataset(fmt, files, columns, path)
+    dataset, size = open_dataset(fmt, files, columns=columns, path=path)
     check_columns(dataset.schema.names, [*columns, *([group_column] if group_column else [])], path)
     check_text_column(dataset.schema, text_column, path)
     if label_column is None or size > PREFLIGHT_BYTES:
@@ -161,7 +162,7 @@ def check_labelled(
     return counts
 
 
-def open_dataset(fmt: str, files: list[str], columns: list[str], path: str) -> tuple[pads.Dataset, int]:
+def open_dataset(fmt: str, files: list[str], *, columns: list[str], path: str) -> tuple[pads.Dataset, int]:
     """A pyarrow dataset over the files (CSV columns read as text, as data/read.py reads them) and their size."""
     fs = resolve_filesystem(files[0])[0]
     inner = [resolve_filesystem(f)[1] for f in files]
@@ -182,7 +183,9 @@ def open_dataset(fmt: str, files: list[str], columns: list[str], path: str) -> t
 # PREFLIGHT_BYTES (train/checks.py), and again inside Ray on what was read (train/prepare.py).
 
 
-def check_split_has_rows(found: Counter, path: str, split_column: str | None, values: tuple[str, ...] | None) -> None:
+def check_split_has_rows(
+    found: Counter, path: str, *, split_column: str | None, values: tuple[str, ...] | None
+) -> None:
     if split_column and not found:
         raise DataError(f"{path}: no row has {split_column} in {', '.join(values or ())}")
 
@@ -193,7 +196,7 @@ def check_validation_rows(rows: int, split_column: str | None, val_split: tuple[
         raise DataError(f"no validation rows: {where}; give --val, --val-split or more training rows")
 
 
-def check_known_labels(found: set[str], known: set[str], rows: str, known_as: str = "the training data") -> None:
+def check_known_labels(found: set[str], known: set[str], *, rows: str, known_as: str = "the training data") -> None:
     """`rows` (e.g. "val.csv") may hold no label outside `known`."""
     unknown = found - known
     if unknown:

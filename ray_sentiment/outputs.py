@@ -125,7 +125,7 @@ def _listed(base: str, paths: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def check_apart(input_path: str, input_files: list[str], output: str, writes: tuple[str, ...]) -> None:
+def check_apart(input_path: str, input_files: list[str], *, output: str, writes: tuple[str, ...]) -> None:
     """Refuse an output that equals, contains or lies inside the input (after resolving symlinks
     and `..`): scoring would delete the input, or read its own output. For a glob input, the output
     is inside it when a file the command `writes` there would match the glob."""

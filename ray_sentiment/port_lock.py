@@ -33,7 +33,7 @@ def app_identity(cluster: str, app_name: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def claimed_port(host: str, port: int, app: str, holder: str):
+async def claimed_port(host: str, port: int, *, app: str, holder: str):
     """Held while a replica binds and starts listening; refuses, in one line, a port that another
     app listens on. `holder` is what a refused command is told about this one."""
     path = Path(tempfile.gettempdir()) / f"ray-sentiment-port-{port}.lock"

@@ -527,7 +527,16 @@ def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
     rng = np.random.default_rng(0)
     for _ in range(epochs):
         order = rng.permutation(len(y))
-        train_epoch(model, optimizer, torch.nn.CrossEntropyLoss(), (ids, lengths, y), order, 64, len(y) // 64, "cpu")
+        train_epoch(
+            model,
+            optimizer,
+            loss_fn=torch.nn.CrossEntropyLoss(),
+            arrays=(ids, lengths, y),
+            order=order,
+            batch=64,
+            steps=len(y) // 64,
+            device="cpu",
+        )
     model.eval()
     bundle = ModelBundle(labels, vocab, config, tokenizer, model.state_dict(), preset="test", metrics={"note": "test"})
     return Path(save_bundle(bundle, path))

@@ -321,11 +321,11 @@ def test_a_relative_glob_is_apart_from_an_output_its_files_would_not_match(tmp_p
     for folder in ("in_1/same", "in_2/same"):
         write_parts(comments(4), tmp_path / folder, 1)
     files = [str(tmp_path / f"in_{i}/same/part-000.parquet") for i in (1, 2)]
-    check_apart("in_?/same/*.parquet", files, "plainout", WRITES)
-    check_apart("in_?/same/*.parquet", files, "in_1/other", WRITES)  # beside the input, not in it
+    check_apart("in_?/same/*.parquet", files, output="plainout", writes=WRITES)
+    check_apart("in_?/same/*.parquet", files, output="in_1/other", writes=WRITES)  # beside the input, not in it
     for output in ("in_1/same/scored", "in_1", "."):
         with pytest.raises(DataError, match="overlaps the input"):
-            check_apart("in_?/same/*.parquet", files, output, WRITES)
+            check_apart("in_?/same/*.parquet", files, output=output, writes=WRITES)
 
 
 def test_files_of_the_same_name_in_two_folders_keep_distinct_sources(ray_local, bundle, tmp_path, monkeypatch):

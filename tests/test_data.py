@@ -43,7 +43,7 @@ def _write(df, path):
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_labels_normalised_and_bad_rows_dropped_and_counted(ray_local, tmp_path, suffix):
     path = _write(ROWS, tmp_path / f"rows{suffix}")
-    split = read_labelled(str(path), "body", "sentiment")
+    split = read_labelled(str(path), "body", label_column="sentiment")
     rows = split.dataset.to_pandas()
     assert split.rows_read == 10 and split.rows_dropped == 5 and split.rows == 5
     assert sorted(zip(rows["text"], rows["label"])) == [
@@ -62,7 +62,7 @@ def test_directory_and_glob_inputs(ray_local, tmp_path):
     fmt, files = list_input_files(str(tmp_path))
     assert fmt == "parquet" and len(files) == 3
     assert list_input_files(str(tmp_path / "part-[01].parquet"))[1] == files[:2]
-    assert read_labelled(str(tmp_path / "*.parquet"), "body", "sentiment").rows_read == 9
+    assert read_labelled(str(tmp_path / "*.parquet"), "body", label_column="sentiment").rows_read == 9
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_directory_and_glob_inputs(ray_local, tmp_path):
 def test_data_errors_are_specific(ray_local, tmp_path, make, columns, message):
     path = make(tmp_path)
     with pytest.raises(DataError, match=message):
-        read_labelled(str(path), *columns)
+        read_labelled(str(path), columns[0], label_column=columns[1])
 
 
 def test_mixed_file_types_are_refused(tmp_path):

@@ -28,7 +28,7 @@ def test_words_used_alike_get_similar_vectors():
     vocab = build_vocab(count_tokens(texts), 100)
     index = vocab_index(vocab)
     ids, lengths = encode_batch(texts, index, 10)
-    vectors = ppmi_vectors(cooccurrence_counts(ids, lengths, len(vocab), window=2), dim=4)
+    vectors = ppmi_vectors(cooccurrence_counts(ids, lengths, vocab_size=len(vocab), window=2), dim=4)
     assert vectors.shape == (len(vocab), 4) and vectors.dtype == np.float32
     assert not vectors[:2].any()  # <pad> and <unk>
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)

@@ -77,7 +77,7 @@ def test_fitted_model_learns_words_and_returns_probabilities_in_label_order(num_
         label = int(rng.integers(num_classes))
         texts.append(" ".join([*rng.choice(filler, 3), words[label], *rng.choice(filler, 2)]))
         y.append(label)
-    model = fit_linear(texts, np.array(y), num_classes)
+    model = fit_linear(texts, np.array(y), num_classes=num_classes)
     assert model.coef.shape == (num_classes, (1 << WORD_BITS) + (1 << CHAR_BITS))
     proba = model.predict_proba(tokenize([f"the app was {w} today" for w in words]))
     assert proba.dtype == np.float32 and proba.shape == (num_classes, num_classes)

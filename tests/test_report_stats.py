@@ -125,9 +125,9 @@ def test_dedupe_key_joins_retweets_and_mentions_of_the_same_complaint():
 
 def test_periods_parse_text_times_floor_them_and_keep_null_times_apart():
     times = pa.array(["2/24/2015 11:35", "2/23/2015 0:05", None, " "])
-    days = periods(times, "%m/%d/%Y %H:%M", "D", "created_at").to_pylist()
+    days = periods(times, "%m/%d/%Y %H:%M", freq="D", name="created_at").to_pylist()
     assert days[:2] == [1424736000, 1424649600] and days[2:] == [NO_TIME, NO_TIME]
-    week = periods(times, "%m/%d/%Y %H:%M", "W", "created_at").to_pylist()
+    week = periods(times, "%m/%d/%Y %H:%M", freq="W", name="created_at").to_pylist()
     assert week[0] == week[1] == 1424649600  # Monday 2015-02-23
 
 
@@ -135,12 +135,14 @@ def test_periods_count_zoned_times_in_utc():
     instant = pa.array(
         [pd.Timestamp("2015-02-24 23:30", tz="America/Los_Angeles")], pa.timestamp("s", "America/Los_Angeles")
     )
-    assert periods(instant, None, "D", "t").to_pylist() == [int(pd.Timestamp("2015-02-25", tz="UTC").timestamp())]
+    assert periods(instant, None, freq="D", name="t").to_pylist() == [
+        int(pd.Timestamp("2015-02-25", tz="UTC").timestamp())
+    ]
 
 
 def test_a_time_that_does_not_parse_is_named():
     with pytest.raises(DataError, match=r"time column 'created_at': 'yesterday' does not parse as '%m/%d/%Y %H:%M'"):
-        periods(pa.array(["2/24/2015 11:35", "yesterday"]), "%m/%d/%Y %H:%M", "D", "created_at")
+        periods(pa.array(["2/24/2015 11:35", "yesterday"]), "%m/%d/%Y %H:%M", freq="D", name="created_at")
 
 
 @pytest.mark.parametrize(
@@ -153,7 +155,7 @@ def test_a_time_that_does_not_parse_is_named():
 def test_a_time_the_page_cannot_draw_is_named(times, fmt, shown):
     """A placeholder year would stretch the time axis past what matplotlib draws."""
     with pytest.raises(DataError, match=rf"time column 't': {shown} is outside the years 1900-2199 the report draws"):
-        periods(pa.array(times, None if fmt else pa.timestamp("us")), fmt, "D", "t")
+        periods(pa.array(times, None if fmt else pa.timestamp("us")), fmt, freq="D", name="t")
 
 
 def test_movers_count_missing_periods_as_empty():

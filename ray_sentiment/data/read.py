@@ -42,7 +42,7 @@ def read_table(path: str, string_columns: tuple[str, ...] = ()) -> ray.data.Data
         return ray.data.read_json(files)
 
 
-def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_column: str | None = None) -> None:
+def require_columns(ds: ray.data.Dataset, path: str, *, columns: list[str], text_column: str | None = None) -> None:
     """Fail before any work starts when a column is missing, or the text column holds no strings."""
     with user_errors(f"cannot read {path}: "):
         schema = ds.schema()
@@ -54,6 +54,7 @@ def require_columns(ds: ray.data.Dataset, path: str, columns: list[str], text_co
 def read_labelled(
     path: str,
     text_column: str = "text",
+    *,
     label_column: str | None = "label",
     split_column: str | None = None,
     group_column: str | None = None,
@@ -66,7 +67,7 @@ def read_labelled(
     optional = [c for c in (split_column, group_column) if c]
     columns = list(dict.fromkeys([text_column] + ([label_column] if label_column else []) + optional))
     ds = read_table(path, tuple(columns))
-    require_columns(ds, path, columns, text_column)
+    require_columns(ds, path, columns=columns, text_column=text_column)
 
     def clean(batch: pa.Table) -> pa.Table:
         text = batch[text_column].cast(pa.string())

@@ -95,7 +95,7 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> str:
     if bundle.linear:
         config["linear"] = {"weight": bundle.linear_weight, "word_bits": WORD_BITS, "char_bits": CHAR_BITS}
         parts[LINEAR] = save_arrays(bundle.linear.tensors())
-    return _save(path, config, bundle.vocab, bundle.metrics, parts)
+    return _save(path, config, vocab=bundle.vocab, metrics=bundle.metrics, parts=parts)
 
 
 def _shape_config(model_config: ModelConfig, tokenizer: TokenizerConfig) -> dict:
@@ -105,7 +105,7 @@ def _shape_config(model_config: ModelConfig, tokenizer: TokenizerConfig) -> dict
     }
 
 
-def _save(path: str | os.PathLike, config: dict, vocab: list[str], metrics: dict, parts: dict[str, bytes]) -> str:
+def _save(path: str | os.PathLike, config: dict, *, vocab: list[str], metrics: dict, parts: dict[str, bytes]) -> str:
     """The one writer of bundles and encoders: JSON parts, then binary ones, to a directory or a URI."""
 
     def write(directory: Path) -> None:
@@ -148,18 +148,18 @@ def _read(path: Path, name: str) -> ModelBundle:
     shown = _shown(name)
     config = _read_json(path / CONFIG, dict, shown(CONFIG))
     labels, model_config, tokenizer = _check_config(config, shown(CONFIG))
-    vocab, metrics = _read_vocab_and_metrics(path, tokenizer, model_config, shown)
+    vocab, metrics = _read_vocab_and_metrics(path, tokenizer, model_config=model_config, shown=shown)
     weights = (path / WEIGHTS).read_bytes()
     parts, linear = [weights], None
     if config["format_version"] == 2:
         parts.append(_read_part(path, LINEAR, shown))
-        linear = _check_linear(parts[-1], config.get("linear"), len(labels), shown)
+        linear = _check_linear(parts[-1], config.get("linear"), num_classes=len(labels), shown=shown)
     return ModelBundle(
         labels=labels,
         vocab=vocab,
         model_config=model_config,
         tokenizer=tokenizer,
-        state_dict=_check_weights(weights, WEIGHTS, parameter_shapes(model_config), shown),
+        state_dict=_check_weights(weights, WEIGHTS, expected=parameter_shapes(model_config), shown=shown),
         preset=config.get("preset", "custom"),
         metrics=metrics,
         versions=config.get("versions", {}),
@@ -174,10 +174,10 @@ def _shown(name: str) -> Shown:
 
 
 def _read_vocab_and_metrics(
-    path: Path, tokenizer: TokenizerConfig, model_config: ModelConfig, shown: Shown
+    path: Path, tokenizer: TokenizerConfig, *, model_config: ModelConfig, shown: Shown
 ) -> tuple[list[str], dict]:
     vocab = _read_json(path / VOCAB, list, shown(VOCAB))
-    _check_vocab(vocab, tokenizer, model_config, shown)
+    _check_vocab(vocab, tokenizer, model_config=model_config, shown=shown)
     metrics = _read_json(path / METRICS, dict, shown(METRICS)) if (path / METRICS).is_file() else {}
     return vocab, metrics
 
@@ -215,7 +215,7 @@ def _check_config(config: dict, shown: str) -> tuple[list[str], ModelConfig, Tok
     return labels, model_config, tokenizer
 
 
-def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelConfig, shown: Shown) -> None:
+def _check_vocab(vocab: list, tokenizer: TokenizerConfig, *, model_config: ModelConfig, shown: Shown) -> None:
     if not all(isinstance(t, str) for t in vocab) or tuple(vocab[: len(SPECIALS)]) != SPECIALS:
         raise BundleError(f"{shown(VOCAB)} must be a list of strings starting with {list(SPECIALS)}")
     if len(set(vocab)) != len(vocab):
@@ -231,7 +231,9 @@ def _check_vocab(vocab: list, tokenizer: TokenizerConfig, model_config: ModelCon
         )
 
 
-def _check_weights(data: bytes, part: str, expected: dict[str, tuple[int, ...]], shown: Shown) -> dict[str, np.ndarray]:
+def _check_weights(
+    data: bytes, part: str, *, expected: dict[str, tuple[int, ...]], shown: Shown
+) -> dict[str, np.ndarray]:
     """The arrays of a weights file, once their names and shapes are the `expected` ones (checked
     before the model is built: a wrong size could ask for petabytes) and every value is finite."""
     try:
@@ -314,7 +316,7 @@ def _read_part(path: Path, part: str, shown: Shown) -> bytes:
     return (path / part).read_bytes()
 
 
-def _check_linear(data: bytes, config: object, num_classes: int, shown: Shown) -> LinearModel:
+def _check_linear(data: bytes, config: object, *, num_classes: int, shown: Shown) -> LinearModel:
     """The linear model's arrays, once their shapes fit the hash sizes and the labels."""
     if not (isinstance(config, dict) and isinstance(config.get("weight"), (int, float)) and 0 <= config["weight"] <= 1):
         raise BundleError(f"{shown(CONFIG)}: 'linear.weight' must be a number between 0 and 1")
@@ -373,7 +375,13 @@ def save_encoder(encoder: EncoderBundle, path: str) -> str:
         **_shape_config(encoder.model_config, encoder.tokenizer),
         "versions": _versions(),
     }
-    return _save(path, config, encoder.vocab, encoder.metrics, {ENCODER: save_arrays(_arrays(encoder.state_dict))})
+    return _save(
+        path,
+        config,
+        vocab=encoder.vocab,
+        metrics=encoder.metrics,
+        parts={ENCODER: save_arrays(_arrays(encoder.state_dict))},
+    )
 
 
 def load_encoder(path: str) -> EncoderBundle:
@@ -390,9 +398,9 @@ def _read_encoder(path: Path, name: str) -> EncoderBundle:
     if config.get("kind") != "encoder" or config.get("format_version") != 1:
         raise BundleError(f"{shown(CONFIG)} does not describe a pretrained encoder of format version 1")
     model_config, tokenizer = _check_shape_config(config, shown(CONFIG))
-    vocab, metrics = _read_vocab_and_metrics(path, tokenizer, model_config, shown)
+    vocab, metrics = _read_vocab_and_metrics(path, tokenizer, model_config=model_config, shown=shown)
     # The embedding has a row per token of this vocabulary, which may be fewer than the config's.
     expected = {k: v for k, v in parameter_shapes(model_config).items() if k.startswith(ENCODER_PARTS)}
     expected["embedding.weight"] = (len(vocab), model_config.embed_dim)
-    state_dict = _check_weights((path / ENCODER).read_bytes(), ENCODER, expected, shown)
+    state_dict = _check_weights((path / ENCODER).read_bytes(), ENCODER, expected=expected, shown=shown)
     return EncoderBundle(vocab, model_config, tokenizer, state_dict, metrics)

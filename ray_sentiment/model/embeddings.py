@@ -16,7 +16,7 @@ from ..text.tokens import PAD_ID, UNK_ID
 RELATIVE_RANK_TOLERANCE = 1e-6  # float64 SVD noise is ~1e-15 of the largest singular value
 
 
-def cooccurrence_counts(ids: np.ndarray, lengths: np.ndarray, vocab_size: int, window: int = 5) -> sp.csr_matrix:
+def cooccurrence_counts(ids: np.ndarray, lengths: np.ndarray, *, vocab_size: int, window: int = 5) -> sp.csr_matrix:
     """Symmetric counts of token pairs at most `window` apart, weighted 1/distance."""
     rows, cols, weights = [], [], []
     positions = np.arange(ids.shape[1])
@@ -35,7 +35,7 @@ def cooccurrence_counts(ids: np.ndarray, lengths: np.ndarray, vocab_size: int, w
     ).tocsr()
 
 
-def ppmi_vectors(counts: sp.csr_matrix, dim: int, seed: int = 0, alpha: float = 0.75) -> np.ndarray:
+def ppmi_vectors(counts: sp.csr_matrix, dim: int, *, seed: int = 0, alpha: float = 0.75) -> np.ndarray:
     """[vocab_size, dim] float32 vectors with unit variance overall; padding and unknown rows are 0.
 
     Context counts are smoothed with exponent `alpha`, which keeps rare contexts from dominating."""

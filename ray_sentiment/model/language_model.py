@@ -36,7 +36,7 @@ class LanguageModelHeads(nn.Module):
         )
 
 
-def language_model_loss(model: SentimentLSTM, heads: LanguageModelHeads, ids: torch.Tensor, lengths: torch.Tensor):
+def language_model_loss(model: SentimentLSTM, heads: LanguageModelHeads, *, ids: torch.Tensor, lengths: torch.Tensor):
     """Mean negative log-likelihood per predicted token, over texts of at least two tokens."""
     lengths = lengths.to("cpu", torch.int64)
     keep = lengths >= 2
@@ -61,7 +61,7 @@ def language_model_loss(model: SentimentLSTM, heads: LanguageModelHeads, ids: to
 
 
 def pretrain_epoch(
-    model, heads, optimizer, arrays, order: np.ndarray, batch: int, steps: int, device, on_step=None
+    model, heads, *, optimizer, arrays, order: np.ndarray, batch: int, steps: int, device, on_step=None
 ) -> float:
     """`steps` optimizer steps of language modelling over rows in `order`; the mean loss."""
     ids, lengths = arrays
@@ -70,7 +70,9 @@ def pretrain_epoch(
     total, counted = torch.zeros((), device=device), 0
     for step in range(steps):
         idx = order[step * batch : (step + 1) * batch]
-        loss = language_model_loss(model, heads, torch.from_numpy(ids[idx]).to(device), torch.from_numpy(lengths[idx]))
+        loss = language_model_loss(
+            model, heads, ids=torch.from_numpy(ids[idx]).to(device), lengths=torch.from_numpy(lengths[idx])
+        )
         optimizer.zero_grad(set_to_none=False)
         if loss is not None:  # a batch of one-token texts predicts nothing, but still joins the average
             loss.backward()

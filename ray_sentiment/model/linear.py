@@ -48,7 +48,7 @@ class LinearModel:
         return (proba / proba.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def fit_linear(texts: Sequence[str], y: np.ndarray, num_classes: int, class_weighted: bool = True) -> LinearModel:
+def fit_linear(texts: Sequence[str], y: np.ndarray, *, num_classes: int, class_weighted: bool = True) -> LinearModel:
     """Fit on training texts and label ids (0..num_classes-1). Buckets seen in fewer than two texts
     get idf 0, as min_df=2 would drop them."""
     words, chars = ngram_counts(tokenize(texts))

@@ -99,7 +99,7 @@ def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Repo
     elif s.examples:
         report.notes.append("no confidence column: no representative comments")
     if s.model:
-        report.drivers = _drivers(ds, s.model, source.text_column, rows)
+        report.drivers = _drivers(ds, s.model, text_column=source.text_column, rows=rows)
     return report
 
 
@@ -151,7 +151,7 @@ def _examples(ds: ray.data.Dataset, args: tuple[ReportSettings, str, list[str]])
     return chosen.drop(columns="dedupe").sort_values(["key", "label", "confidence"], ascending=[True, True, False])
 
 
-def _drivers(ds: ray.data.Dataset, model: str, text_column: str, rows: int) -> pd.DataFrame:
+def _drivers(ds: ray.data.Dataset, model: str, *, text_column: str, rows: int) -> pd.DataFrame:
     """Per label the model predicts, the tokens that most often contributed most to it, over a
     seeded sample of comments explained by occlusion (Predictor.explain)."""
     from ..model.predictor import Predictor

@@ -52,7 +52,7 @@ def check_report_input(s: ReportSettings) -> ReportInput:
     if fmt != "parquet":
         for f in files:
             check_utf8(f)
-    dataset, _ = open_dataset(fmt, files, [], s.input)
+    dataset, _ = open_dataset(fmt, files, columns=[], path=s.input)
     names = dataset.schema.names
     text = s.text_column or ("text" if "text" in names else None)
     wanted = [c for c in (s.label_column, s.text_column, s.time_column, s.key_column) if c]
@@ -92,21 +92,21 @@ def _time_format(s: ReportSettings, kind: pa.DataType, sample: pa.ChunkedArray) 
                 f"time column {s.time_column!r}: cannot tell the format of {values[0]!r}; "
                 "give --time-format, e.g. '%Y-%m-%d %H:%M'"
             )
-    periods(sample, fmt, s.freq, s.time_column or "")
+    periods(sample, fmt, freq=s.freq, name=s.time_column or "")
     return fmt
 
 
-def periods(times: pa.ChunkedArray | pa.Array, fmt: str | None, freq: str, name: str) -> pa.Array:
+def periods(times: pa.ChunkedArray | pa.Array, fmt: str | None, *, freq: str, name: str) -> pa.Array:
     """Each row's period start (seconds since the epoch; NO_TIME for a null or empty time). Times
     with a zone are counted in UTC. A value that does not parse is a DataError naming it."""
-    seconds, problem = parse_periods(times, fmt, freq, name)
+    seconds, problem = parse_periods(times, fmt, freq=freq, name=name)
     if problem is not None:
         raise DataError(problem)
     return seconds
 
 
 def parse_periods(
-    times: pa.ChunkedArray | pa.Array, fmt: str | None, freq: str, name: str
+    times: pa.ChunkedArray | pa.Array, fmt: str | None, *, freq: str, name: str
 ) -> tuple[pa.Array, str | None]:
     """`periods`, with a value that does not parse given NO_TIME and named in the message returned."""
     if isinstance(times, pa.ChunkedArray):
@@ -160,7 +160,7 @@ def partial_counts(batch: pa.Table, s: ReportSettings, time_format: str | None) 
     driver refuses the input with that line."""
     period, problem = pa.array([NO_TIME] * batch.num_rows, pa.int64()), None
     if s.time_column:
-        period, problem = parse_periods(batch[s.time_column], time_format, s.freq, s.time_column)
+        period, problem = parse_periods(batch[s.time_column], time_format, freq=s.freq, name=s.time_column)
     table = pa.table(
         {
             "key": _keys(batch, s.key_column),

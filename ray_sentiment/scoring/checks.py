@@ -11,11 +11,13 @@ from ..settings import EvaluateSettings
 def check_evaluate(s: EvaluateSettings) -> ModelBundle:
     """The bundle, then the data: its columns, and labels the model knows. Returns the bundle."""
     bundle = load_bundle(s.model)
-    counts = check_labelled(s.data, s.text_column, s.label_column, s.split_column, s.group_column)
+    counts = check_labelled(
+        s.data, s.text_column, label_column=s.label_column, split_column=s.split_column, group_column=s.group_column
+    )
     if counts is None:
         return bundle
     found = total(counts, s.test_split or None)
-    check_split_has_rows(found, s.data, s.split_column, s.test_split)
+    check_split_has_rows(found, s.data, split_column=s.split_column, values=s.test_split)
     unknown_labels(set(found), bundle.labels, s.data)
     return bundle
 

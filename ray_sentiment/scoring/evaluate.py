@@ -32,7 +32,9 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     bundle = bundle or check_evaluate(s)
     labels = bundle.labels
     ensure_ray()
-    split = read_labelled(s.data, s.text_column, s.label_column, s.split_column, s.group_column)
+    split = read_labelled(
+        s.data, s.text_column, label_column=s.label_column, split_column=s.split_column, group_column=s.group_column
+    )
     if s.split_column:
         split.dataset = split_rows(split.dataset, s.test_split)
     unknown_labels(set(label_counts(split.dataset)), labels, s.data)

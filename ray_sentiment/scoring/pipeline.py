@@ -51,15 +51,15 @@ class FilesToScore:
     rows: int  # to score, for the progress line
 
 
-def score_files(s: ScoreSettings, todo: FilesToScore, bundle: ModelBundle, out: OutputDir) -> None:
+def score_files(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir) -> None:
     """Score the files into `out`."""
     ensure_ray()
     with progress() as reporter:
         reporter.update("scoring", 0, todo.rows)
-        _write_scored(s, todo, bundle, out, reporter)
+        _write_scored(s, todo, bundle=bundle, out=out, reporter=reporter)
 
 
-def _write_scored(s: ScoreSettings, todo: FilesToScore, bundle: ModelBundle, out: OutputDir, reporter: Reporter):
+def _write_scored(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir, reporter: Reporter):
     # Small blocks: every actor gets work, and output files (the unit of resume) are written as
     # the run goes, not all at its end. Ray packs small files into one read task otherwise.
     context = ray.data.DataContext.get_current()

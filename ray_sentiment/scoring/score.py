@@ -61,8 +61,10 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     fmt, files = list_input_files(s.input)
     if fmt != "parquet":
         raise DataError(f"{s.input} holds {fmt} files; score reads Parquet")
-    check_apart(s.input, files, s.output, WRITES)
-    schema, rows_in, keep = _check_parquet_files(files, s.input, s.text_column, s.id_column, s.columns)
+    check_apart(s.input, files, output=s.output, writes=WRITES)
+    schema, rows_in, keep = _check_parquet_files(
+        files, s.input, text_column=s.text_column, id_column=s.id_column, columns=s.columns
+    )
     resume_by = s.id_column if s.id_column and not s.allow_duplicate_ids else None
     if s.id_column:
         _check_ids(files, s.id_column, s.allow_duplicate_ids)
@@ -80,7 +82,7 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
         )
     out.claim(keep_previous=done is not None)
     if rows_in == 0:
-        _write_empty(out, schema, keep, renamed, bundle.labels, s.id_column)
+        _write_empty(out, schema, keep=keep, renamed=renamed, labels=bundle.labels, id_column=s.id_column)
     else:
         # Ray and torch are imported only now, the input checked.
         from .pipeline import Columns, FilesToScore, score_files
@@ -91,7 +93,7 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
         lineage = {} if s.id_column else {_unused(c, taken): out_name for c, out_name in zip(LINEAGE, SOURCE_COLUMNS)}
         todo = rows_in - (0 if done is None else len(done))
         columns = Columns(s.text_column, (*keep, *lineage), {**renamed, **lineage})
-        score_files(s, FilesToScore(files, columns, tuple(lineage), done, todo), bundle, out)
+        score_files(s, FilesToScore(files, columns, tuple(lineage), done, todo), bundle=bundle, out=out)
     rows_out, errors = _count_output(out)
     return ScoreSummary(
         rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed
@@ -121,7 +123,7 @@ def renamed_columns(keep: list[str]) -> dict[str, str]:
 
 
 def _check_parquet_files(
-    files: list[str], path: str, text_column: str, id_column: str | None, columns: tuple[str, ...] | None
+    files: list[str], path: str, *, text_column: str, id_column: str | None, columns: tuple[str, ...] | None
 ) -> tuple[pa.Schema, int, list[str]]:
     """Every file readable, holding every column used, with the same types as the first file.
     Returns the first file's schema, the number of rows (from the files' footers) and the columns
@@ -201,7 +203,7 @@ def _done_ids(out: OutputDir, id_column: str) -> np.ndarray:
 
 
 def _write_empty(
-    out: OutputDir, schema: pa.Schema, keep: list[str], renamed: dict, labels: list[str], id_column: str | None
+    out: OutputDir, schema: pa.Schema, *, keep: list[str], renamed: dict, labels: list[str], id_column: str | None
 ) -> None:
     """0 rows in: one empty file with the columns a non-empty run would write, so readers still work."""
     fields = [pa.field(renamed.get(c, c), schema.field(c).type) for c in keep] + result_fields(labels)

@@ -57,7 +57,7 @@ class SentimentServer:
         self.batcher = Batcher(self.predictor.predict_proba, max_texts, settings.batch_wait_ms / 1000)
         app = app_identity(ray.get_runtime_context().gcs_address, serve.get_replica_context().app_name)
         self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs(), self.explain, app=app)
-        async with claimed_port(settings.host, settings.port, app, holder_line(settings.model)):
+        async with claimed_port(settings.host, settings.port, app=app, holder=holder_line(settings.model)):
             self.server = await listen(self.app, settings.host, settings.port, settings.client_timeout_s)
         # What is loaded now lives as long as the replica: kept out of the collector's full passes,
         # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.

@@ -163,7 +163,7 @@ def parse_texts(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[str]
     return texts, explain
 
 
-async def read_body(scope, receive, timeout_s: float, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(scope, receive, *, timeout_s: float, limit: int = MAX_BODY_BYTES) -> bytes:
     """The whole body, refused with 413 by its Content-Length or, when chunked, as soon as the
     bytes read pass the limit (at most `limit` bytes are ever kept). A body that stalls for
     `timeout_s` (a Content-Length larger than what is sent), or trickles in for 6 times that, is a
@@ -272,8 +272,8 @@ class SentimentApp:
                 if self.draining:
                     raise HTTPError(503, "shutting down", self.app_header)
                 if path == "/-/healthz":  # what KubeRay's readiness probe looks for
-                    return await _send(send, 200, b"success", "text/plain", self.app_header)
-                return await _send(send, 200, b'{"status":"ok"}', headers=self.app_header)
+                    return await _send(send, 200, body=b"success", kind="text/plain", headers=self.app_header)
+                return await _send(send, 200, body=b'{"status":"ok"}', headers=self.app_header)
             if self.key and not self.key.allows(scope):
                 raise HTTPError(
                     401, "missing or wrong API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
@@ -281,12 +281,12 @@ class SentimentApp:
             if method != route.method and not (method == "HEAD" and route.method == "GET"):
                 raise HTTPError(405, f"use {route.method}", {"Allow": route.method})
             if path == "/v1/sentiment":
-                return await _send(send, 200, await self.sentiment(scope, receive), close=self.draining)
+                return await _send(send, 200, body=await self.sentiment(scope, receive), close=self.draining)
             kind, body = self.static[path]
-            return await _send(send, 200, body, kind)
+            return await _send(send, 200, body=body, kind=kind)
         except HTTPError as error:
             body = json.dumps({"detail": error.detail}).encode()
-            await _send(send, error.status, body, headers=error.headers, close=self.draining)
+            await _send(send, error.status, body=body, headers=error.headers, close=self.draining)
         except ConnectionAbortedError:
             pass
 
@@ -335,7 +335,7 @@ class SentimentApp:
         return self.in_flight
 
 
-async def _send(send, status, body: bytes, kind="application/json", headers=None, close=False) -> None:
+async def _send(send, status, *, body: bytes, kind="application/json", headers=None, close=False) -> None:
     head = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
     head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if close:  # a stopping server: the client's next request should open a new connection elsewhere

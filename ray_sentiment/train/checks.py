@@ -49,8 +49,8 @@ def check_train(s: TrainSettings) -> tuple[Preset, EncoderBundle | None]:
     encoder = load_encoder(s.init_from) if s.init_from else None
     if encoder is not None:
         check_encoder_fits(encoder, r, s)
-    counts = check_labelled(s.train_path, s.text_column, s.label_column, s.split_column)
-    val = check_labelled(s.val_path, s.text_column, s.label_column) if s.val_path else None
+    counts = check_labelled(s.train_path, s.text_column, label_column=s.label_column, split_column=s.split_column)
+    val = check_labelled(s.val_path, s.text_column, label_column=s.label_column) if s.val_path else None
     if s.unlabelled_path:
         check_labelled(s.unlabelled_path, s.text_column)
     if counts is not None:
@@ -62,14 +62,14 @@ def check_labels(s: TrainSettings, counts: dict, val: dict | None) -> None:
     """Two classes to train on, and validation labels among them (prepare.load_labelled checks the
     same inside Ray, for inputs too large to count here)."""
     train = total(counts, s.train_split, exclude=s.val_split or ())
-    check_split_has_rows(train, s.train_path, s.split_column, s.train_split)
+    check_split_has_rows(train, s.train_path, split_column=s.split_column, values=s.train_split)
     require_classes(train, s.train_path)
     if s.val_split:
         val_counts = total(counts, s.val_split)
         check_validation_rows(sum(val_counts.values()), s.split_column, s.val_split)
-        check_known_labels(set(val_counts), set(train), split_rows_named(s))
+        check_known_labels(set(val_counts), set(train), rows=split_rows_named(s))
     elif val is not None:
-        check_known_labels(set(total(val)), set(train), f"{s.val_path} has")
+        check_known_labels(set(total(val)), set(train), rows=f"{s.val_path} has")
 
 
 def split_rows_named(s: TrainSettings) -> str:

@@ -50,14 +50,14 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     ensure_ray()
     started = time.time()
     data = read_data(settings, r)
-    texts = all_texts(data.train, settings.unlabelled_path, settings.text_column, data.counts)
+    texts = all_texts(data.train, settings.unlabelled_path, text_column=settings.text_column, counts=data.counts)
     vocab = encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size)
-    train_ds = encode_dataset(data.train, vocab, r.max_len, data.labels)
-    val_ds = encode_dataset(data.val, vocab, r.max_len, data.labels)
+    train_ds = encode_dataset(data.train, vocab, max_len=r.max_len, labels=data.labels)
+    val_ds = encode_dataset(data.val, vocab, max_len=r.max_len, labels=data.labels)
     pretraining = r.pretrain_epochs > 0 and encoder is None
-    encoded = encode_dataset(texts, vocab, r.max_len) if pretraining or r.embedding_init == "ppmi" else None
+    encoded = encode_dataset(texts, vocab, max_len=r.max_len) if pretraining or r.embedding_init == "ppmi" else None
     linear = fit_linear_task.remote(data.train, data.labels, r.class_weighted) if r.linear else None
-    loop = loop_settings(settings, r, data, vocab, encoded, encoder)
+    loop = loop_settings(settings, r, data=data, vocab=vocab, encoded_texts=encoded, encoder=encoder)
     datasets = {"train": train_ds, "val": val_ds, **({"lm": encoded} if pretraining else {})}
     state, checkpoint = fit(settings, loop, datasets)
     if state.best_model is None or state.best_report is None:  # no bundle without a validated epoch
@@ -80,7 +80,9 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     )
     if linear:
         bundle.linear = fitted = ray.get(linear)
-        bundle.linear_weight, metrics["linear_weight"] = weigh_linear(bundle, fitted, data.val, data.labels)
+        bundle.linear_weight, metrics["linear_weight"] = weigh_linear(
+            bundle, fitted, val_ds=data.val, labels=data.labels
+        )
     path = save_bundle(bundle, settings.output)
     if pretraining and state.encoder:
         save_encoder(encoder_of(bundle, state), f"{path.rstrip('/')}/{PRETRAINED_DIR}")
@@ -94,7 +96,7 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
 MAX_WEIGHING_ROWS = 20_000  # validation rows brought to the driver to weigh the hybrid's halves
 
 
-def weigh_linear(bundle: ModelBundle, linear: LinearModel, val_ds, labels: list[str]) -> tuple[float, dict]:
+def weigh_linear(bundle: ModelBundle, linear: LinearModel, *, val_ds, labels: list[str]) -> tuple[float, dict]:
     """The linear model's share of the hybrid average with the lowest validation log loss."""
     rows = val_ds.limit(MAX_WEIGHING_ROWS).to_pandas()
     tokens = tokenize(rows["text"].tolist())
@@ -106,7 +108,7 @@ def weigh_linear(bundle: ModelBundle, linear: LinearModel, val_ds, labels: list[
     return weight, {"chosen": weight, "val_log_loss": losses}
 
 
-def all_texts(train_ds, unlabelled_path: str | None, text_column: str, counts: dict):
+def all_texts(train_ds, unlabelled_path: str | None, *, text_column: str, counts: dict):
     """The training texts and, if given, the unlabelled ones: what the vocabulary, word vectors and
     language model learn from."""
     texts = train_ds.select_columns(["text"])
@@ -121,7 +123,7 @@ def all_texts(train_ds, unlabelled_path: str | None, text_column: str, counts: d
 def fit_linear_task(train_ds, labels: list[str], class_weighted: bool) -> LinearModel:
     rows = train_ds.to_pandas()
     y = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
-    return fit_linear(rows["text"].tolist(), y, len(labels), class_weighted)
+    return fit_linear(rows["text"].tolist(), y, num_classes=len(labels), class_weighted=class_weighted)
 
 
 def encoder_of(bundle: ModelBundle, state: TrainState) -> EncoderBundle:
@@ -174,6 +176,7 @@ def training_metrics(settings: TrainSettings, r: Preset, state: TrainState) -> d
 def loop_settings(
     settings: TrainSettings,
     r: Preset,
+    *,
     data: LabelledData,
     vocab: list[str],
     encoded_texts,
@@ -211,7 +214,7 @@ def loop_settings(
 def fit(settings, loop: LoopSettings, datasets: dict) -> tuple[TrainState, str]:
     """Run the workers; returns the last checkpoint's state and where that checkpoint is."""
     with progress() as reporter:
-        return _fit(settings, loop, datasets, reporter)
+        return _fit(settings, loop, datasets=datasets, reporter=reporter)
 
 
 # Ray Train's controller takes a worker's report when it polls, every 2 s by default, and the worker's
@@ -220,7 +223,7 @@ def fit(settings, loop: LoopSettings, datasets: dict) -> tuple[TrainState, str]:
 POLL_INTERVAL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
-def _fit(settings, loop: LoopSettings, datasets: dict, reporter: Reporter) -> tuple[TrainState, str]:
+def _fit(settings, loop: LoopSettings, *, datasets: dict, reporter: Reporter) -> tuple[TrainState, str]:
     os.environ.setdefault(*POLL_INTERVAL)
     trainer = TorchTrainer(
         train_loop,

@@ -107,10 +107,21 @@ def train_loop(config: dict) -> None:
     if bad:  # every worker starts from the same weights, so all of them stop here together
         return _stop(f"initial weights are not finite in {', '.join(bad)}; nothing was trained", rank)
     if cfg.pretraining and state.pretrain_epoch < cfg.pretraining.epochs:
-        language_model_phase(cfg.model, cfg.pretraining, cfg.seed, state, model, device, rank, reporter)
+        language_model_phase(
+            cfg.model,
+            cfg.pretraining,
+            seed=cfg.seed,
+            state=state,
+            model=model,
+            device=device,
+            rank=rank,
+            reporter=reporter,
+        )
     if cfg.classifying is None:  # `ray-sentiment pretrain`: the encoder is the result
         return None
-    return classifier_phase(cfg.classifying, cfg.seed, state, model, device, rank, reporter)
+    return classifier_phase(
+        cfg.classifying, cfg.seed, state=state, model=model, device=device, rank=rank, reporter=reporter
+    )
 
 
 def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
@@ -131,6 +142,7 @@ def _initial_model(cfg: LoopSettings, state: TrainState) -> SentimentLSTM:
 def language_model_phase(
     config: ModelConfig,
     phase: Pretraining,
+    *,
     seed: int,
     state: TrainState,
     model: SentimentLSTM,
@@ -158,8 +170,18 @@ def language_model_phase(
         started = time.perf_counter()
         order = np.random.default_rng([seed, epoch, rank, 1]).permutation(len(ids))
         what = f"pretrain epoch {epoch}/{phase.epochs}"
-        on_step = _on_step(reporter, what, steps, batch, rank)
-        loss = pretrain_epoch(model, heads, optimizer, (ids, lengths), order, batch, steps, device, on_step)
+        on_step = _on_step(reporter, what, steps=steps, batch=batch, rank=rank)
+        loss = pretrain_epoch(
+            model,
+            heads,
+            optimizer=optimizer,
+            arrays=(ids, lengths),
+            order=order,
+            batch=batch,
+            steps=steps,
+            device=device,
+            on_step=on_step,
+        )
         loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / _world()
         seconds = time.perf_counter() - started
         rate = steps * batch * _world() / seconds
@@ -172,11 +194,11 @@ def language_model_phase(
         if rank == 0:
             reporter.line(f"{what} language-model loss {loss:.4f} {record['texts_per_s']:.0f} texts/s")
         # After the last epoch the classifier starts with a fresh optimizer; a restart from here must too.
-        _report(record, state, model, None if last else optimizer, rank)
+        _report(record, state, model=model, optimizer=None if last else optimizer, rank=rank)
 
 
 def classifier_phase(
-    phase: Classifying, seed: int, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
+    phase: Classifying, seed: int, *, state: TrainState, model: SentimentLSTM, device, rank: int, reporter: Reporter
 ) -> None:
     """The classifier's epochs, with early stopping on the validation loss."""
     world = _world()
@@ -203,8 +225,18 @@ def classifier_phase(
     for epoch in range(state.epoch + 1, phase.epochs + 1):
         started = time.perf_counter()
         order = np.random.default_rng([seed, epoch, rank]).permutation(n_train)
-        on_step = _on_step(reporter, f"epoch {epoch}/{phase.epochs}", steps, batch, rank)
-        loss = train_epoch(model, optimizer, loss_fn, train_arrays, order, batch, steps, device, on_step)
+        on_step = _on_step(reporter, f"epoch {epoch}/{phase.epochs}", steps=steps, batch=batch, rank=rank)
+        loss = train_epoch(
+            model,
+            optimizer,
+            loss_fn=loss_fn,
+            arrays=train_arrays,
+            order=order,
+            batch=batch,
+            steps=steps,
+            device=device,
+            on_step=on_step,
+        )
         seconds = time.perf_counter() - started
         train_loss = _all_reduce(loss, device, dist.ReduceOp.SUM) / world
         if not np.isfinite(train_loss):  # all-reduced: every worker sees it and stops
@@ -213,17 +245,17 @@ def classifier_phase(
                 "lower --learning-rate, or check the data",
                 rank,
             )
-        report = _validate(model, val_ids, val_len, val_y, device, phase.labels)
+        report = _validate(model, val_ids, lengths=val_len, y=val_y, device=device, labels=phase.labels)
         record = {"epoch": epoch, "loss": train_loss, **{f"val_{k}": report[k] for k in EPOCH_METRICS}}
         record.update(samples_per_s=steps * batch * world / seconds, seconds=seconds)
-        _advance(state, record, report, model)
+        _advance(state, record, report=report, model=model)
         if rank == 0:
             reporter.line(
                 f"epoch {epoch}/{phase.epochs} loss {train_loss:.4f} val_loss {report['loss']:.4f} "
                 f"val_macro_recall {report['macro_recall']:.4f} val_accuracy {report['accuracy']:.4f} "
                 f"{record['samples_per_s']:.0f} samples/s"
             )
-        _report(record, state, model, optimizer, rank)
+        _report(record, state, model=model, optimizer=optimizer, rank=rank)
         if state.bad_epochs >= phase.patience:
             if rank == 0:
                 reporter.line(f"early stop: validation loss has not improved for {phase.patience} epochs")
@@ -231,15 +263,15 @@ def classifier_phase(
     return None
 
 
-def _validate(model, ids: np.ndarray, lengths: np.ndarray, y: np.ndarray, device, labels) -> dict:
+def _validate(model, ids: np.ndarray, *, lengths: np.ndarray, y: np.ndarray, device, labels) -> dict:
     """Metrics (and the loss) over every worker's validation shard, gathered."""
-    proba, y_all = _gather(_predict(model, ids, lengths, device)), _gather(y)
+    proba, y_all = _gather(_predict(model, ids, lengths=lengths, device=device)), _gather(y)
     report = classification_report(y_all, proba, list(labels))
     report["loss"] = float(-np.log(np.clip(proba[np.arange(len(y_all)), y_all], 1e-12, None)).mean())
     return report
 
 
-def _advance(state: TrainState, record: dict, report: dict, model) -> None:
+def _advance(state: TrainState, record: dict, *, report: dict, model) -> None:
     """One epoch done: history, best weights so far, epochs without improvement."""
     state.history.append(record)
     state.epoch = record["epoch"]
@@ -251,7 +283,7 @@ def _advance(state: TrainState, record: dict, report: dict, model) -> None:
 
 
 def train_epoch(
-    model, optimizer, loss_fn, arrays, order: np.ndarray, batch: int, steps: int, device, on_step=None
+    model, optimizer, *, loss_fn, arrays, order: np.ndarray, batch: int, steps: int, device, on_step=None
 ) -> float:
     """`steps` optimizer steps over rows in `order`; returns the mean training loss.
 
@@ -272,7 +304,7 @@ def train_epoch(
     return float(loss_sum) / steps
 
 
-def _on_step(reporter: Reporter, what: str, steps: int, batch: int, rank: int):
+def _on_step(reporter: Reporter, what: str, *, steps: int, batch: int, rank: int):
     """Rank 0 counts the epoch's batches; every worker runs as many, in step."""
     if rank != 0:
         return None
@@ -305,7 +337,7 @@ def _restore(checkpoint: Checkpoint | None, rank: int, reporter: Reporter) -> Tr
     return state
 
 
-def _report(record: dict, state: TrainState, model, optimizer, rank: int) -> None:
+def _report(record: dict, state: TrainState, *, model, optimizer, rank: int) -> None:
     if rank != 0:  # every worker reports; one writes the checkpoint
         ray.train.report(record)
         return
@@ -334,7 +366,7 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in inner.state_dict().items()}
 
 
-def _predict(model, ids: np.ndarray, lengths: np.ndarray, device, batch: int = 1024) -> np.ndarray:
+def _predict(model, ids: np.ndarray, *, lengths: np.ndarray, device, batch: int = 1024) -> np.ndarray:
     model.eval()
     inner = model.module if hasattr(model, "module") else model  # no DDP sync for inference
     out = [np.zeros((0, inner.config.num_classes), np.float32)]

@@ -69,23 +69,23 @@ def stratified_split(ds: ray.data.Dataset, fraction: float, seed: int) -> tuple[
 def load_labelled(s: TrainSettings) -> LabelledData:
     """Training and validation rows: --val, else the --val-split rows, else a stratified fraction.
     The label checks are those train/checks.py makes before Ray starts, here on all that was read."""
-    train = read_labelled(s.train_path, s.text_column, s.label_column, s.split_column)
+    train = read_labelled(s.train_path, s.text_column, label_column=s.label_column, split_column=s.split_column)
     val_rows = None
     if s.split_column:
         val_rows = split_rows(train.dataset, s.val_split) if s.val_split else None
         train.dataset = split_rows(train.dataset, s.train_split, exclude=s.val_split or ())
     counts = label_counts(train.dataset)
-    check_split_has_rows(counts, s.train_path, s.split_column, s.train_split)
+    check_split_has_rows(counts, s.train_path, split_column=s.split_column, values=s.train_split)
     require_classes(counts, s.train_path)
     labels = sorted(counts)
     summary: dict[str, dict] = {"train": {"read": train.rows_read, "dropped": train.rows_dropped}}
     if s.val_path:
-        val = read_labelled(s.val_path, s.text_column, s.label_column)
-        check_known_labels(set(label_counts(val.dataset)), set(labels), f"{s.val_path} has")
+        val = read_labelled(s.val_path, s.text_column, label_column=s.label_column)
+        check_known_labels(set(label_counts(val.dataset)), set(labels), rows=f"{s.val_path} has")
         train_ds, val_ds = train.dataset, val.dataset
         summary["val"] = {"read": val.rows_read, "dropped": val.rows_dropped}
     elif val_rows is not None:
-        check_known_labels(set(label_counts(val_rows)), set(labels), split_rows_named(s))
+        check_known_labels(set(label_counts(val_rows)), set(labels), rows=split_rows_named(s))
         train_ds, val_ds = train.dataset, val_rows
         summary["val"] = {"split": list(s.val_split or ())}
     else:
@@ -117,7 +117,7 @@ def fit_vocab(ds: ray.data.Dataset, vocab_size: int) -> list[str]:
 
 
 def encode_dataset(
-    ds: ray.data.Dataset, vocab: list[str], max_len: int, labels: list[str] | None = None
+    ds: ray.data.Dataset, vocab: list[str], *, max_len: int, labels: list[str] | None = None
 ) -> ray.data.Dataset:
     """text[, label] → ids (int32 [max_len]), length (int32)[, label_id (int64)], tokenised in Ray tasks."""
     encoder = Encoder(vocab, max_len)
@@ -137,7 +137,7 @@ def cooccurrence_matrix(encoded: ray.data.Dataset, vocab_size: int) -> sp.csr_ma
     """Word co-occurrence counts over an encoded dataset: per block in Ray tasks, summed on the driver."""
 
     def per_block(batch: dict) -> dict:
-        counts = cooccurrence_counts(batch["ids"], batch["length"], vocab_size).tocoo()
+        counts = cooccurrence_counts(batch["ids"], batch["length"], vocab_size=vocab_size).tocoo()
         return {"row": counts.row.astype(np.int32), "col": counts.col.astype(np.int32), "n": counts.data}
 
     total = sp.csr_matrix((vocab_size, vocab_size), dtype=np.float32)

@@ -43,7 +43,7 @@ def pretrain(settings: PretrainSettings) -> str:
     print(f"data: {rows} texts ({sum(p.rows_dropped for p in parts)} null or empty dropped)")
     vocab = fit_vocab(texts, s.vocab_size or preset.model.vocab_size)
     max_len = s.max_len or preset.max_len
-    encoded = encode_dataset(texts, vocab, max_len)
+    encoded = encode_dataset(texts, vocab, max_len=max_len)
     model = dataclasses.replace(preset.model, num_classes=2, vocab_size=len(vocab))  # the head is not trained
     embedding = None
     if preset.embedding_init == "ppmi":
