@@ -12,6 +12,7 @@ import html
 import io
 import json
 import os
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +23,9 @@ from ..errors import DataError
 from ..storage import failing_as, resolve_filesystem
 from .source import NO_TIME, UNITS
 from .stats import TRAILING
+
+if TYPE_CHECKING:
+    from .build import Report
 
 TABLES = ("counts", "label_shares", "key_shares", "timeline", "movers", "words", "examples", "drivers")
 PLOTS = ("label_shares.png", "key_shares.png", "share_over_time.png")
@@ -83,7 +87,7 @@ def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**{c: table[c].map(quoted) for c in texts})
 
 
-def write_report(report, output: str) -> list[str]:
+def write_report(report: Report, output: str) -> list[str]:
     """Every file of the report under `output`; earlier report files this run does not write are
     deleted (they are ours: check_output ran). Returns the names written."""
     plots = _plots(report)
@@ -108,7 +112,7 @@ def write_report(report, output: str) -> list[str]:
     return sorted(files)
 
 
-def _tables(report) -> dict[str, pd.DataFrame]:
+def _tables(report: Report) -> dict[str, pd.DataFrame]:
     candidates = {
         "counts": _counts(report),
         "label_shares": report.label_shares,
@@ -122,7 +126,7 @@ def _tables(report) -> dict[str, pd.DataFrame]:
     return {name: t.reset_index(drop=True) for name, t in candidates.items() if t is not None and not t.empty}
 
 
-def _counts(report) -> pd.DataFrame:
+def _counts(report: Report) -> pd.DataFrame:
     """Comments per key, period (null for a row without a time) and label."""
     if not report.settings.time_column:
         return report.counts.drop(columns="period")
@@ -130,9 +134,12 @@ def _counts(report) -> pd.DataFrame:
     return report.counts.assign(period=pd.to_datetime(period.where(period != NO_TIME), unit="s"))
 
 
-def summary(report, files: list[str]) -> dict:
+def summary(report: Report, files: list[str]) -> dict:
     s = report.settings
     overall = report.label_shares.set_index("label")
+    keys: dict[str, dict] = {}
+    words: dict[str, list[str]] = {}
+    drivers: dict[str, list[str]] = {}
     out = {
         "written_by": WRITTEN_BY,
         "input": s.input,
@@ -143,13 +150,13 @@ def summary(report, files: list[str]) -> dict:
         "counts": {k: int(v) for k, v in overall["n"].items()},
         "shares": {k: float(v) for k, v in overall["share"].items()},
         "key_column": s.key_column,
-        "keys": {},
+        "keys": keys,
         "time_column": s.time_column,
         "freq": s.freq if s.time_column else None,
         "focus_label": s.focus_label if s.time_column else None,
         "movers": _records(report.movers),
-        "distinctive_words": {},
-        "drivers": {},
+        "distinctive_words": words,
+        "drivers": drivers,
         "redacted": s.redact,
         "notes": report.notes,
         "files": files,
@@ -158,7 +165,7 @@ def summary(report, files: list[str]) -> dict:
         kept = set(_biggest_keys(report, SUMMARY_KEYS))
         out["keys_total"] = int(report.key_shares["key"].nunique())
         for key, part in report.key_shares[report.key_shares["key"].isin(kept)].groupby("key"):
-            out["keys"][key] = {
+            keys[key] = {
                 "n": int(part["n"].sum()),
                 "shares": {label: float(v) for label, v in zip(part["label"], part["share"])},
             }
@@ -166,10 +173,10 @@ def summary(report, files: list[str]) -> dict:
         out["periods"] = {"first": str(report.timeline["period"].min()), "last": str(report.timeline["period"].max())}
     if not report.words.empty:
         for label, part in report.words[report.words["key"] == ""].groupby("label"):
-            out["distinctive_words"][label] = part["word"].tolist()
+            words[label] = part["word"].tolist()
     if not report.drivers.empty:
         for label, part in report.drivers.groupby("label"):
-            out["drivers"][label] = part["token"].tolist()
+            drivers[label] = part["token"].tolist()
     return out
 
 
@@ -180,7 +187,7 @@ def _records(table: pd.DataFrame) -> list[dict]:
 # ---- plots ---------------------------------------------------------------------------------
 
 
-def _plots(report) -> dict[str, bytes]:
+def _plots(report: Report) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: a server or a CI machine
@@ -218,7 +225,7 @@ def _png(figure) -> bytes:
     return sink.getvalue()
 
 
-def _label_shares(report) -> bytes:
+def _label_shares(report: Report) -> bytes:
     import matplotlib.pyplot as plt
 
     table = report.label_shares.sort_values("label")
@@ -233,7 +240,7 @@ def _label_shares(report) -> bytes:
     return _png(figure)
 
 
-def _key_shares(report) -> bytes:
+def _key_shares(report: Report) -> bytes:
     import matplotlib.pyplot as plt
 
     totals = report.key_shares.groupby("key")["n"].sum()
@@ -257,7 +264,7 @@ def _key_shares(report) -> bytes:
     return _png(figure)
 
 
-def _share_over_time(report) -> bytes:
+def _share_over_time(report: Report) -> bytes:
     import matplotlib.pyplot as plt
 
     line, focus = report.timeline, report.settings.focus_label
@@ -295,7 +302,7 @@ blockquote{margin:.3rem 0;padding:.3rem .8rem;border-left:3px solid #ccc;backgro
 """
 
 
-def page(report, plots: dict[str, bytes]) -> str:
+def page(report: Report, plots: dict[str, bytes]) -> str:
     s = report.settings
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -371,11 +378,11 @@ def _table(table: pd.DataFrame, columns: list[str] | None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _biggest_keys(report, count: int) -> list[str]:
+def _biggest_keys(report: Report, count: int) -> list[str]:
     return report.key_shares.groupby("key")["n"].sum().nlargest(count).index.tolist()
 
 
-def _key_table(report) -> list[str]:
+def _key_table(report: Report) -> list[str]:
     """The keys with most comments, one row each; a page of 100,000 rows helps no one."""
     biggest = _biggest_keys(report, PAGE_KEYS)
     rows = report.key_shares[report.key_shares["key"].isin(biggest)]
@@ -389,7 +396,7 @@ def _key_table(report) -> list[str]:
     return parts
 
 
-def _movers(report) -> str:
+def _movers(report: Report) -> str:
     rows = []
     for m in report.movers.itertuples(index=False):
         arrow = "up" if m.change > 0 else "down"
@@ -403,7 +410,7 @@ def _movers(report) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _words(report) -> str:
+def _words(report: Report) -> str:
     s, words = report.settings, report.words
     parts = [
         "<p class='muted'>Weighted log-odds with an informative Dirichlet prior (Monroe et al. 2008): words "
@@ -418,7 +425,7 @@ def _words(report) -> str:
     return "\n".join(parts)
 
 
-def _examples(report) -> str:
+def _examples(report: Report) -> str:
     parts = []
     for (key, label), part in report.examples.groupby(["key", "label"]):
         title = f"{key}, {label}" if key else label

@@ -1,6 +1,9 @@
 """What `report` reads, checked before Ray starts, and the per-batch partial counts that Ray Data
 tasks compute from it. Pure pyarrow: each function takes a batch and returns a small table, so
 the driver only ever holds counts, never rows.
+
+Every group_by here passes use_threads=False: Ray Data may call a function from several threads of
+one worker, and Acero's threaded grouping then fails ("thread index 10 is out of range").
 """
 
 from __future__ import annotations
@@ -26,12 +29,10 @@ UNITS = {"H": "hour", "D": "day", "W": "week", "M": "month"}
 # matplotlib draws (and squash every real period into one pixel).
 YEARS = (1900, 2200)
 WORD = r"^#?\p{L}"  # distinctive words start with a letter: no <url>, numbers, emoji or punctuation
-# Every group_by here passes use_threads=False: Ray Data may call a function from several threads
-# of one worker, and Acero's threaded grouping then fails ("thread index 10 is out of range").
-CANDIDATES = 20
-EXAMPLES = pa.schema(
+CANDIDATES = 20  # rows per group and batch that may become an example, before de-duplication
+EXAMPLES = pa.schema(  # the candidate examples a batch gives
     [("key", pa.string()), ("label", pa.string()), ("text", pa.large_string()), ("confidence", pa.float32())]
-)  # rows per group and batch that may become an example, before de-duplication
+)
 
 
 @dataclass(frozen=True)
