@@ -32,11 +32,12 @@ import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment import Predictor, rules_arrow
+from ray_sentiment import Predictor
 from ray_sentiment.runtime import ensure_ray
 from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.serving.app import build, start
 from ray_sentiment.settings import ScoreSettings, ServeSettings, TrainSettings
+from ray_sentiment.text import rules_arrow
 from ray_sentiment.train.driver import train
 
 from _common import DATASETS, Sampler, add_json_option, finish, free_port, write_rows

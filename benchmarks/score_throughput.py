@@ -26,10 +26,12 @@ import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_sentiment import Predictor, rules_arrow, rules_re, text
+from ray_sentiment import Predictor
 from ray_sentiment.runtime import ensure_ray
 from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
+from ray_sentiment.text import rules_arrow, rules_re
+from ray_sentiment.text import tokens as text
 
 from _common import DATASETS, Sampler, add_json_option, finish, ratios, seed_bundle, tfidf_baseline, write_rows
 
