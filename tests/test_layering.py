@@ -2,6 +2,8 @@
 loads, the building blocks (text, model, data) import no runtime, and no runtime imports another."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ray_sentiment"
@@ -115,3 +117,21 @@ def test_the_package_has_no_import_cycle():
 
     for module in graph:
         visit(module, ())
+
+
+def test_the_import_paths_earlier_versions_documented_still_work():
+    code = """
+import sys
+import ray_sentiment.stream, ray_sentiment.text, ray_sentiment.train
+assert not {"ray", "torch"} & set(sys.modules), "importing a package loaded ray or torch"
+from ray_sentiment import Predictor
+from ray_sentiment.text import tokenize
+from ray_sentiment.stream import Broker, StreamRunner
+from ray_sentiment.train import train
+from ray_sentiment.score import score_parquet
+from ray_sentiment.serve import app_builder, build, start
+print(tokenize(["Moved, not gone"]).to_pylist())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[['moved', 'not', 'gone']]"
