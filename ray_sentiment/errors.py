@@ -62,7 +62,8 @@ def user_cause(exc: BaseException) -> BaseException | None:
             continue
         if _fixable(current):
             return current
-        current = current.__cause__ or current.__context__
+        # Only an explicit `raise ... from`: a bug raised while handling an OSError is still a bug.
+        current = current.__cause__
     return None
 
 
@@ -82,12 +83,9 @@ def user_message(exc: BaseException) -> str:
 
 
 @contextmanager
-def user_errors(
-    prefix: str,
-    kind: type[RaySentimentError] = DataError,
-) -> Iterator[None]:
+def user_errors(prefix: str) -> Iterator[None]:
     """Inside: an error a user can fix (see `user_cause`), even one Ray wrapped, becomes one
-    `kind` line, `prefix` + its message. Our own errors raised here pass unchanged, and so does
+    DataError line, `prefix` + its message. Our own errors raised here pass unchanged, and so does
     anything else: that is a bug, and the CLI reports it as one."""
     try:
         yield
@@ -97,4 +95,4 @@ def user_errors(
         cause = user_cause(exc)
         if cause is None:
             raise
-        raise kind(f"{prefix}{user_message(cause)}") from None
+        raise DataError(f"{prefix}{user_message(cause)}") from None

@@ -26,6 +26,13 @@ def test_what_a_user_can_fix_is_found_inside_rays_wrapper():
 
 def test_a_bug_is_not_taken_for_a_user_error_even_inside_rays_wrapper():
     assert user_cause(KeyError("label")) is None
+    try:  # a bug in the handling of a missing file is a bug
+        try:
+            raise FileNotFoundError("a.parquet")
+        except FileNotFoundError:
+            {}["label"]
+    except KeyError as bug:
+        assert bug.__context__ is not None and user_cause(bug) is None
     assert user_cause(wrapped(KeyError("label"))) is None
     assert user_cause(wrapped(TypeError("unsupported operand")).as_instanceof_cause()) is None
 
