@@ -522,7 +522,7 @@ async def answer(reader, writer):
 async def main():
     time.sleep(max(0.0, start_at - time.time()))
     try:
-        async with claimed_port("127.0.0.1", port, app, f"app {app}"):
+        async with claimed_port("127.0.0.1", port, app=app, holder=f"app {app}"):
             server = await asyncio.start_server(answer, sock=bind("127.0.0.1", port, reuse_port=True))
     except ConfigError as exc:
         print(exc, flush=True)
