@@ -34,7 +34,7 @@ quickstart: setup
 	@echo "Made: the model bundle $(RUN)/ and its test metrics $(RUN)/test_report.json. Next, with this model:"
 	@echo "  score Parquet files:  $(BIN)/ray-sentiment score --model $(RUN) --input comments.parquet --output scored/"
 	@echo "  serve it over HTTP:   $(BIN)/ray-sentiment serve --model $(RUN)   # POST http://127.0.0.1:8000/v1/sentiment"
-	@echo "  score a Redis stream: $(BIN)/ray-sentiment stream --model $(RUN) --redis redis://127.0.0.1:6379/0 --input-stream comments --output-stream comments:scored"
+	@echo "  score a Redis stream: $(BIN)/ray-sentiment stream --model $(RUN) --broker redis://127.0.0.1:6379/0 --input-stream comments --output-stream comments:scored"
 	@echo "README.md walks through all three on the airline tweets."
 
 test: setup

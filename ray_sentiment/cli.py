@@ -16,7 +16,7 @@ import traceback
 from datetime import datetime, timezone
 from importlib.metadata import version
 
-from .errors import RaySentimentError, user_cause, user_message
+from .errors import RaySentimentError, unwrapped, user_cause, user_message
 from .model.bundle import load_bundle
 from .model.presets import PRESETS
 from .settings import (
@@ -203,9 +203,8 @@ def preset_help(help: str, name: str) -> str:
     """A recipe flag's help, with the value each preset gives it when the flag is left out."""
     presets: dict[object, list[str]] = {}
     for key, preset in PRESETS.items():
-        presets.setdefault(getattr(preset, name) if hasattr(preset, name) else getattr(preset.model, name), []).append(
-            key
-        )
+        value = getattr(preset, name) if hasattr(preset, name) else getattr(preset.model, name)
+        presets.setdefault(value, []).append(key)
     if len(presets) == 1:
         return f"{help} (default: the preset's, {next(iter(presets))} in each)"
     values = "; ".join(f"{value} in {', '.join(keys)}" for value, keys in presets.items())
@@ -515,9 +514,7 @@ def report_bug(exc: Exception, verbose: bool) -> int:
         file.write(trace)
     if verbose:
         print(trace, file=sys.stderr)
-    raised: BaseException = exc
-    while isinstance(getattr(raised, "cause", None), BaseException):  # inside Ray's wrappers
-        raised = raised.cause  # type: ignore[attr-defined]
+    raised = unwrapped(exc)
     what = (str(raised).strip().splitlines() or [""])[0]
     print(
         f"ray-sentiment: internal error, a bug in ray-sentiment (not in your input): {type(raised).__name__}"

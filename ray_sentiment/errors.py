@@ -56,15 +56,20 @@ def user_cause(exc: BaseException) -> BaseException | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        inner = getattr(current, "cause", None)
-        if isinstance(inner, BaseException):  # Ray's wrapper, even one that is also an instance of it
-            current = inner
-            continue
+        current = unwrapped(current)
         if _fixable(current):
             return current
         # Only an explicit `raise ... from`: a bug raised while handling an OSError is still a bug.
         current = current.__cause__
     return None
+
+
+def unwrapped(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, out of the wrappers it reached the driver in (its `cause`),
+    even a wrapper that is also an instance of it."""
+    while isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause  # type: ignore[attr-defined]
+    return exc
 
 
 def _fixable(exc: BaseException) -> bool:

@@ -1,5 +1,6 @@
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -91,6 +92,24 @@ def pytest_runtest_setup(item):
     ray = sys.modules.get("ray")
     if tier(item) == "e2e" and ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# Lines Ray writes on its own: process output "(RayTrainWorker pid=1)" or "(pid=gcs_server)", C++
+# logs "[2026-… E 1 1] x.cc:1:", Python logs "2026-… WARNING x.py:1 --", and warnings; colours aside.
+RAY_LINE = re.compile(
+    r"^\((\w+ )?pid=\w+|^\[\d{4}-\d\d-\d\d [\d:,.]+ [IWEF] \d+ \d+\]|^\d{4}-\d\d-\d\d [\d:,.]+\s+(INFO|WARNING|DEBUG)\b"
+    r"|Warning:|Progress bars disabled|Token authentication"
+)
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ray_lines(output: str) -> list[str]:
+    return [line for line in COLOUR.sub("", output).splitlines() if RAY_LINE.search(line)]
+
+
+def own_lines(output: str) -> list[str]:
+    """The lines that are not Ray's own."""
+    return [line for line in COLOUR.sub("", output).splitlines() if not RAY_LINE.search(line)]
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from ray_sentiment.report.page import csv_safe, legend_label, write_report
 from ray_sentiment.report.source import check_report_input
 from ray_sentiment.settings import ReportSettings
 
-from conftest import cli_in_process, dataset, run_cli
+from conftest import cli_in_process, dataset, own_lines, run_cli
 from test_report_stats import wilson_by_hand
 
 # Comments a user would not want published, scored as confidently as can be so that they are
@@ -212,8 +212,7 @@ def test_the_command_writes_the_report_and_no_redact_shows_what_was_masked(score
     assert result.returncode == 0, result.stderr[-3000:]
     # Joined to the session's cluster, Ray's own lines stay, as under `ray job submit`: the GCS
     # can log there about another test's actors. None of the command's own lines go to stderr.
-    ours = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", result.stderr).splitlines() if not line.startswith("(")]
-    assert ours == [] and "report written to" in result.stdout
+    assert own_lines(result.stderr) == [] and "report written to" in result.stdout
     assert "jane.doe@example.com" in (output / "report.html").read_text()
     assert pd.read_csv(output / "timeline.csv")["period"].str.len().eq(10).all()  # weeks, from Monday
     again = run_cli("report", *args, env=ray_address)

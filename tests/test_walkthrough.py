@@ -12,21 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, dataset, free_port
+from conftest import ROOT, dataset, free_port, ray_lines
 
-pytestmark = pytest.mark.e2e
-
-# Lines Ray writes on its own: worker output "(RayTrainWorker pid=1)", C++ logs "[2026-… E 1 1] x.cc:1:",
-# Python logs "2026-… WARNING x.py:1 --", and warnings.
-RAY_LINE = re.compile(
-    r"^\(\w+ pid=\d+|^\[\d{4}-\d\d-\d\d [\d:,.]+ [IWEF] \d+ \d+\]|^\d{4}-\d\d-\d\d [\d:,.]+\s+(INFO|WARNING|DEBUG)\b"
-    r"|Warning:|Progress bars disabled|Token authentication"
-)
 EPOCH_LINE = re.compile(r"^(pretrain )?epoch \d+/\d+ ")
 
-
-def ray_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if RAY_LINE.search(line)]
+pytestmark = pytest.mark.e2e
 
 
 def run_group(command: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
