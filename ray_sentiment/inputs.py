@@ -129,6 +129,42 @@ def normalised_labels(labels: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.
     return normal, pc.fill_null(pc.greater(pc.utf8_length(normal), 0), False)
 
 
+def labelled_rows(
+    batch: pa.Table,
+    text_column: str,
+    *,
+    label_column: str | None,
+    split_column: str | None = None,
+    group_column: str | None = None,
+) -> pa.Table:
+    """The rows with a non-blank text and, unless `label_column` is None, a label: columns `text`,
+    `label` (normalised), `split` (text) and `group` (text, NONE where null) as asked for.
+    Called per block inside Ray (data/read.py) and on a whole table in-process (evaluate)."""
+    text = batch[text_column].cast(pa.string())
+    keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+    if label_column is None:
+        return pa.table({"text": text.filter(pc.fill_null(keep, False))})
+    label, labelled = normalised_labels(batch[label_column])
+    keep = pc.fill_null(pc.and_kleene(keep, labelled), False)
+    out = {"text": text.filter(keep), "label": label.filter(keep)}
+    if split_column:
+        out["split"] = batch[split_column].cast(pa.string()).filter(keep)
+    if group_column:
+        out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NONE).filter(keep)
+    return pa.table(out)
+
+
+def rows_in_split(batch: pa.Table, values: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> pa.Table:
+    """The rows whose `split` is one of `values` (all of them if None) and none of `exclude`,
+    without the `split` column."""
+    split = batch["split"]
+    mask = pc.fill_null(pc.is_in(split, pa.array(values, pa.string())), False) if values else None
+    if exclude:
+        outside = pc.invert(pc.fill_null(pc.is_in(split, pa.array(exclude, pa.string())), False))
+        mask = outside if mask is None else pc.and_(mask, outside)
+    return (batch if mask is None else batch.filter(mask)).drop_columns(["split"])
+
+
 def check_labelled(
     path: str,
     text_column: str,

@@ -140,7 +140,7 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
     def kill_the_scorer():
         deadline = time.time() + 120
         while time.time() < deadline:
-            scorers = actor_pids("MapWorker", besides=earlier)  # the actor holding a _Scorer
+            scorers = actor_pids("MapWorker", besides=earlier)  # the actor holding a Scorer
             if scorers:
                 time.sleep(1.0)  # let it score a few batches first
                 with contextlib.suppress(ProcessLookupError):  # gone meanwhile: look again

@@ -1,5 +1,5 @@
 """Reasons for a label: Predictor.explain (occlusion) on a model trained on the airline tweets,
-`predict --explain`, and `evaluate --group-column --errors` through the CLI."""
+`predict --explain`, and `evaluate --group-column --errors` through the CLI, on Ray and in-process."""
 
 import json
 
@@ -8,6 +8,8 @@ import pytest
 
 from ray_sentiment import Predictor
 from ray_sentiment.errors import InvalidTextError
+from ray_sentiment.scoring.evaluate import evaluate_path, in_process
+from ray_sentiment.settings import EvaluateSettings
 
 from conftest import cli_in_process, dataset, run_cli
 
@@ -17,6 +19,22 @@ PAIRS = [
     ("the crew was great", "the crew was not great", "great"),
     ("i am happy with the service", "i am not happy with the service", "happy"),
 ]
+
+
+def assert_close(here, there, path="report"):
+    """Equal JSON values, floats to 1e-5 (the two paths batch the same rows differently)."""
+    if isinstance(there, float):
+        assert here == pytest.approx(there, abs=1e-5), path
+    elif isinstance(there, dict):
+        assert set(here) == set(there), path
+        for key in there:
+            assert_close(here[key], there[key], f"{path}.{key}")
+    elif isinstance(there, list):
+        assert len(here) == len(there), path
+        for i, (a, b) in enumerate(zip(here, there)):
+            assert_close(a, b, f"{path}[{i}]")
+    else:
+        assert here == there, path
 
 
 def contribution(record: dict, token: str) -> float:
@@ -120,6 +138,17 @@ def test_evaluate_per_airline_and_the_most_confident_mistakes(airline_bundle, ra
     wrong = scored[scored["true"] != scored["label"]].sort_values("confidence", ascending=False)
     expected = wrong.groupby("true").head(2).sort_values(["true", "confidence"], ascending=[True, False])
     assert [e["text"] for e in errors] == expected["text"].tolist()
+    # The same report scored in this process: the file is small and local, and no RAY_ADDRESS is set
+    settings = EvaluateSettings(
+        model=str(airline_bundle),
+        data=data,
+        split_column="split",
+        test_split=("test",),
+        group_column="airline",
+        errors=2,
+    )
+    assert in_process(settings)
+    assert_close(json.loads(json.dumps(evaluate_path(settings))), report)
 
 
 def test_evaluate_refuses_a_group_column_that_is_not_there(bundle, capsys):

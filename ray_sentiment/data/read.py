@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +17,7 @@ import pyarrow.csv as pacsv
 import ray
 
 from ..errors import user_errors
-from ..inputs import NONE, check_columns, check_text_column, list_input_files, normalised_labels
+from ..inputs import check_columns, check_text_column, labelled_rows, list_input_files, rows_in_split
 
 
 @dataclass
@@ -69,20 +70,13 @@ def read_labelled(
     ds = read_table(path, tuple(columns))
     require_columns(ds, path, columns=columns, text_column=text_column)
 
-    def clean(batch: pa.Table) -> pa.Table:
-        text = batch[text_column].cast(pa.string())
-        keep = pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
-        if label_column is None:
-            return pa.table({"text": text.filter(pc.fill_null(keep, False))})
-        label, labelled = normalised_labels(batch[label_column])
-        keep = pc.fill_null(pc.and_kleene(keep, labelled), False)
-        out = {"text": text.filter(keep), "label": label.filter(keep)}
-        if split_column:
-            out["split"] = batch[split_column].cast(pa.string()).filter(keep)
-        if group_column:
-            out["group"] = pc.fill_null(batch[group_column].cast(pa.string()), NONE).filter(keep)
-        return pa.table(out)
-
+    clean = partial(
+        labelled_rows,
+        text_column=text_column,
+        label_column=label_column,
+        split_column=split_column,
+        group_column=group_column,
+    )
     with user_errors(f"cannot read {path}: "):
         rows_read = ds.count()
         cleaned = ds.map_batches(clean, batch_format="pyarrow").materialize()
@@ -102,13 +96,5 @@ def label_counts(ds: ray.data.Dataset) -> Counter:
 
 def split_rows(ds: ray.data.Dataset, values: tuple[str, ...] | None, exclude: tuple[str, ...] = ()) -> ray.data.Dataset:
     """The rows whose `split` is one of `values` (all of them if None) and none of `exclude`."""
-
-    def select(batch: pa.Table) -> pa.Table:
-        split = batch["split"]
-        mask = pc.fill_null(pc.is_in(split, pa.array(values, pa.string())), False) if values else None
-        if exclude:
-            outside = pc.invert(pc.fill_null(pc.is_in(split, pa.array(exclude, pa.string())), False))
-            mask = outside if mask is None else pc.and_(mask, outside)
-        return (batch if mask is None else batch.filter(mask)).drop_columns(["split"])
-
+    select = partial(rows_in_split, values=values, exclude=exclude)
     return ds.map_batches(select, batch_format="pyarrow").materialize()

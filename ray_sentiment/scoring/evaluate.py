@@ -1,11 +1,15 @@
-"""Evaluate a bundle on labelled data, scored through the same Ray Data path as `score`.
+"""Evaluate a bundle on labelled data, scored by the same tokenising and scoring code as `score`:
+in this process for a small local input, by Ray Data's actors for a large one or on a cluster.
 
     ray-sentiment evaluate --model runs/example --data examples/test.csv
 
-Only the labels and probabilities come back to the driver; the metrics are `metrics.py`'s.
+Through Ray, only the labels and probabilities come back to the driver. The metrics are `metrics.py`'s.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -14,39 +18,39 @@ import ray
 
 from ..data.read import label_counts, read_labelled, split_rows
 from ..errors import DataError
+from ..inputs import labelled_rows, list_input_files, open_dataset, rows_in_split
 from ..metrics import classification_report
 from ..model.bundle import ModelBundle
+from ..model.predictor import resolve_device
 from ..runtime import ensure_ray
 from ..settings import EvaluateSettings
+from ..storage import failing_as, is_uri
+from ..text.tokens import Encoder
 from .checks import check_evaluate, unknown_labels
-from .pipeline import Columns, ScoringPlan, score_dataset
+from .pipeline import Columns, Scorer, ScoringPlan, Tokenising, score_dataset
 
 NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
+# A local input up to this size, with no cluster to join (RAY_ADDRESS), is scored in this process:
+# starting Ray costs more than scoring it (the 3,000 airline test tweets: under a second).
+IN_PROCESS_BYTES = 32 << 20
+BATCH_ROWS = 4096
 
 
 def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dict:
     """Metrics of the bundle on the labelled rows (those whose `split_column` is in `test_split`,
     if given); with `group_column`, also per value of that column; with `errors`, the N most
     confident mistakes per true label with their tokens' contributions. `bundle`: what
-    checks.check_evaluate returned, if the caller ran it already."""
+    checks.check_evaluate returned, if the caller ran it already.
+
+    A small local input is scored in this process, a large one (or any, on a cluster) by Ray
+    Data's actors: the same tokenising and scoring code either way, so the same report."""
     bundle = bundle or check_evaluate(s)
     labels = bundle.labels
-    ensure_ray()
-    split = read_labelled(
-        s.data, s.text_column, label_column=s.label_column, split_column=s.split_column, group_column=s.group_column
-    )
-    if s.split_column:
-        split.dataset = split_rows(split.dataset, s.test_split)
-    unknown_labels(set(label_counts(split.dataset)), labels, s.data)
-    # The true label travels as `true`: the results take the name `label`.
-    use_gpu = s.device == "cuda" or (s.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    kept = ("label", *(["group"] if s.group_column else []), *(["text"] if s.errors else []))
-    plan = ScoringPlan(bundle, Columns("text", kept, {"label": "true"}), 4096, 1, use_gpu, max_text_chars=NO_LIMIT)
-    scored = score_dataset(split.dataset, plan)
+    scored, rows_skipped = _scored_here(s, bundle) if in_process(s) else _scored_on_ray(s, bundle)
     index = {label: i for i, label in enumerate(labels)}
     y, proba, groups = [np.zeros(0, np.int64)], [np.zeros((0, len(labels)), np.float32)], []
     mistakes = pd.DataFrame()
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in scored:
         y.append(np.fromiter((index[x] for x in batch["true"].to_pylist()), np.int64, batch.num_rows))
         proba.append(np.column_stack([batch[f"p_{label}"].to_numpy() for label in labels]))
         if s.group_column:
@@ -57,7 +61,7 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     if len(y_true) == 0:
         raise DataError(f"{s.data} has no rows with both a text and a label")
     report = classification_report(y_true, p, labels)
-    report["rows_scored"], report["rows_skipped"] = len(y_true), split.rows_dropped
+    report["rows_scored"], report["rows_skipped"] = len(y_true), rows_skipped
     if s.group_column:
         group = np.concatenate(groups)
         report["groups"] = {
@@ -66,6 +70,54 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     if s.errors:
         report["errors"] = _explained(mistakes, bundle)
     return report
+
+
+def in_process(s: EvaluateSettings) -> bool:
+    if os.environ.get("RAY_ADDRESS") or is_uri(s.data):
+        return False
+    return sum(os.path.getsize(f) for f in list_input_files(s.data)[1]) <= IN_PROCESS_BYTES
+
+
+def _kept(s: EvaluateSettings) -> tuple[str, ...]:
+    """The columns scoring keeps beside the results; the true label travels as `true`, since
+    the results take the name `label`."""
+    return ("label", *(["group"] if s.group_column else []), *(["text"] if s.errors else []))
+
+
+def _scored_here(s: EvaluateSettings, bundle: ModelBundle) -> tuple[Iterator[pa.Table], int]:
+    fmt, files = list_input_files(s.data)
+    columns = list(dict.fromkeys(c for c in (s.text_column, s.label_column, s.split_column, s.group_column) if c))
+    dataset, _ = open_dataset(fmt, files, columns=columns, path=s.data)
+    with failing_as(DataError, f"cannot read {s.data}"):
+        table = dataset.to_table(columns=columns)
+    rows = labelled_rows(
+        table, s.text_column, label_column=s.label_column, split_column=s.split_column, group_column=s.group_column
+    )
+    skipped = table.num_rows - rows.num_rows
+    if s.split_column:
+        rows = rows_in_split(rows, s.test_split)
+    unknown_labels(set(rows["label"].unique().to_pylist()), bundle.labels, s.data)
+    encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
+    tokenising = Tokenising(Columns("text", _kept(s), {"label": "true"}), encoder, bundle.linear, NO_LIMIT)
+    device = str(resolve_device(s.device))
+    scorer = Scorer(bundle, device, BATCH_ROWS, tokenising, None, threads=os.cpu_count() or 1)
+    return (scorer(rows.slice(start, BATCH_ROWS)) for start in range(0, rows.num_rows, BATCH_ROWS)), skipped
+
+
+def _scored_on_ray(s: EvaluateSettings, bundle: ModelBundle) -> tuple[Iterator[pa.Table], int]:
+    ensure_ray()
+    split = read_labelled(
+        s.data, s.text_column, label_column=s.label_column, split_column=s.split_column, group_column=s.group_column
+    )
+    if s.split_column:
+        split.dataset = split_rows(split.dataset, s.test_split)
+    unknown_labels(set(label_counts(split.dataset)), bundle.labels, s.data)
+    use_gpu = s.device == "cuda" or (s.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    plan = ScoringPlan(
+        bundle, Columns("text", _kept(s), {"label": "true"}), BATCH_ROWS, 1, use_gpu, max_text_chars=NO_LIMIT
+    )
+    scored = score_dataset(split.dataset, plan)
+    return scored.iter_batches(batch_format="pyarrow", batch_size=None), split.rows_dropped
 
 
 def _most_confident_mistakes(held: pd.DataFrame, batch: pa.Table, n: int) -> pd.DataFrame:

@@ -168,7 +168,7 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
     if plan.in_tasks:
         ds = ds.map_batches(tokenising, batch_format="pyarrow", batch_size=TOKENISE_ROWS)
     return ds.map_batches(
-        _Scorer,
+        Scorer,
         fn_constructor_args=(
             plan.bundle,
             "cuda" if plan.use_gpu else "cpu",
@@ -242,9 +242,9 @@ class Tokenising:
         return out.append_column("error", pa.array(problems, pa.string()))
 
 
-class _Scorer:
-    """One per actor: the model is loaded once and reused for every batch. Given `tokenising`, it
-    tokenises its batches itself."""
+class Scorer:
+    """One per actor (or one in `evaluate`'s own process): the model is loaded once and reused for
+    every batch. Given `tokenising`, it tokenises its batches itself."""
 
     def __init__(
         self,
