@@ -64,8 +64,19 @@ VERBOSE = argparse.ArgumentParser(add_help=False)
 VERBOSE.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own log lines and warnings")
 
 
-def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, parents=[VERBOSE])  # -v on every command
+ON_RAY = argparse.ArgumentParser(add_help=False)
+ON_RAY.add_argument(
+    "--address",
+    metavar="local|auto|HOST:PORT",
+    help="the Ray cluster to run on: 'local' starts a private Ray for this command; 'auto' joins the one "
+    "`ray start --head` runs on this machine; HOST:PORT (its head) joins that cluster "
+    "(default: $RAY_ADDRESS if set, as under `ray job submit`, else local)",
+)
+
+
+def _command(sub, name: str, help: str, on_ray: bool = True) -> argparse.ArgumentParser:
+    """-v on every command; --address on those that run on Ray."""
+    return sub.add_parser(name, help=help, parents=[VERBOSE, *([ON_RAY] if on_ray else [])])
 
 
 def _add_train(sub) -> None:
@@ -237,7 +248,7 @@ def _add_stream(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
-    parser = _command(sub, "stream-stats", help="print the live sentiment counts per window (and key)")
+    parser = _command(sub, "stream-stats", help="print the live sentiment counts per window (and key)", on_ray=False)
     stats = Flags(parser, StreamStatsSettings)
     stats.add("--broker", "--redis", dest="broker", default=broker_url(), help=BROKER_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
@@ -294,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace, *leave_out: str) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("command", "verbose", *leave_out)}
+    return {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "address", *leave_out)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -534,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         from .runtime import set_verbose
 
         set_verbose(True)
+    address = getattr(args, "address", None)
+    if address == "local":
+        os.environ.pop("RAY_ADDRESS", None)
+    elif address:  # read by every path that chooses between a cluster and a local Ray
+        os.environ["RAY_ADDRESS"] = address
     try:
         run(args)
     except RaySentimentError as exc:

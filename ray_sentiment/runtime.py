@@ -1,4 +1,5 @@
-"""Connecting to Ray: the cluster named by RAY_ADDRESS (as inside `ray job submit`), else a new local one."""
+"""Connecting to Ray: the cluster named by RAY_ADDRESS (as inside `ray job submit`, or set from
+`--address`), else a new local one."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
+
+from .errors import ConfigError
 
 # Loggers of Ray's libraries on the driver: quiet unless -v, since our own lines say what matters.
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune")
@@ -28,37 +32,51 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:  # under `ray job submit`: the job's log is where a user looks, so Ray's lines stay
-        ray.init(address=address, logging_level=logging.WARNING)
-        configure_ray_data(logging.WARNING if _verbose else logging.ERROR)
-        return
     quiet = not _verbose
-    # Ray (2.59 and later) turns token authentication on for a local cluster, and that token is
-    # what keeps other machines out: Ray's own gRPC servers listen on every interface, and Ray
-    # replaces a node address of 127.0.0.1 with the machine's own. The dashboard (jobs API) stays
-    # on loopback. A test checks both.
-    # "local" always starts a fresh instance: an address-less init would try to join whatever
-    # cluster Ray's temp folder remembers, even one whose head was killed.
-    # Metrics collection is off: its Prometheus endpoint would listen, unauthenticated, on every
-    # interface (Ray binds it to loopback only when the node address is loopback, which it never is
-    # here) and tell anyone session names, process ids and the machine's address.
-    with _agent_port_from_the_os():
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
-            logging_level=logging.ERROR if quiet else logging.WARNING,
-            log_to_driver=not quiet,  # our progress reaches the driver through progress.py, not stdout
-            _system_config={"enable_metrics_collection": False},
-        )
+    # Quiet: Ray logs only errors, and workers' output stays in Ray's log files (our progress
+    # reaches the driver through progress.py, not stdout). The same on a cluster as on a local Ray.
+    quiet_options = {"logging_level": logging.ERROR if quiet else logging.WARNING, "log_to_driver": not quiet}
+    address = os.environ.get("RAY_ADDRESS")  # set by `ray job submit`, or by --address
+    if address:
+        _check_reachable(address)
+        ray.init(address=address, **quiet_options)
+    else:
+        # Ray (2.59 and later) turns token authentication on for a local cluster, and that token is
+        # what keeps other machines out: Ray's own gRPC servers listen on every interface, and Ray
+        # replaces a node address of 127.0.0.1 with the machine's own. The dashboard (jobs API)
+        # stays on loopback. A test checks both.
+        # "local" always starts a fresh instance: an address-less init would try to join whatever
+        # cluster Ray's temp folder remembers, even one whose head was killed.
+        # Metrics collection is off: its Prometheus endpoint would listen, unauthenticated, on every
+        # interface (Ray binds it to loopback only when the node address is loopback, which it never
+        # is here) and tell anyone session names, process ids and the machine's address.
+        with _agent_port_from_the_os():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                dashboard_host="127.0.0.1",  # the dashboard serves the state API that Ray Train relies on
+                _system_config={"enable_metrics_collection": False},
+                **quiet_options,
+            )
     # Quiet, even Ray's ERROR lines go (a failed Ray Data task logs its traceback twice): the
     # failure reaches the user as our one error line, and -v shows Ray's own account of it.
     if quiet:
         for name in RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         _drop_native_noise()
+        _quiet_cluster_messages()
     configure_ray_data(logging.CRITICAL if quiet else logging.WARNING)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A head at HOST:PORT that does not answer: one line now, where ray.init would retry for minutes."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "://" in address:
+        return  # "auto", or a scheme Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -89,8 +107,9 @@ def _agent_port_from_the_os():
 # A line of Ray's C++ log: "[2026-11-29 13:46:31,152 E 27453 27453] core_worker.cc:2465: ...".
 NATIVE_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ ([IWEF]) \d+ \d+\] [\w.]+:\d+: ")
 # Error lines Ray logs in normal operation: Ray Data's actors get their code through the object
-# store, and Ray warns once per process that a restart would need it (ray-project/ray#53727).
-NATIVE_NOISE = (b"has constructor arguments in the object store",)
+# store, and Ray warns once per process that a restart would need it (ray-project/ray#53727);
+# after a node is lost, Ray rebuilds the objects it held, and says so.
+NATIVE_NOISE = (b"has constructor arguments in the object store", b"Attempting to recover")
 
 
 def _drop_native_noise() -> None:
@@ -122,6 +141,33 @@ def _drop_native_noise() -> None:
     atexit.register(restore)
 
 
+NODE_LOST = re.compile(r"node id: (\w+) and address: ([\w.:\[\]-]+).*has been marked dead")
+
+
+def _quiet_cluster_messages() -> None:
+    """Ray prints the cluster's error messages (a task it retries, a node marked dead) on the
+    driver's stdout, past logging and log_to_driver. Quiet, they go: Ray's retries are how the
+    commands survive a lost node, and say nothing the user must act on. A lost node is said in one
+    line of ours on stderr."""
+    from ray._private import worker
+
+    if not hasattr(worker, "print_to_stdstream"):
+        return  # a Ray that prints them some other way: they stay
+
+    def print_ours(data: dict, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            lost = NODE_LOST.search(line)
+            if lost:
+                print(
+                    f"ray-sentiment: lost a node of the cluster (node {lost.group(1)[:12]} at {lost.group(2)}); "
+                    "Ray retries its work on the others",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    worker.print_to_stdstream = print_ours
+
+
 def stop_on_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT set `stop`, for commands that finish their work in flight before exiting.
     Call it after Ray starts: ray.init installs a SIGTERM handler that exits at once."""
@@ -144,10 +190,27 @@ def configure_ray_data(level: int) -> None:
 
 def cpus_per_process(count: int, use_gpu: bool) -> float:
     """CPUs to reserve for each of `count` Train workers or model actors: one each, unless that
-    would leave no CPU for Ray Data's read and tokenise tasks, which then wait forever."""
+    would leave a node that holds them too little for a Ray Data task (task_cpus), which would
+    then wait forever. The processes spread over the nodes that have CPUs (a GPU cluster's head
+    often has none), so the smallest such node decides. Never 0: a process that reserves no CPU
+    may be placed on a head that has none."""
+    if use_gpu:
+        return 1.0
+    nodes = cpu_nodes()
+    if sum(nodes) - count >= 1:
+        return 1.0
+    per_node = -(-count // len(nodes))
+    return min(1.0, max(0.01, (min(nodes) - task_cpus()) / per_node))
+
+
+def task_cpus() -> float:
+    """CPUs each Ray Data task beside the model actors asks for: one, or half of a 1-CPU node."""
+    return min(1.0, min(cpu_nodes()) / 2)
+
+
+def cpu_nodes() -> list[float]:
+    """The CPUs of each live node that has any."""
     import ray
 
-    total = ray.cluster_resources().get("CPU", 1.0)
-    if use_gpu or total - count >= 1:
-        return 1.0
-    return max(0.25, (total - 1) / count)
+    nodes = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    return [cpus for cpus in nodes if cpus > 0] or [1.0]

@@ -30,7 +30,7 @@ SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server", "airline_bundle", 
 # about a quarter of this machine's 2 CPUs idle: the e2e tier, which shares nothing with the others,
 # and before it the modules named here, which need only a Ray of their own (their share evens the
 # lanes' times); the rest in the main lane.
-SIDE_LANE_MODULES = {"test_train.py"}
+SIDE_LANE_MODULES = {"test_train.py", "test_multinode.py"}
 
 
 def pytest_addoption(parser):

@@ -67,8 +67,8 @@ class ModelBundle:
         from .lstm import SentimentLSTM
 
         model = SentimentLSTM(self.model_config)
-        try:
-            model.load_state_dict({k: torch.as_tensor(v) for k, v in self.state_dict.items()}, strict=True)
+        try:  # torch.tensor copies: a bundle from Ray's object store holds read-only arrays
+            model.load_state_dict({k: torch.tensor(v) for k, v in self.state_dict.items()}, strict=True)
         except RuntimeError as exc:  # missing/unexpected keys or wrong shapes
             first = str(exc).strip().splitlines()
             raise BundleError(f"weights do not fit the model in {CONFIG}: {' '.join(first[:3])}") from None

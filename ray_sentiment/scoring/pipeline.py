@@ -31,7 +31,7 @@ from ..model.predictor import Predictor
 from ..outputs import OutputDir
 from ..progress import Reporter, progress
 from ..results import check_texts, result_columns, result_fields
-from ..runtime import cpus_per_process, ensure_ray
+from ..runtime import cpu_nodes, cpus_per_process, ensure_ray, task_cpus
 from ..settings import Concurrency, ScoreSettings
 from ..storage import resolve_filesystem
 from ..text.tokens import TOKENISE_ROWS, Encoder, tokenize
@@ -66,14 +66,16 @@ def _write_scored(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, 
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
         read = sorted((set(todo.columns.keep) - set(todo.lineage)) | {s.text_column})
-        ds = ray.data.read_datasource(NumberedParquet(todo.files, read, todo.lineage))
+        cpus = task_cpus()
+        ds = ray.data.read_datasource(NumberedParquet(todo.files, read, todo.lineage), num_cpus=cpus)
         if todo.done is not None and len(todo.done):
-            ds = ds.map_batches(_drop_done, fn_args=(s.id_column, todo.done), batch_format="pyarrow")
+            ds = ds.map_batches(_drop_done, fn_args=(s.id_column, todo.done), batch_format="pyarrow", num_cpus=cpus)
         plan = ScoringPlan(
             bundle, todo.columns, s.batch_size, s.concurrency, s.use_gpu, s.max_text_chars, reporter=reporter
         )
         scored = score_dataset(ds, plan)
-        scored.write_parquet(out.target, filename_provider=FilenameProvider(out.file_prefix, "parquet"))
+        names = FilenameProvider(out.file_prefix, "parquet")
+        scored.write_parquet(out.target, filename_provider=names, ray_remote_args={"num_cpus": cpus})
     except Exception as exc:
         cause = user_cause(exc)
         if cause is None:  # a bug: the CLI reports it as one
@@ -166,7 +168,7 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
         plan.columns, Encoder(plan.bundle.vocab, plan.bundle.tokenizer.max_len), plan.bundle.linear, plan.max_text_chars
     )
     if plan.in_tasks:
-        ds = ds.map_batches(tokenising, batch_format="pyarrow", batch_size=TOKENISE_ROWS)
+        ds = ds.map_batches(tokenising, batch_format="pyarrow", batch_size=TOKENISE_ROWS, num_cpus=task_cpus())
     return ds.map_batches(
         Scorer,
         fn_constructor_args=(
@@ -187,9 +189,8 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
 
 def _threads_per_actor(actors: int) -> int:
     """The CPUs of a node shared among the actors it will hold (actors spread over the nodes)."""
-    nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
-    per_node = ray.cluster_resources().get("CPU", 1) / nodes
-    return max(1, int(per_node // -(-actors // nodes)))
+    nodes = cpu_nodes()
+    return max(1, int(min(nodes) // -(-actors // len(nodes))))
 
 
 def _actor_pool(concurrency: Concurrency) -> ray.data.ActorPoolStrategy:

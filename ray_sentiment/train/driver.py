@@ -25,7 +25,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 from ..data.read import read_labelled
-from ..errors import DataError, TrainingError
+from ..errors import DataError, TrainingError, user_cause
 from ..model.bundle import EncoderBundle, ModelBundle, save_bundle, save_encoder
 from ..model.embeddings import ppmi_vectors
 from ..model.linear import LinearModel, best_weight, fit_linear
@@ -240,7 +240,14 @@ def _fit(settings, loop: LoopSettings, *, datasets: dict, reporter: Reporter) ->
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
+    nodes = _alive_nodes()
+    try:
+        result = trainer.fit()
+    except ray.train.WorkerGroupError as exc:
+        lost = _lost_worker(exc, nodes, settings.max_failures)
+        if lost is None:
+            raise
+        raise lost from None
     if result.metrics and result.metrics.get("error"):
         raise TrainingError(result.metrics["error"])
     with result.checkpoint.as_directory() as directory:
@@ -248,6 +255,32 @@ def _fit(settings, loop: LoopSettings, *, datasets: dict, reporter: Reporter) ->
     if not settings.keep_checkpoints:
         prune_checkpoints(result.checkpoint)
     return TrainState(**state), result.checkpoint.path
+
+
+# What a worker raises when its peer in the process group vanished (gloo's words, for CPU training).
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer")
+NODE_DEATH_S = 20.0  # how long Ray may take to mark a lost node dead (missed health checks)
+
+
+def _alive_nodes() -> dict[str, str]:
+    return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+
+
+def _lost_worker(exc: ray.train.WorkerGroupError, before: dict[str, str], max_failures: int) -> TrainingError | None:
+    """A worker lost with its process or node: the others then fail as their peer vanishes. The
+    machines failed, not the input or the code; the error names the node if one died. None: a
+    worker raised an error of its own, which is a bug."""
+    failures = list((getattr(exc, "worker_failures", None) or {}).values())
+    ray_failed = any(user_cause(f) is not None for f in failures)
+    if not ray_failed and not any(gone in str(f) for f in failures for gone in PEER_GONE):
+        return None
+    deadline = time.monotonic() + NODE_DEATH_S
+    while not (dead := set(before) - set(_alive_nodes())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    where = "; ".join(f"node {node[:12]} at {before[node]}" for node in sorted(dead))
+    what = f"its node was lost ({where})" if dead else "its process died"
+    retries = f"--max-failures {max_failures} was used up" if max_failures else "give --max-failures N"
+    return TrainingError(f"a training worker was lost: {what}; {retries} to resume from the latest checkpoint")
 
 
 def prune_checkpoints(latest: Checkpoint) -> None:
