@@ -237,6 +237,22 @@ def refusals(bundle: Path, tmp_path: Path, busy_port: int) -> list[tuple[tuple, 
     ]
 
 
+def test_an_address_where_no_ray_answers_is_one_line_at_once(bundle, capsys, monkeypatch):
+    """Ray itself would retry such an address for minutes; --address local starts no cluster at all
+    for evaluate's small input (scored in this process) even where RAY_ADDRESS names one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket closes
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ("--model", str(bundle), "--data", str(EXAMPLES_TEST))
+    result = cli_in_process(capsys, "evaluate", "--address", closed, *args)
+    _one_line_error(result, f"cannot reach the Ray cluster at {closed}: Connection refused")
+    monkeypatch.setenv("RAY_ADDRESS", closed)
+    result = cli_in_process(capsys, "evaluate", "--address", "local", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows_scored"] == 120
+
+
 def test_refusals_are_one_line_exit_2_and_come_before_ray_and_torch(bundle, tmp_path):
     """Each refusal is one line naming the problem, decided before Ray starts or torch loads: that
     is what makes it arrive within a second or so (benchmarks/cli_refusals.py times them; timing

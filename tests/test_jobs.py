@@ -3,16 +3,9 @@
 (an S3-compatible server), token authentication on. The cluster and the server are ended, by
 process group, whatever happens."""
 
-import contextlib
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +13,7 @@ import pyarrow.dataset as pads
 import pytest
 import requests
 import yaml
+from cluster import BIN, TIMEOUT_S, HeadNode
 
 from ray_sentiment import Predictor
 
@@ -27,64 +21,10 @@ from conftest import EXAMPLES_TEST, ROOT, RedisServer, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
-TIMEOUT_S = 300
 
-
-class HeadNode:
-    """A one-node cluster in its own process group, its own temp folder and free ports, listening on
-    127.0.0.1, with token authentication. `env` is what `ray job submit` and `serve deploy` need."""
-
-    def __init__(self, extra_env: dict):
-        self.temp_dir = tempfile.mkdtemp(prefix="rs-head-", dir="/tmp")  # short: Ray's socket paths
-        self.dashboard = f"http://127.0.0.1:{free_port()}"
-        self.env = {
-            **os.environ,
-            **extra_env,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": os.urandom(16).hex(),
-            # the cluster runs this virtualenv's python for `python jobs/...`
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        }
-        self.env.pop("RAY_ADDRESS", None)
-        ports = {
-            flag: str(free_port())
-            for flag in (
-                "--port",
-                "--ray-client-server-port",
-                "--node-manager-port",
-                "--object-manager-port",
-                "--dashboard-agent-listen-port",
-                "--dashboard-agent-grpc-port",
-                "--metrics-export-port",
-                "--runtime-env-agent-port",
-            )
-        }
-        command = [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            self.dashboard.rsplit(":", 1)[1],
-            "--num-cpus",
-            "2",
-            "--temp-dir",
-            self.temp_dir,
-            "--disable-usage-stats",
-            *(x for kv in ports.items() for x in kv),
-        ]
-        # A new session: every daemon `ray start` leaves behind stays in this process group.
-        self.process = subprocess.Popen(
-            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        out, _ = self.process.communicate(timeout=TIMEOUT_S)
-        if self.process.returncode != 0:
-            self.stop()
-            pytest.fail(f"ray start failed:\n{out[-3000:]}")
+class JobsHead(HeadNode):
+    """A one-node cluster (tests/cluster.py): 127.0.0.1, token authentication, its own temp folder
+    and free ports. `env` is what `ray job submit` and `serve deploy` need."""
 
     def run(self, *command: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
         try:
@@ -122,13 +62,6 @@ class HeadNode:
         result = self.run(str(BIN / "ray"), "job", "logs", "--address", self.dashboard, submission_id)
         return result.stdout + result.stderr
 
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        # The address file of this (now dead) cluster lives in its own temp folder, so no later
-        # address-less ray.init() can try to join it.
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def s3(session_s3):
@@ -140,7 +73,7 @@ def s3(session_s3):
 
 @pytest.fixture(scope="module")
 def head(s3):
-    node = HeadNode(s3.env)
+    node = JobsHead(s3.env)
     yield node
     node.stop()
 

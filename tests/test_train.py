@@ -1,4 +1,5 @@
-"""Ray Train end to end on real tweets: 2 data-parallel workers, checkpoints, recovery."""
+"""Ray Train end to end on real tweets: 2 data-parallel workers and their checkpoints. A worker lost
+with its node, and the run resumed from its checkpoint, is test_multinode.py's."""
 
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text.tokens import tokenize
 from ray_sentiment.train.driver import train
 
-from conftest import checkpoints, dataset, worker_killed_after_first_checkpoint
+from conftest import checkpoints, dataset
 
 
 @pytest.fixture(scope="module")
@@ -84,26 +85,3 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert encoder.vocab == predictor.bundle.vocab
     labelled_tokens = set(tokenize(pd.read_parquet(tweets_sample)["text"].tolist()).flatten().to_pylist())
     assert len(set(encoder.vocab) - labelled_tokens) > 1000  # the vocabulary also comes from the unlabelled texts
-
-
-def test_worker_killed_mid_training_resumes_from_its_checkpoint(ray_local, tweets_sample, tmp_path):
-    storage = tmp_path / "ckpt"
-    with worker_killed_after_first_checkpoint(storage):
-        bundle = train(
-            TrainSettings(
-                train_path=str(tweets_sample),
-                output=str(tmp_path / "bundle"),
-                preset="seed",
-                num_workers=2,
-                epochs=3,
-                max_failures=1,
-                storage_path=str(storage),
-            )
-        )
-    metrics = json.loads((Path(bundle) / "metrics.json").read_text())
-    restarts = metrics["restarts"]
-    assert len(restarts) == 1 and restarts[0]["resumed_after_epoch"] >= 1, metrics["restarts"]
-    # The history runs on from the checkpoint: no epoch twice, none missing, not restarted at 1.
-    assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["epochs_run"] + 1))
-    assert metrics["epochs_run"] == 3 or metrics["stopped_early"]
-    Predictor.load(bundle).predict(["still works after a crash"])
