@@ -304,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NOT_SETTINGS = ("command", "verbose", "address")  # flags for the CLI itself, not for a command's settings
+
+
 def _options(args: argparse.Namespace, *leave_out: str) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "address", *leave_out)}
+    return {k: v for k, v in vars(args).items() if k not in (*NOT_SETTINGS, *leave_out)}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_sentiment.cli import build_parser
+from ray_sentiment.cli import NOT_SETTINGS, build_parser
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.results import MAX_TEXT_CHARS, check_texts, refused, result_records, text_problem
 from ray_sentiment.settings import (
@@ -77,7 +77,7 @@ def test_result_records_carry_the_float32_values_exactly():
 )
 def test_every_flag_maps_onto_a_setting_with_the_settings_default(command, cls, leave_out):
     args = vars(build_parser().parse_args(command))
-    options = {k: v for k, v in args.items() if k not in ("command", "verbose", *leave_out)}
+    options = {k: v for k, v in args.items() if k not in (*NOT_SETTINGS, *leave_out)}
     built = settings_from(cls, options)  # an unmapped flag would raise here
     for field in dataclasses.fields(cls):
         given = "--" + field.name.replace("_", "-") in command
@@ -142,8 +142,8 @@ def test_flags_reach_the_settings_typed():
             ]
         )
     )
-    built = settings_from(ScoreSettings, {k: v for k, v in args.items() if k not in ("command", "verbose")})
+    built = settings_from(ScoreSettings, {k: v for k, v in args.items() if k not in NOT_SETTINGS})
     assert (built.concurrency, built.columns, built.batch_size) == ((1, 4), ("id", "brand"), 64)
     args = vars(build_parser().parse_args(["serve", "--model", "m", "--replicas", "2", "--max-text-chars", "500"]))
-    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k not in ("command", "verbose")})
+    built = settings_from(ServeSettings, {k: v for k, v in args.items() if k not in NOT_SETTINGS})
     assert (built.replicas, built.max_text_chars, built.port) == (2, 500, 8000)
