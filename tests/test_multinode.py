@@ -42,7 +42,6 @@ def assert_nothing_lost(row: dict) -> None:
     assert (row["out"], row["duplicated"], row["lost"]) == (row["in"], 0, 0), details
     assert row["exit"] == 0, details
     assert ray_lines(row["stdout"] + row["stderr"]) == [], details
-    assert "lost a node of the cluster" in row["stderr"], details
 
 
 def test_score_on_three_nodes_loses_and_duplicates_no_row_when_one_dies(restored):
@@ -63,6 +62,7 @@ def test_stream_consumers_on_two_nodes_lose_and_duplicate_no_entry_when_one_dies
 def test_serve_on_two_nodes_answers_every_request_when_one_dies(restored):
     row = chaos.serve(restored, seconds=6)
     assert len(row["nodes"]) == 2 and set(row["nodes"]) <= WORKER_NODES
+    assert "stopped in" in row["stdout"]  # its replicas and Serve's controller removed from the cluster
     row["running_at_kill"] = True  # the traffic ran on both sides of the kill
     assert_nothing_lost(row)
     assert row["other_statuses"] == {}
@@ -74,7 +74,7 @@ def test_serve_on_two_nodes_answers_every_request_when_one_dies(restored):
 def test_train_on_two_nodes_resumes_from_the_checkpoint_in_the_bucket_when_one_dies(restored):
     row = chaos.train(restored, max_failures=1, epochs=3, rows=4000)
     assert len(row["nodes"]) == 2 and set(row["nodes"]) <= WORKER_NODES
-    assert row["bundle_written"]
+    assert row["bundle_written"], row["stdout"][-2000:] + row["stderr"][-3000:]
     restarts = row["restarts"]
     assert len(restarts) == 1 and restarts[0]["resumed_after_epoch"] >= 1, restarts
     # The history runs on from the checkpoint: no epoch twice, none missing.
@@ -87,7 +87,7 @@ def test_train_on_two_nodes_resumes_from_the_checkpoint_in_the_bucket_when_one_d
 def test_train_without_max_failures_names_the_lost_node_and_writes_no_bundle(restored):
     row = chaos.train(restored, max_failures=0, epochs=3, rows=4000)
     assert row["running_at_kill"] and not row["bundle_written"]
-    assert row["exit"] == 2, row["stderr"][-3000:]
+    assert row["exit"] == 2, row["stdout"][-2000:] + row["stderr"][-3000:]
     error = row["stderr"].strip().splitlines()[-1]
     assert error.startswith("ray-sentiment: error: a training worker was lost: its node was lost (node ")
     assert "give --max-failures N" in error

@@ -47,6 +47,16 @@ ENCODER_PARTS = ("embedding.", "lstm.")  # the tensors pretraining learns; the c
 T = TypeVar("T")
 
 
+def _tensor(value):
+    """A weight as a tensor. A bundle that came through Ray's object store holds read-only arrays,
+    which torch would warn about: those are copied."""
+    import torch
+
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        value = value.copy()
+    return torch.as_tensor(value)
+
+
 @dataclass
 class ModelBundle:
     labels: list[str]
@@ -62,13 +72,11 @@ class ModelBundle:
     linear_weight: float = 0.0  # the linear model's share of the average
 
     def build_model(self) -> SentimentLSTM:
-        import torch
-
         from .lstm import SentimentLSTM
 
         model = SentimentLSTM(self.model_config)
-        try:  # torch.tensor copies: a bundle from Ray's object store holds read-only arrays
-            model.load_state_dict({k: torch.tensor(v) for k, v in self.state_dict.items()}, strict=True)
+        try:
+            model.load_state_dict({k: _tensor(v) for k, v in self.state_dict.items()}, strict=True)
         except RuntimeError as exc:  # missing/unexpected keys or wrong shapes
             first = str(exc).strip().splitlines()
             raise BundleError(f"weights do not fit the model in {CONFIG}: {' '.join(first[:3])}") from None

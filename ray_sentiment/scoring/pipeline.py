@@ -184,6 +184,10 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
         compute=pool,
         num_gpus=1 if plan.use_gpu else 0,
         num_cpus=cpus_per_process(pool.max_size, plan.use_gpu),
+        # Resilience rests on Ray Data's defaults for an actor pool, max_restarts=-1 and
+        # max_task_retries=-1: an actor lost (with its node, say) is started again, on another
+        # node if need be, and its batches retried there. Passing them here would only add Ray's
+        # deprecation warning for extra remote arguments.
     )
 
 

@@ -259,7 +259,7 @@ def _fit(settings, loop: LoopSettings, *, datasets: dict, reporter: Reporter) ->
 
 # What a worker raises when its peer in the process group vanished (gloo's words, for CPU training).
 PEER_GONE = ("Connection reset by peer", "Connection closed by peer")
-NODE_DEATH_S = 20.0  # how long Ray may take to mark a lost node dead (missed health checks)
+NODE_DEATH_S = 30.0  # how long Ray may take to mark a lost node dead (missed health checks)
 
 
 def _alive_nodes() -> dict[str, str]:
