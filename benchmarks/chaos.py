@@ -218,10 +218,14 @@ def stream(c: ChaosCluster, entries: int) -> dict:
     }
 
 
+RESET_RETRIES = 3  # tries on a new connection after a reset, 0.2 s apart, as urllib3's Retry would
+
+
 class Traffic:
     """Clients, each on its own keep-alive connection, asking one text at a time. A 503 is retried
-    after its Retry-After; a reset connection is counted and the request retried once on a new
-    one, as a client of any HTTP service does. A request with no 200 after that is lost."""
+    after its Retry-After; a reset connection is counted and the request retried on a new one,
+    up to RESET_RETRIES times, as a client of any HTTP service does with an idempotent request.
+    A request with no 200 after that is lost."""
 
     def __init__(self, url: str, clients: int = 4):
         self.url, self.stop = url, threading.Event()
@@ -248,9 +252,10 @@ class Traffic:
                     self._count("connection_resets")
                     resets += 1
                     session = requests.Session()
-                    if resets > 1:
+                    if resets > RESET_RETRIES:
                         self._count("lost")
                         break
+                    time.sleep(0.2)
                     continue
                 if answer.status_code == 503 and "Retry-After" in answer.headers:
                     self._count("503_with_retry_after")

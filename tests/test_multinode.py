@@ -66,7 +66,9 @@ def test_serve_on_two_nodes_answers_every_request_when_one_dies(restored):
     row["running_at_kill"] = True  # the traffic ran on both sides of the kill
     assert_nothing_lost(row)
     assert row["other_statuses"] == {}
-    assert row["resets"] <= 4  # at most one per client connection open at the kill
+    # A reset per connection open at the kill, and at times a second on the retry, which can
+    # reach the lost replica's socket before the kernel has closed it.
+    assert row["resets"] <= 2 * 4
     assert len(row["nodes_after"]) == 2  # Serve replaced the lost replica on a surviving node
     assert row["in"] > 100
 
