@@ -74,7 +74,7 @@ ON_RAY.add_argument(
 )
 
 
-def _command(sub, name: str, help: str, on_ray: bool = True) -> argparse.ArgumentParser:
+def _command(sub, name: str, *, help: str, on_ray: bool = True) -> argparse.ArgumentParser:
     """-v on every command; --address on those that run on Ray."""
     return sub.add_parser(name, help=help, parents=[VERBOSE, *([ON_RAY] if on_ray else [])])
 
@@ -87,9 +87,6 @@ def _add_train(sub) -> None:
     f.setting("text_column", "column holding the comment text")
     f.setting("label_column", "column holding the label")
     f.setting("preset", "architecture and recipe", choices=sorted(PRESETS))
-    f.setting("num_workers", "Ray Train workers")
-    f.add("--use-gpu", action="store_true", help="one GPU per worker")
-    f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker (default: 1, less on small machines)")
     f.add("--epochs", type=int, help=preset_help("maximum epochs", "epochs"))
     f.add("--batch-size", type=int, help=preset_help("global batch size, split across workers", "batch_size"))
     f.add("--learning-rate", type=float, help=preset_help("Adam learning rate", "learning_rate"))
@@ -126,10 +123,7 @@ def _add_train(sub) -> None:
         "--train-split", metavar="V[,V]", help="--split-column values whose rows train (default: all but --val-split)"
     )
     f.add("--val-split", metavar="V[,V]", help="--split-column values whose rows validate, e.g. the latest slice")
-    f.setting("seed", "seed of the split, the weights and the batch order")
-    f.setting("max_failures", "worker-group restarts from the last checkpoint")
-    f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
-    f.add("--keep-checkpoints", action="store_true", help="keep every epoch's checkpoint (default: the latest only)")
+    _add_run(f, seed="seed of the split, the weights and the batch order")
 
 
 def _add_pretrain(sub) -> None:
@@ -143,10 +137,15 @@ def _add_pretrain(sub) -> None:
     f.add("--epochs", type=int, help="language-model epochs (default: the preset's, else 2)")
     f.add("--vocab-size", type=int, help=preset_help("vocabulary size, <pad> and <unk> included", "vocab_size"))
     f.add("--max-len", type=int, help=preset_help("tokens kept per text", "max_len"))
+    _add_run(f, seed="seed of the weights and the batch order")
+
+
+def _add_run(f: Flags, *, seed: str) -> None:
+    """A Ray Train run's flags, the same in `train` and `pretrain` (RunSettings)."""
     f.setting("num_workers", "Ray Train workers")
     f.add("--use-gpu", action="store_true", help="one GPU per worker")
-    f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker")
-    f.setting("seed", "seed of the weights and the batch order")
+    f.add("--cpus-per-worker", type=float, help="CPUs reserved per worker (default: 1, less on small machines)")
+    f.setting("seed", seed)
     f.setting("max_failures", "worker-group restarts from the last checkpoint")
     f.add("--storage-path", help="where checkpoints go: a local path or s3:// gs:// (default: ~/ray_results)")
     f.add("--keep-checkpoints", action="store_true", help="keep every epoch's checkpoint (default: the latest only)")
@@ -315,65 +314,76 @@ def run(args: argparse.Namespace) -> None:
     """Each command: its settings from the flags, its checks (the runtime's checks.py, which loads
     neither Ray nor torch), then the runtime, imported only now: Ray and torch take seconds to
     import, and a refusal should not wait for them."""
-    command = args.command
-    if command == "train":
-        from .train.checks import check_train
-
-        settings = settings_from(TrainSettings, _options(args))
-        checked = check_train(settings)  # before Ray and torch are imported: a user error is refused at once
-        from .train.driver import train
-
-        train(settings, checked)
-    elif command == "pretrain":
-        from .train.checks import check_pretrain
-
-        pretrain_settings = settings_from(PretrainSettings, _options(args))
-        check_pretrain(pretrain_settings)
-        from .train.pretrain import pretrain
-
-        pretrain(pretrain_settings)
-    elif command == "evaluate":
-        evaluate(settings_from(EvaluateSettings, _options(args)))
-    elif command == "score":
-        from .scoring.score import score_parquet
-
-        print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
-    elif command == "stream":
-        from .stream.checks import check_stream
-
-        stream_settings = settings_from(StreamSettings, _options(args, "model"))
-        check_stream(args.model, stream_settings)
-        from .stream.runner import run_until_signalled
-
-        print(run_until_signalled(args.model, stream_settings).line())
-    elif command == "stream-stats":
-        stats = settings_from(StreamStatsSettings, _options(args))
-        from .stream.broker import window_counts
-
-        rows = window_counts(stats.broker, stats.output_stream, stats.last)
-        print("\n".join(json.dumps(r) for r in rows) if stats.json else format_counts(rows))
-    elif command == "serve":
-        from .serving.checks import check_serve
-
-        serve_settings = settings_from(ServeSettings, _options(args))
-        bundle = check_serve(serve_settings)
-        from .serving.app import serve_until_signalled
-
-        serve_until_signalled(serve_settings, bundle)
-    elif command == "report":
-        report(settings_from(ReportSettings, _options(args)))
-    elif command == "predict":
-        predict_settings = settings_from(PredictSettings, _options(args))
-        if predict_settings.from_stdin:
-            predict_stdin(predict_settings)
-        else:
-            predict(predict_settings)
+    COMMANDS[args.command](args)
 
 
-def evaluate(s: EvaluateSettings) -> None:
+def train(args: argparse.Namespace) -> None:
+    from .train.checks import check_train
+
+    s = settings_from(TrainSettings, _options(args))
+    checked = check_train(s)  # before Ray and torch are imported: a user error is refused at once
+    from .train.driver import train
+
+    train(s, checked)
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    from .train.checks import check_pretrain
+
+    s = settings_from(PretrainSettings, _options(args))
+    check_pretrain(s)
+    from .train.pretrain import pretrain
+
+    pretrain(s)
+
+
+def score(args: argparse.Namespace) -> None:
+    from .scoring.score import score_parquet
+
+    print(score_parquet(settings_from(ScoreSettings, _options(args))).line())
+
+
+def stream(args: argparse.Namespace) -> None:
+    from .stream.checks import check_stream
+
+    s = settings_from(StreamSettings, _options(args, "model"))
+    check_stream(args.model, s)
+    from .stream.runner import run_until_signalled
+
+    print(run_until_signalled(args.model, s).line())
+
+
+def stream_stats(args: argparse.Namespace) -> None:
+    from .stream.broker import window_counts
+
+    s = settings_from(StreamStatsSettings, _options(args))
+    rows = window_counts(s.broker, s.output_stream, s.last)
+    print("\n".join(json.dumps(r) for r in rows) if s.json else format_counts(rows))
+
+
+def serve(args: argparse.Namespace) -> None:
+    from .serving.checks import check_serve
+
+    s = settings_from(ServeSettings, _options(args))
+    bundle = check_serve(s)
+    from .serving.app import serve_until_signalled
+
+    serve_until_signalled(s, bundle)
+
+
+def predict(args: argparse.Namespace) -> None:
+    s = settings_from(PredictSettings, _options(args))
+    if s.from_stdin:
+        predict_stdin(s)
+    else:
+        predict_args(s)
+
+
+def evaluate(args: argparse.Namespace) -> None:
     """A summary (or, with --json, the whole report) on stdout; the whole report in --output."""
     from .scoring.checks import check_evaluate
 
+    s = settings_from(EvaluateSettings, _options(args))
     bundle = check_evaluate(s)
     from .scoring.evaluate import evaluate_path
     from .storage import write_text
@@ -415,9 +425,10 @@ def format_report(report: dict, written_to: str | None) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def report(settings: ReportSettings) -> None:
+def report(args: argparse.Namespace) -> None:
     from .report.checks import check_report
 
+    settings = settings_from(ReportSettings, _options(args))
     source = check_report(settings)
     from .report.build import build_report
     from .report.page import write_report
@@ -429,7 +440,7 @@ def report(settings: ReportSettings) -> None:
     print(f"report written to {settings.output.rstrip('/')}/report.html ({len(files)} files)")
 
 
-def predict(s: PredictSettings) -> None:
+def predict_args(s: PredictSettings) -> None:
     """One JSON line per text, in `Predictor.score`'s shape (with --explain, plus `tokens`); a text
     that cannot be scored is a line with its error, and the command then exits 2."""
     predictor, texts = _predictor(s.model, s.max_text_chars), list(s.texts)
@@ -518,6 +529,19 @@ def format_counts(rows: list[dict]) -> str:
         "  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
         for line in lines
     )
+
+
+COMMANDS = {
+    "train": train,
+    "pretrain": pretrain,
+    "evaluate": evaluate,
+    "predict": predict,
+    "score": score,
+    "serve": serve,
+    "stream": stream,
+    "stream-stats": stream_stats,
+    "report": report,
+}
 
 
 def report_bug(exc: Exception, verbose: bool) -> int:

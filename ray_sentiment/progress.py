@@ -49,7 +49,7 @@ class Reporter:
     def line(self, text: str) -> None:
         self._put(Line(text))
 
-    def update(self, what: str, done: int, total: int | None = None, unit: str = "rows", scale: float = 1.0) -> None:
+    def update(self, what: str, done: int, total: int | None = None, *, unit: str = "rows", scale: float = 1.0) -> None:
         now = time.monotonic()
         if now - self._sent >= SEND_EVERY_S or (total is not None and done >= total):
             self._sent = now

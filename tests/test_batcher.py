@@ -143,7 +143,14 @@ def test_explanations_past_the_limit_per_replica_get_503_at_once_and_plain_reque
             return [{"label": "b", "tokens": []} for _ in texts]
 
         summary = {"name": "m", "version": "v", "labels": ["a", "b"]}
-        app = SentimentApp(score, summary, None, ServeSettings(model="m"), {"openapi": {}, "html": ""}, explain)
+        app = SentimentApp(
+            score,
+            summary=summary,
+            key=None,
+            settings=ServeSettings(model="m"),
+            docs={"openapi": {}, "html": ""},
+            explain=explain,
+        )
 
         async def post(body: dict) -> tuple[int, dict, dict]:
             raw, sent = json.dumps(body).encode(), []

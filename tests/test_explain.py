@@ -8,10 +8,12 @@ import pytest
 
 from ray_sentiment import Predictor
 from ray_sentiment.errors import InvalidTextError
-from ray_sentiment.scoring.evaluate import evaluate_path, in_process
+from ray_sentiment.inputs import list_input_files
+from ray_sentiment.runtime import in_process
+from ray_sentiment.scoring.evaluate import evaluate_path
 from ray_sentiment.settings import EvaluateSettings
 
-from conftest import cli_in_process, dataset, run_cli
+from conftest import ROOT, cli_in_process, dataset, run_cli
 
 # (praise, the same praise negated, the word that carries it)
 PAIRS = [
@@ -147,7 +149,7 @@ def test_evaluate_per_airline_and_the_most_confident_mistakes(airline_bundle, ra
         group_column="airline",
         errors=2,
     )
-    assert in_process(settings)
+    assert in_process(data, list_input_files(data)[1])
     assert_close(json.loads(json.dumps(evaluate_path(settings))), report)
 
 
@@ -156,3 +158,17 @@ def test_evaluate_refuses_a_group_column_that_is_not_there(bundle, capsys):
     result = cli_in_process(capsys, "evaluate", "--model", str(bundle), "--data", data, "--group-column", "brand")
     assert result.returncode == 2 and "has no column 'brand'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_readmes_python_api_block_runs_and_shows_the_records_as_they_are(bundle):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Python API")[1].split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(block.replace('"model/"', repr(str(bundle))), namespace)
+    predictor = namespace["predictor"]
+    shown = [line for line in block.splitlines() if line.startswith("# [{")]
+    records = [predictor.score(["love it"])[0], predictor.explain(["not good"])[0]]
+    assert len(shown) == 2 and all(line.startswith("# [{'label': ") for line in shown)
+    assert list(records[0]) == ["label", "confidence", *(f"p_{label}" for label in predictor.labels), "error"]
+    assert all(f"'{key}'" in shown[0] for key in records[0])
+    assert list(records[1])[-1] == "tokens" and "'tokens': [{'token'" in shown[1]

@@ -43,7 +43,9 @@ def test_every_route_and_status_the_handler_answers_is_in_the_openapi_document()
     texts = json.dumps({"texts": ["good", "bad"]}).encode()
 
     async def main() -> set[tuple[str, int]]:
-        app = SentimentApp(score, SUMMARY, KeyDigest.of("secret"), settings, docs, explain)
+        app = SentimentApp(
+            score, summary=SUMMARY, key=KeyDigest.of("secret"), settings=settings, docs=docs, explain=explain
+        )
         seen = set()
         for path, route in ROUTES.items():
             body = texts if route.body else b""

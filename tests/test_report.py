@@ -70,7 +70,8 @@ def airline_report(scored: Path, output: Path, **options):
 
 
 @pytest.fixture(scope="module")
-def report(ray_local, scored, airline_bundle, tmp_path_factory):
+def report(scored, airline_bundle, tmp_path_factory):
+    """Made in this process: the input is small and local, and no RAY_ADDRESS is set."""
     output = tmp_path_factory.mktemp("report") / "out"
     return airline_report(scored, output, model=str(airline_bundle)), output
 
@@ -205,24 +206,30 @@ class chromium:
         self.browser.quit()
 
 
-def test_the_command_writes_the_report_and_no_redact_shows_what_was_masked(scored, ray_address, tmp_path):
+def test_the_command_on_ray_makes_the_report_made_in_process_and_no_redact_shows_what_was_masked(
+    scored, report, ray_address, tmp_path
+):
     output = tmp_path / "out"
     args = ["--input", str(scored), "--output", str(output), "--key-column", "airline", "--time-column", "created_at"]
-    result = run_cli("report", *args, "--no-redact", "--freq", "W", env=ray_address)
+    result = run_cli("report", *args, env=ray_address)
     assert result.returncode == 0, result.stderr[-3000:]
     # Joined to the session's cluster, Ray's own lines stay, as under `ray job submit`: the GCS
     # can log there about another test's actors. None of the command's own lines go to stderr.
     assert own_lines(result.stderr) == [] and "report written to" in result.stdout
+    _, here = report  # the same report, less the tokens that drove each label (no --model here)
+    for table in ("counts", "label_shares", "key_shares", "timeline", "movers", "words", "examples"):
+        on_ray = pd.read_parquet(output / f"{table}.parquet")
+        pd.testing.assert_frame_equal(on_ray, pd.read_parquet(here / f"{table}.parquet"), obj=table)
+    again = run_cli("report", *args)
+    assert again.returncode == 2 and "holds an earlier report; add --overwrite" in again.stderr
+    replaced = run_cli("report", *args, "--overwrite", "--no-redact", "--freq", "W")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert replaced.stderr.strip() == ""
     assert "jane.doe@example.com" in (output / "report.html").read_text()
     assert pd.read_csv(output / "timeline.csv")["period"].str.len().eq(10).all()  # weeks, from Monday
-    again = run_cli("report", *args, env=ray_address)
-    assert again.returncode == 2 and "holds an earlier report; add --overwrite" in again.stderr
-    replaced = run_cli("report", *args, "--overwrite", env=ray_address)
-    assert replaced.returncode == 0, replaced.stderr[-3000:]
-    assert "jane.doe@example.com" not in (output / "report.html").read_text()
 
 
-def test_labels_alone_make_a_report_without_words_or_examples(ray_local, scored, tmp_path):
+def test_labels_alone_make_a_report_without_words_or_examples(scored, tmp_path):
     labels_only = tmp_path / "labels.parquet"
     pd.read_parquet(scored, columns=["airline", "label"]).to_parquet(labels_only)
     settings = ReportSettings(input=str(labels_only), output=str(tmp_path / "out"), key_column="airline")
@@ -321,7 +328,7 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(few_scored, tmp_
         assert (folder / "out" / "thesis.docx").read_text() == "mine"
 
 
-def test_an_unknown_focus_label_is_refused(ray_local, scored, tmp_path):
+def test_an_unknown_focus_label_is_refused(scored, tmp_path):
     from ray_sentiment.errors import DataError
 
     settings = ReportSettings(input=str(scored), output=str(tmp_path), time_column="created_at", focus_label="angry")

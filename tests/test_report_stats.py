@@ -53,7 +53,7 @@ def test_movers_rank_a_jump_against_the_trailing_week_first():
     negative = [30, 31, 29, 30, 30, 31, 30, 29, 80, 30]  # of 100 a day: day 9 jumps
     line = pd.DataFrame({"key": "a", "period": days, "n": 100, "negative": negative})
     line["share"] = line["negative"] / line["n"]
-    top = movers(line, "negative", "D", min_count=20).iloc[0]
+    top = movers(line, "negative", freq="D", min_count=20).iloc[0]
     assert top["period"] == days[8] and top["change"] == pytest.approx(0.8 - 0.3, abs=0.01) and top["z"] > 5
 
 
@@ -61,7 +61,7 @@ def test_movers_leave_out_periods_with_too_few_comments():
     days = pd.date_range("2015-02-01", periods=4, freq="D")
     line = pd.DataFrame({"key": "a", "period": days, "n": [100, 100, 100, 5], "negative": [30, 30, 30, 5]})
     line["share"] = line["negative"] / line["n"]
-    assert days[3] not in set(movers(line, "negative", "D", min_count=20)["period"])
+    assert days[3] not in set(movers(line, "negative", freq="D", min_count=20)["period"])
 
 
 def test_log_odds_favours_words_of_the_group_and_discounts_rare_ones():
@@ -162,6 +162,6 @@ def test_movers_count_missing_periods_as_empty():
     days = pd.to_datetime(["2015-02-01", "2015-02-02", "2015-02-20", "2015-02-21"])  # 17 days without comments
     line = pd.DataFrame({"key": "a", "period": days, "n": 100, "negative": [30, 30, 30, 80]})
     line["share"] = line["negative"] / line["n"]
-    table = movers(line, "negative", "D", min_count=20)
+    table = movers(line, "negative", freq="D", min_count=20)
     assert days[2] not in set(table["period"])  # its trailing week held no comments: no baseline
     assert table.iloc[0]["period"] == days[3] and table.iloc[0]["baseline"] == pytest.approx(0.3)

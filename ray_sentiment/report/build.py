@@ -4,14 +4,17 @@
 
 Ray Data reads only the columns needed; each batch becomes partial counts in its task
 (source.py), and the driver adds the partials up as they stream in. It holds counts, never
-rows, so 100M rows need no more driver memory than 1M. The statistics are stats.py's; the
-page, plots and tables are page.py's.
+rows, so 100M rows need no more driver memory than 1M. A small local input (runtime.in_process)
+goes through the same partials in this process, without starting Ray. The statistics are
+stats.py's; the page, plots and tables are page.py's.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,10 +22,12 @@ import pyarrow as pa
 import ray
 
 from ..errors import DataError, user_errors
-from ..runtime import ensure_ray
+from ..inputs import open_dataset
+from ..runtime import ensure_ray, in_process
 from ..settings import ReportSettings
+from ..storage import failing_as
 from ..text.redact import dedupe_key, redact
-from .source import COUNTED, NO_TIME, ReportInput, partial_counts, partial_examples, partial_words
+from .source import COUNTED, EXAMPLES, NO_TIME, ReportInput, partial_counts, partial_examples, partial_words
 from .stats import distinctive_words, movers, shares, timeline
 
 EXPLAINED_PER_LABEL = 200  # comments explained per label for the tokens that drove it
@@ -51,14 +56,62 @@ class Report:
 
 
 def build_report(s: ReportSettings, source: ReportInput) -> Report:
-    ensure_ray()
-    ds = _read(s, source)
+    rows: Rows
+    if in_process(s.input, source.files):
+        rows = RowsHere(s, source)
+    else:
+        ensure_ray()
+        rows = RowsOnRay(s, source)
     with user_errors(f"{s.input}: "):  # a file that cannot be read, say, found by a Ray task
-        return _build(s, source, ds)
+        return _build(s, source, rows)
 
 
-def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Report:
-    counts = _summed(_each_batch(ds, partial_counts, s, source.time_format), COUNTED)
+Partial = Callable[..., pa.Table]  # source.py's partial_*: (batch, settings, **options) -> table
+
+
+class Rows(Protocol):
+    """The input's rows, as the report reads them: partials of each batch, and a sample of texts."""
+
+    def each_batch(self, partial: Partial, **options) -> Iterator[pa.Table]: ...
+
+    def sample(self, column: str, fraction: float) -> list: ...
+
+
+class RowsOnRay:
+    def __init__(self, s: ReportSettings, source: ReportInput):
+        self.s, self.ds = s, _read(s, source)
+
+    def each_batch(self, partial: Partial, **options) -> Iterator[pa.Table]:
+        """`partial` in Ray tasks on batches of BATCH_ROWS: the larger the batch, the more rows one
+        partial row stands for (Ray Data's default of 1,024 rows would send the driver partials
+        nearly as long as the input)."""
+        partials = self.ds.map_batches(
+            partial, fn_args=(self.s,), fn_kwargs=options, batch_format="pyarrow", batch_size=BATCH_ROWS
+        )
+        return partials.iter_batches(batch_format="pyarrow", batch_size=None)
+
+    def sample(self, column: str, fraction: float) -> list:
+        return self.ds.select_columns([column]).random_sample(fraction, seed=0).to_pandas()[column].tolist()
+
+
+class RowsHere:
+    def __init__(self, s: ReportSettings, source: ReportInput):
+        self.s = s
+        dataset, _ = open_dataset(source.fmt, source.files, columns=source.columns, path=s.input)
+        with failing_as(DataError, f"cannot read {s.input}"):
+            self.table = dataset.to_table(columns=source.columns)
+
+    def each_batch(self, partial: Partial, **options) -> Iterator[pa.Table]:
+        for start in range(0, self.table.num_rows, BATCH_ROWS):
+            yield partial(self.table.slice(start, BATCH_ROWS), self.s, **options)
+
+    def sample(self, column: str, fraction: float) -> list:
+        keep = np.random.default_rng(0).random(self.table.num_rows) < fraction
+        return self.table[column].filter(pa.array(keep)).to_pylist()
+
+
+def _build(s: ReportSettings, source: ReportInput, rows_in: Rows) -> Report:
+    counts = _summed(rows_in.each_batch(partial_counts, time_format=source.time_format), COUNTED)
     problems = counts["problem"].dropna()
     if len(problems):
         raise DataError(f"{s.input}: {problems.iloc[0]}")
@@ -81,7 +134,7 @@ def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Repo
         if s.key_column:  # every key's comments together, as key "" ("all")
             dated = pd.concat([dated, dated.assign(key="")], ignore_index=True)
         report.timeline = timeline(dated, s.focus_label)
-        report.movers = movers(report.timeline, s.focus_label, s.freq)
+        report.movers = movers(report.timeline, s.focus_label, freq=s.freq)
     if source.text_column is None:
         report.notes.append("no text column: no distinctive words or examples")
         return report
@@ -91,15 +144,15 @@ def _build(s: ReportSettings, source: ReportInput, ds: ray.data.Dataset) -> Repo
             f"words and examples per {s.key_column} are shown for the {MAX_KEYS} with the most comments; "
             "the counts and shares cover every one"
         )
-    args = (s, source.text_column, keys)
-    words = _summed(_each_batch(ds, partial_words, *args), WORD_CELL)
+    options = {"text_column": source.text_column, "keys": keys}
+    words = _summed(rows_in.each_batch(partial_words, **options), WORD_CELL)
     report.words = distinctive_words(words, s.min_word_count, s.top_words)
     if source.has_confidence and s.examples:
-        report.examples = _examples(ds, args)
+        report.examples = _examples(s, rows_in.each_batch(partial_examples, **options))
     elif s.examples:
         report.notes.append("no confidence column: no representative comments")
     if s.model:
-        report.drivers = _drivers(ds, s.model, text_column=source.text_column, rows=rows)
+        report.drivers = _drivers(rows_in, s.model, text_column=source.text_column, rows=rows)
     return report
 
 
@@ -112,19 +165,12 @@ def _read(s: ReportSettings, source: ReportInput) -> ray.data.Dataset:
     return read_table(s.input, tuple(source.columns)).select_columns(source.columns)
 
 
-def _each_batch(ds: ray.data.Dataset, partial, *args) -> ray.data.Dataset:
-    """`partial(batch, *args)` on batches of BATCH_ROWS: the larger the batch, the more rows one
-    partial row stands for (Ray Data's default of 1,024 rows would send the driver partials
-    nearly as long as the input)."""
-    return ds.map_batches(partial, fn_args=args, batch_format="pyarrow", batch_size=BATCH_ROWS)
-
-
-def _summed(partials: ray.data.Dataset, keys: list[str]) -> pd.DataFrame:
+def _summed(partials: Iterator[pa.Table], keys: list[str]) -> pd.DataFrame:
     """The partial counts of every batch added up as they arrive. What the driver holds is bounded
     by the number of distinct groups (cells, or words per key and label), not by the rows."""
     held: list[pa.Table] = []
     rows = 0
-    for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in partials:
         held.append(batch)
         rows += batch.num_rows
         if rows > MERGE_ROWS:
@@ -138,11 +184,10 @@ def _merge(tables: list[pa.Table], keys: list[str]) -> pa.Table:
     return merged.rename_columns([*keys, "n"])
 
 
-def _examples(ds: ray.data.Dataset, args: tuple[ReportSettings, str, list[str]]) -> pd.DataFrame:
+def _examples(s: ReportSettings, partials: Iterator[pa.Table]) -> pd.DataFrame:
     """The most confident comments per key and label, de-duplicated across batches, masked unless
     --no-redact."""
-    s = args[0]
-    candidates = _each_batch(ds, partial_examples, *args).to_pandas()
+    candidates = pa.concat_tables([EXAMPLES.empty_table(), *partials]).to_pandas()
     candidates = candidates.sort_values("confidence", ascending=False, kind="stable")
     candidates["dedupe"] = [dedupe_key(t) for t in candidates["text"]]
     chosen = candidates.drop_duplicates(["key", "label", "dedupe"]).groupby(["key", "label"]).head(s.examples)
@@ -151,7 +196,7 @@ def _examples(ds: ray.data.Dataset, args: tuple[ReportSettings, str, list[str]])
     return chosen.drop(columns="dedupe").sort_values(["key", "label", "confidence"], ascending=[True, True, False])
 
 
-def _drivers(ds: ray.data.Dataset, model: str, *, text_column: str, rows: int) -> pd.DataFrame:
+def _drivers(rows_in: Rows, model: str, *, text_column: str, rows: int) -> pd.DataFrame:
     """Per label the model predicts, the tokens that most often contributed most to it, over a
     seeded sample of comments explained by occlusion (Predictor.explain)."""
     from ..model.predictor import Predictor
@@ -159,8 +204,8 @@ def _drivers(ds: ray.data.Dataset, model: str, *, text_column: str, rows: int) -
 
     predictor = Predictor.load(model)
     wanted = 2 * EXPLAINED_PER_LABEL * len(predictor.labels)  # twice: the labels are not equally common
-    sample = ds.select_columns([text_column]).random_sample(min(1.0, 2 * wanted / rows), seed=0)
-    texts = [t for t in sample.to_pandas()[text_column] if text_problem(t, predictor.max_text_chars) is None]
+    sample = rows_in.sample(text_column, min(1.0, 2 * wanted / rows))
+    texts = [t for t in sample if text_problem(t, predictor.max_text_chars) is None]
     texts = texts[:wanted]
     rows_out = []
     for record in predictor.explain(texts):

@@ -155,7 +155,7 @@ def _labels(batch: pa.Table, label_column: str) -> pa.Array:
     return pc.fill_null(batch[label_column].combine_chunks().cast(pa.string()), "")  # "": not scored
 
 
-def partial_counts(batch: pa.Table, s: ReportSettings, time_format: str | None) -> pa.Table:
+def partial_counts(batch: pa.Table, s: ReportSettings, *, time_format: str | None) -> pa.Table:
     """Comments per key, period and label in one batch. A time that does not parse is not raised
     here, where Ray would wrap it in a traceback: the batch's `problem` column names it, and the
     driver refuses the input with that line."""
@@ -182,7 +182,7 @@ def _scored_texts(batch: pa.Table, s: ReportSettings, text_column: str, *extra: 
     return pa.table({**columns, **{name: batch[name] for name in extra}}).filter(keep)
 
 
-def partial_words(batch: pa.Table, s: ReportSettings, text_column: str, keys: list[str]) -> pa.Table:
+def partial_words(batch: pa.Table, s: ReportSettings, *, text_column: str, keys: list[str]) -> pa.Table:
     """In how many comments of each key and label each word appears (once per comment); keys not
     in `keys` count together as OTHER_KEY, so the counts stay bounded however many keys there are.
     Words, and key-label cells, become integer codes, so that both countings are one sort of an
@@ -221,7 +221,7 @@ def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], np.diff(np.r_[starts, len(ordered)])
 
 
-def partial_examples(batch: pa.Table, s: ReportSettings, text_column: str, keys: list[str]) -> pa.Table:
+def partial_examples(batch: pa.Table, s: ReportSettings, *, text_column: str, keys: list[str]) -> pa.Table:
     """Per key and label, the most confident comments of the batch, one per de-duplication key: a
     few more than shown, since the driver de-duplicates again across batches."""
     rows = _scored_texts(batch, s, text_column, "confidence")

@@ -42,7 +42,7 @@ def timeline(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
     return table.assign(share=table[focus] / table["n"], low=low, high=high).sort_values(["key", "period"])
 
 
-def movers(line: pd.DataFrame, focus: str, freq: str, min_count: int = 20, top: int = 10) -> pd.DataFrame:
+def movers(line: pd.DataFrame, focus: str, *, freq: str, min_count: int = 20, top: int = 10) -> pd.DataFrame:
     """The periods whose `focus` share moved most against the same key's trailing baseline (the
     TRAILING[freq] periods before it, pooled), by two-proportion z score. Periods with fewer than
     `min_count` comments, or baselines with fewer, are not ranked: a handful of comments moves

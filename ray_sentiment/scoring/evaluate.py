@@ -22,17 +22,14 @@ from ..inputs import labelled_rows, list_input_files, open_dataset, rows_in_spli
 from ..metrics import classification_report
 from ..model.bundle import ModelBundle
 from ..model.predictor import resolve_device
-from ..runtime import ensure_ray
+from ..runtime import ensure_ray, in_process
 from ..settings import EvaluateSettings
-from ..storage import failing_as, is_uri
+from ..storage import failing_as
 from ..text.tokens import Encoder
 from .checks import check_evaluate, unknown_labels
 from .pipeline import Columns, Scorer, ScoringPlan, Tokenising, score_dataset
 
 NO_LIMIT = 2**31 - 1  # labelled rows are measured, never refused for their length
-# A local input up to this size, with no cluster to join (RAY_ADDRESS), is scored in this process:
-# starting Ray costs more than scoring it (the 3,000 airline test tweets: under a second).
-IN_PROCESS_BYTES = 32 << 20
 BATCH_ROWS = 4096
 
 
@@ -46,7 +43,8 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     Data's actors: the same tokenising and scoring code either way, so the same report."""
     bundle = bundle or check_evaluate(s)
     labels = bundle.labels
-    scored, rows_skipped = _scored_here(s, bundle) if in_process(s) else _scored_on_ray(s, bundle)
+    here = in_process(s.data, list_input_files(s.data)[1])
+    scored, rows_skipped = _scored_here(s, bundle) if here else _scored_on_ray(s, bundle)
     index = {label: i for i, label in enumerate(labels)}
     y, proba, groups = [np.zeros(0, np.int64)], [np.zeros((0, len(labels)), np.float32)], []
     mistakes = pd.DataFrame()
@@ -72,12 +70,6 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     return report
 
 
-def in_process(s: EvaluateSettings) -> bool:
-    if os.environ.get("RAY_ADDRESS") or is_uri(s.data):
-        return False
-    return sum(os.path.getsize(f) for f in list_input_files(s.data)[1]) <= IN_PROCESS_BYTES
-
-
 def _kept(s: EvaluateSettings) -> tuple[str, ...]:
     """The columns scoring keeps beside the results; the true label travels as `true`, since
     the results take the name `label`."""
@@ -100,7 +92,9 @@ def _scored_here(s: EvaluateSettings, bundle: ModelBundle) -> tuple[Iterator[pa.
     encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
     tokenising = Tokenising(Columns("text", _kept(s), {"label": "true"}), encoder, bundle.linear, NO_LIMIT)
     device = str(resolve_device(s.device))
-    scorer = Scorer(bundle, device, BATCH_ROWS, tokenising, None, threads=os.cpu_count() or 1)
+    scorer = Scorer(
+        bundle, device, batch_size=BATCH_ROWS, tokenising=tokenising, reporter=None, threads=os.cpu_count() or 1
+    )
     return (scorer(rows.slice(start, BATCH_ROWS)) for start in range(0, rows.num_rows, BATCH_ROWS)), skipped
 
 

@@ -171,14 +171,13 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
         ds = ds.map_batches(tokenising, batch_format="pyarrow", batch_size=TOKENISE_ROWS, num_cpus=task_cpus())
     return ds.map_batches(
         Scorer,
-        fn_constructor_args=(
-            plan.bundle,
-            "cuda" if plan.use_gpu else "cpu",
-            plan.batch_size,
-            None if plan.in_tasks else tokenising,
-            plan.reporter,
-            _threads_per_actor(pool.max_size),
-        ),
+        fn_constructor_args=(plan.bundle, "cuda" if plan.use_gpu else "cpu"),
+        fn_constructor_kwargs={
+            "batch_size": plan.batch_size,
+            "tokenising": None if plan.in_tasks else tokenising,
+            "reporter": plan.reporter,
+            "threads": _threads_per_actor(pool.max_size),
+        },
         batch_format="pyarrow",
         batch_size=plan.batch_size if plan.in_tasks else max(plan.batch_size, TOKENISE_ROWS),
         compute=pool,
@@ -255,6 +254,7 @@ class Scorer:
         self,
         bundle: ModelBundle,
         device: str,
+        *,
         batch_size: int,
         tokenising: Tokenising | None,
         reporter: Reporter | None,

@@ -50,15 +50,25 @@ SHUTDOWN = {"graceful_shutdown_wait_loop_s": 0.1, "graceful_shutdown_timeout_s":
 class SentimentServer:
     """One replica: the Predictor, a batcher, and an HTTP server on the shared port."""
 
-    async def __init__(self, bundle: ModelBundle, settings: ServeSettings, summary: dict, key: KeyDigest | None):  # type: ignore[misc]  # Serve awaits it
+    async def __init__(self, bundle: ModelBundle, settings: ServeSettings, *, summary: dict, key: KeyDigest | None):  # type: ignore[misc]  # Serve awaits it
         self.predictor = Predictor(bundle, "cuda" if settings.use_gpu else "cpu", settings.max_text_chars)
         torch.set_num_threads(max(1, int(settings.cpus_per_replica)))
         max_texts = settings.max_batch_size if settings.batching else 0  # 0: each request on its own
         self.batcher = Batcher(self.predictor.predict_proba, max_texts, settings.batch_wait_ms / 1000)
         app = app_identity(ray.get_runtime_context().gcs_address, serve.get_replica_context().app_name)
-        self.app = SentimentApp(self.batcher.score, summary, key, settings, api_docs(), self.explain, app=app)
+        self.app = SentimentApp(
+            self.batcher.score,
+            summary=summary,
+            key=key,
+            settings=settings,
+            docs=api_docs(),
+            explain=self.explain,
+            app=app,
+        )
         async with claimed_port(settings.host, settings.port, app=app, holder=holder_line(settings.model)):
-            self.server = await listen(self.app, settings.host, settings.port, settings.client_timeout_s)
+            self.server = await listen(
+                self.app, host=settings.host, port=settings.port, head_timeout_s=settings.client_timeout_s
+            )
         # What is loaded now lives as long as the replica: kept out of the collector's full passes,
         # which would otherwise walk torch's, Ray's and FastAPI's objects while requests wait.
         gc.freeze()
@@ -96,7 +106,7 @@ def _step(steps) -> tuple[bool, list[dict] | None]:
         return True, finished.value
 
 
-async def listen(app, host: str, port: int, head_timeout_s: float) -> ReplicaServer:
+async def listen(app, *, host: str, port: int, head_timeout_s: float) -> ReplicaServer:
     """uvicorn serving `app` on host:port, on this event loop, with SO_REUSEPORT so that every
     replica on the machine can bind the same port."""
     sock = bind(host, port, reuse_port=True)
@@ -225,7 +235,7 @@ def build(settings: ServeSettings, bundle: ModelBundle | None = None) -> serve.A
         logging_config=QUIET,
         **SHUTDOWN,
         **scaling,
-    ).bind(bundle, settings, model_summary(bundle, settings.model), api_key_digest())
+    ).bind(bundle, settings, summary=model_summary(bundle, settings.model), key=api_key_digest())
 
 
 def app_builder(args: dict) -> serve.Application:

@@ -235,12 +235,12 @@ class SentimentApp:
     def __init__(
         self,
         score: Score,
+        *,
         summary: dict,
         key: KeyDigest | None,
         settings: ServeSettings,
         docs: dict,
         explain: Explain,
-        *,
         app: str = "",
     ):
         """`settings` gives the limits: text length, requests scored and waiting per replica.

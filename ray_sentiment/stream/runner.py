@@ -244,13 +244,13 @@ def run_until_signalled(model: str, settings: StreamSettings, report_every_s: fl
     runner = StreamRunner(model, settings, stop)
     stop_on_signals(stop)  # again: ray.init replaced the SIGTERM handler
     try:
-        watch(runner, stop, settings, report_every_s)
+        watch(runner, stop, settings=settings, report_every_s=report_every_s)
     finally:
         summary = runner.stop()
     return summary
 
 
-def watch(runner: StreamRunner, stop: threading.Event, settings: StreamSettings, report_every_s: float) -> None:
+def watch(runner: StreamRunner, stop: threading.Event, *, settings: StreamSettings, report_every_s: float) -> None:
     print(
         f"scoring {settings.input_stream} → {settings.output_stream} with {settings.consumers} consumer(s) "
         f"in group {settings.group}; SIGTERM or Ctrl-C stops",

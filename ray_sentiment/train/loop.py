@@ -156,10 +156,7 @@ def language_model_phase(
     heads = LanguageModelHeads(config).to(device)
     if state.heads is not None:
         heads.load_state_dict(state.heads)
-    optimizer = torch.optim.Adam([*model.parameters(), *heads.parameters()], lr=phase.learning_rate)
-    if state.optimizer is not None:
-        optimizer.load_state_dict(state.optimizer)
-        state.optimizer = None
+    optimizer = _adam([*model.parameters(), *heads.parameters()], lr=phase.learning_rate, state=state)
     # A handful of texts pretrains in smaller batches; the same number of steps on every worker.
     texts = int(_all_reduce(len(ids), device, dist.ReduceOp.MIN))
     if texts == 0:
@@ -206,15 +203,11 @@ def classifier_phase(
     val_ids, val_len, val_y = _load_shard("val", ("ids", "length", "label_id"))
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1
     # Created after the move, so a restored optimizer state lands on the parameters' device.
-    optimizer = torch.optim.Adam(model.parameters(), lr=phase.learning_rate)
-    if state.optimizer is not None:
-        optimizer.load_state_dict(state.optimizer)
-        state.optimizer = None
+    optimizer = _adam(model.parameters(), lr=phase.learning_rate, state=state)
     weights = (
         None if phase.class_weights is None else torch.tensor(phase.class_weights, dtype=torch.float32, device=device)
     )
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-
     batch = phase.batch_size
     n_train = len(train_arrays[2])
     # DDP needs the same number of steps on every worker.
@@ -250,17 +243,31 @@ def classifier_phase(
         record.update(samples_per_s=steps * batch * world / seconds, seconds=seconds)
         _advance(state, record, report=report, model=model)
         if rank == 0:
-            reporter.line(
-                f"epoch {epoch}/{phase.epochs} loss {train_loss:.4f} val_loss {report['loss']:.4f} "
-                f"val_macro_recall {report['macro_recall']:.4f} val_accuracy {report['accuracy']:.4f} "
-                f"{record['samples_per_s']:.0f} samples/s"
-            )
+            reporter.line(f"epoch {epoch}/{phase.epochs} {_summary(record)}")
         _report(record, state, model=model, optimizer=optimizer, rank=rank)
         if state.bad_epochs >= phase.patience:
             if rank == 0:
                 reporter.line(f"early stop: validation loss has not improved for {phase.patience} epochs")
             break
     return None
+
+
+def _adam(parameters, *, lr: float, state: TrainState) -> torch.optim.Adam:
+    """Adam, given once the optimizer state a restart restored."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+        state.optimizer = None
+    return optimizer
+
+
+def _summary(record: dict) -> str:
+    """An epoch's line, after its number."""
+    return (
+        f"loss {record['loss']:.4f} val_loss {record['val_loss']:.4f} "
+        f"val_macro_recall {record['val_macro_recall']:.4f} val_accuracy {record['val_accuracy']:.4f} "
+        f"{record['samples_per_s']:.0f} samples/s"
+    )
 
 
 def _validate(model, ids: np.ndarray, *, lengths: np.ndarray, y: np.ndarray, device, labels) -> dict:
