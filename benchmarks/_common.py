@@ -82,22 +82,32 @@ def tfidf_baseline(texts, labels):
     return model.fit(list(texts), list(labels))
 
 
-def seed_bundle(texts: list[str], path: Path) -> Path:
-    preset = get_preset("seed")
-    vocab = build_vocab(count_tokens(texts), preset.model.vocab_size)
+def random_bundle(texts: list[str], path: Path, preset: str = "seed") -> Path:
+    """A bundle of the preset's shapes with untrained weights (and, for a hybrid, a random linear
+    model, weighted 0.5): speed does not depend on what the weights hold."""
+    from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, LinearModel
+
+    recipe = get_preset(preset)
+    vocab = build_vocab(count_tokens(texts), recipe.model.vocab_size)
     torch.manual_seed(0)
-    model = SentimentLSTM(preset.model)
-    save_bundle(
-        ModelBundle(
-            labels=["negative", "neutral", "positive"],
-            vocab=vocab,
-            model_config=preset.model,
-            tokenizer=TokenizerConfig(len(vocab), preset.max_len),
-            state_dict=model.state_dict(),
-            preset="seed",
-        ),
-        path,
+    bundle = ModelBundle(
+        labels=["negative", "neutral", "positive"],
+        vocab=vocab,
+        model_config=recipe.model,
+        tokenizer=TokenizerConfig(len(vocab), recipe.max_len),
+        state_dict=SentimentLSTM(recipe.model).state_dict(),
+        preset=preset,
     )
+    if recipe.linear:
+        rng = np.random.default_rng(0)
+        bundle.linear = LinearModel(
+            word_idf=rng.uniform(0, 3, 1 << WORD_BITS).astype(np.float32),
+            char_idf=rng.uniform(0, 3, 1 << CHAR_BITS).astype(np.float32),
+            coef=rng.normal(0, 0.5, (3, (1 << WORD_BITS) + (1 << CHAR_BITS))).astype(np.float32),
+            intercept=np.zeros(3, np.float32),
+        )
+        bundle.linear_weight = 0.5
+    save_bundle(bundle, path)
     return path
 
 

@@ -33,7 +33,7 @@ from ray_sentiment.settings import ScoreSettings
 from ray_sentiment.text import rules_arrow, rules_re
 from ray_sentiment.text import tokens as text
 
-from _common import DATASETS, Sampler, add_json_option, finish, ratios, seed_bundle, tfidf_baseline, write_rows
+from _common import DATASETS, Sampler, add_json_option, finish, random_bundle, ratios, tfidf_baseline, write_rows
 
 SAMPLE = 200_000  # rows for the in-process measurements
 
@@ -72,7 +72,7 @@ def main() -> None:
     results, memory = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle = seed_bundle(train["text"].tolist(), tmp / "bundle")
+        bundle = random_bundle(train["text"].tolist(), tmp / "bundle")
         sample = list(np.random.default_rng(0).choice(texts, SAMPLE))
 
         chunks = [sample[i : i + rules_arrow.CHUNK] for i in range(0, SAMPLE, rules_arrow.CHUNK)]

@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
 
-from _common import DATASETS, add_json_option, finish, free_port, seed_bundle
+from _common import DATASETS, add_json_option, finish, free_port, random_bundle
 
 # wrk: POST the body in wrk.body; count statuses, and 503s without Retry-After, in each thread.
 WRK_SCRIPT = """
@@ -204,7 +204,7 @@ def main() -> None:
     train = pd.read_parquet(DATASETS / "tweets/train.parquet")
     texts = [t for t in train["text"].sample(5000, random_state=0) if t.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = str(seed_bundle(train["text"].tolist(), Path(tmp) / "bundle"))
+        bundle = str(random_bundle(train["text"].tolist(), Path(tmp) / "bundle"))
         ceiling = in_process_ceiling(bundle, texts)
         rows = measure(args, bundle, texts)
     plain = {r["cell"]: r for r in rows if r["target"] == "plain uvicorn"}

@@ -26,7 +26,7 @@ import pandas as pd
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_json_option, finish, free_port, median, ratios, seed_bundle
+from _common import add_json_option, finish, free_port, median, random_bundle, ratios
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     texts = pd.read_parquet(DATASETS / "tweets/train.parquet")["text"].tolist()
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = str(seed_bundle(texts, Path(tmp) / "bundle"))
+        bundle = str(random_bundle(texts, Path(tmp) / "bundle"))
         targets = {
             "ray-sentiment serve (replicas drain, then end the local Ray)": lambda port: [
                 sys.executable,

@@ -33,7 +33,7 @@ from ray_sentiment.settings import StreamSettings
 from ray_sentiment.stream.broker import open_broker
 from ray_sentiment.stream.runner import StreamRunner, score_entries
 
-from _common import DATASETS, add_json_option, finish, free_port, ratios, seed_bundle
+from _common import DATASETS, add_json_option, finish, free_port, random_bundle, ratios
 
 BRANDS = ["acme", "globex", "initech"]
 
@@ -134,7 +134,7 @@ def main() -> None:
     texts = [t for t in rng.choice(train["text"].to_numpy(), args.entries) if t.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle = seed_bundle(train["text"].tolist(), tmp / "bundle")
+        bundle = random_bundle(train["text"].tolist(), tmp / "bundle")
         redis_process, port = start_redis(tmp)
         client = redis.Redis(port=port)
         try:

@@ -1,12 +1,16 @@
-"""The hybrid's linear model: hashed n-gram counts against a plain Python reference, and fitting."""
+"""The hybrid's linear model: hashed n-gram counts against a plain Python reference, fitting, and
+its two ways to predict."""
 
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, fit_linear, ngram_counts
+from ray_sentiment.model.linear import CHAR_BITS, GATHER_TEXTS, WORD_BITS, fit_linear, ngram_counts
 from ray_sentiment.text.tokens import tokenize
+
+from conftest import dataset
 
 TEXTS = ["I love this 😍😍", "worst update ever :(", "", "the app is out @user http://x.co", "a", "é ü ß 中文"]
 MASK = (1 << 64) - 1
@@ -83,3 +87,24 @@ def test_fitted_model_learns_words_and_returns_probabilities_in_label_order(num_
     assert proba.dtype == np.float32 and proba.shape == (num_classes, num_classes)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
     assert list(proba.argmax(axis=1)) == list(range(num_classes))
+
+
+@pytest.mark.integration  # fits a model
+def test_a_few_texts_summed_directly_give_the_sparse_products_probabilities():
+    """Up to GATHER_TEXTS texts skip the sparse matrices; on tweets, with a fitted model, they get
+    the probabilities the sparse product gives, to 1e-6, and the same labels."""
+    tweets = pd.read_parquet(dataset("airline/tweets.parquet"), columns=["text", "label", "split"])
+    train, test = tweets[tweets["split"] == "train"].head(3000), tweets[tweets["split"] == "test"]
+    y = train["label"].map({"negative": 0, "neutral": 1, "positive": 2}).to_numpy()
+    model = fit_linear(train["text"].tolist(), y, num_classes=3)
+    texts = [*test["text"], "!!!", "a", "aa aa aa aa", "@user http://x.co"]
+    assert len(texts) > GATHER_TEXTS
+    sparse = model.predict_proba(tokenize(texts))
+    one_by_one = np.concatenate([model.predict_proba(tokenize([t])) for t in texts])
+    in_batches = np.concatenate(
+        [model.predict_proba(tokenize(texts[i : i + GATHER_TEXTS])) for i in range(0, len(texts), GATHER_TEXTS)]
+    )
+    for gathered in (one_by_one, in_batches):
+        assert gathered.dtype == np.float32
+        np.testing.assert_allclose(gathered, sparse, atol=1e-6, rtol=0)
+        assert (gathered.argmax(axis=1) == sparse.argmax(axis=1)).all()
