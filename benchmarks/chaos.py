@@ -358,6 +358,8 @@ def train(c: ChaosCluster, max_failures: int = 1, epochs: int = 6, rows: int | N
     metrics = {}
     with contextlib.suppress(OSError), fs.open_input_stream(f"{S3Server.BUCKET}/{bundle}/metrics.json") as f:
         metrics = json.loads(f.read())
+    stored = fs.get_file_info(pafs.FileSelector(f"{S3Server.BUCKET}/{storage}", recursive=True))
+    kept = sorted({f.path.split("/")[-2] for f in stored if f.path.split("/")[-2].startswith("checkpoint_")})
     epochs_seen = [h["epoch"] for h in metrics.get("history", [])]
     return {
         "runtime": "train" if max_failures else "train, no --max-failures",
@@ -373,6 +375,8 @@ def train(c: ChaosCluster, max_failures: int = 1, epochs: int = 6, rows: int | N
         "nodes": sorted(set(actors.values())),
         "running_at_kill": running_at_kill,
         "bundle_written": bool(metrics),
+        "checkpoint": metrics.get("checkpoint"),  # the one the bundle came from
+        "checkpoints_kept": kept,
         "exit": code,
         "stdout": out,
         "stderr": err,

@@ -25,7 +25,7 @@ EXAMPLES_TEST = ROOT / "examples" / "test.csv"
 # A test that uses one of these fixtures is an integration test wherever it lives; a test that
 # starts something otherwise (a CLI that starts its own Ray) carries its mark itself.
 TIERS = ("unit", "integration", "e2e")
-SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server", "airline_bundle", "example_bundle"}
+SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server", "airline_bundle"}
 # `make test` runs two lanes at once (`--lane main` and `--lane side`), since either alone leaves
 # about a quarter of this machine's 2 CPUs idle: the e2e tier, which shares nothing with the others,
 # and before it the modules named here, which need only a Ray of their own (their share evens the
@@ -494,18 +494,6 @@ def worker_killed_after_first_checkpoint(storage: Path):
     yield killed
     killer.join(timeout=5)
     assert "pid" in killed, "the test never found a worker to kill"
-
-
-@pytest.fixture(scope="session")
-def example_bundle(ray_address, tmp_path_factory):
-    """`train` on the example comments through the CLI, on the session's Ray, with the `seed` preset
-    (the default model has its own test in test_train.py): for the commands that read a bundle."""
-    out = tmp_path_factory.mktemp("example")
-    args = ["--output", str(out / "bundle"), "--storage-path", str(out / "ckpt"), "--preset", "seed"]
-    result = run_cli("train", "--train", str(EXAMPLES), *args, "--epochs", "4", "--seed", "1", env=ray_address)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 1/4" in result.stdout and "bundle written to" in result.stdout
-    return out / "bundle"
 
 
 @pytest.fixture(scope="session")

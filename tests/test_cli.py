@@ -14,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, checkpoints, cli_in_process, run_cli
+from conftest import EXAMPLES, EXAMPLES_TEST, ROOT, cli_in_process, run_cli
 
 
-def test_evaluate_prints_the_report_as_json(example_bundle, ray_address, tmp_path):
+def test_evaluate_on_ray_prints_the_report_as_json(bundle, ray_address, tmp_path):
     result = run_cli(
         "evaluate",
         "--model",
-        str(example_bundle),
+        str(bundle),
         "--data",
         str(EXAMPLES_TEST),
         "--output",
@@ -127,11 +127,6 @@ def _one_line_error(result, *fragments):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-def test_a_successful_run_keeps_only_its_latest_checkpoint(example_bundle):
-    [latest] = checkpoints(example_bundle.parent / "ckpt")
-    assert json.loads((example_bundle / "metrics.json").read_text())["checkpoint"] == str(latest)
 
 
 def test_a_diverging_loss_stops_training_with_one_line_and_no_bundle(ray_address, tmp_path):

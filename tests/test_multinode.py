@@ -84,6 +84,8 @@ def test_train_on_two_nodes_resumes_from_the_checkpoint_in_the_bucket_when_one_d
     assert len(row["epochs"]) == 3 or row["stopped_early"]
     row["in"] = len(row["epochs"])
     assert_nothing_lost(row)
+    [kept] = row["checkpoints_kept"]  # the latest only, a restart's checkpoints included
+    assert row["checkpoint"].endswith(f"/{kept}"), (row["checkpoint"], kept)
 
 
 def test_train_without_max_failures_names_the_lost_node_and_writes_no_bundle(restored):
