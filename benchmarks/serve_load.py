@@ -2,8 +2,8 @@
 
 Targets: (1) the Serve app with one replica on its port; (2) the same with two replicas sharing
 the port; (3) baseline: the model in a plain FastAPI app under uvicorn, one process (same checks,
-same answers). The model is the `seed` preset with untrained weights: speed does not depend on
-what they hold. Cells, each target in turn, `--rounds` times (the median is reported):
+same answers). The model is the `seed` preset (or `--preset`) with untrained weights: speed does
+not depend on what they hold. Cells, each target in turn, `--rounds` times (the median is reported):
 - 1 text at 1 and 64 connections, 100 texts at 16: wrk (C, one thread), 2xx only;
 - 1 text at 1 connection again from a Python client (aiohttp), which times every request itself
   (with Ray's processes running, wrk's p99 at one connection came out 10-100x the Python client's);
@@ -17,7 +17,7 @@ Also the in-process ceiling (`Predictor.predict_proba` on batches of 2,048 texts
 the generator check: the plain app at 64 connections with wrk given one thread, then two.
 Needs `wrk` (apt-get install wrk), except with --explain-only (the explanation cells alone).
 
-    python benchmarks/serve_load.py [--seconds 5] [--rounds 3] [--explain-only]
+    python benchmarks/serve_load.py [--seconds 5] [--rounds 3] [--explain-only] [--preset default]
 """
 
 import argparse
@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--explain-only", action="store_true", help="only the explanation cells (no wrk needed)")
+    parser.add_argument("--preset", default="seed", help="the model's shapes (untrained weights)")
     parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "BUNDLE"), help=argparse.SUPPRESS)
     add_json_option(parser)
     args = parser.parse_args()
@@ -204,7 +205,7 @@ def main() -> None:
     train = pd.read_parquet(DATASETS / "tweets/train.parquet")
     texts = [t for t in train["text"].sample(5000, random_state=0) if t.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = str(random_bundle(train["text"].tolist(), Path(tmp) / "bundle"))
+        bundle = str(random_bundle(train["text"].tolist(), Path(tmp) / "bundle", args.preset))
         ceiling = in_process_ceiling(bundle, texts)
         rows = measure(args, bundle, texts)
     plain = {r["cell"]: r for r in rows if r["target"] == "plain uvicorn"}
@@ -213,7 +214,8 @@ def main() -> None:
         r["× plain"] = r["texts/s"] / base["texts/s"] if base and base.get("texts/s") else None
         r["of ceiling"] = r["texts/s"] / ceiling if r.get("texts/s") else None
     title = (
-        f"seed preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, median of {args.rounds} rounds; "
+        f"{args.preset} preset, {psutil.cpu_count()} CPUs, {args.seconds:.0f} s per cell, "
+        f"median of {args.rounds} rounds; "
         f"in-process ceiling {ceiling:,.0f} texts/s"
     )
     finish(rows, args, title)

@@ -322,9 +322,9 @@ def train(args: argparse.Namespace) -> None:
 
     s = settings_from(TrainSettings, _options(args))
     checked = check_train(s)  # before Ray and torch are imported: a user error is refused at once
-    from .train.driver import train
+    from .train.driver import train as run_training
 
-    train(s, checked)
+    run_training(s, checked)
 
 
 def pretrain(args: argparse.Namespace) -> None:
@@ -332,9 +332,9 @@ def pretrain(args: argparse.Namespace) -> None:
 
     s = settings_from(PretrainSettings, _options(args))
     check_pretrain(s)
-    from .train.pretrain import pretrain
+    from .train.pretrain import pretrain as run_pretraining
 
-    pretrain(s)
+    run_pretraining(s)
 
 
 def score(args: argparse.Namespace) -> None:
@@ -376,7 +376,7 @@ def predict(args: argparse.Namespace) -> None:
     if s.from_stdin:
         predict_stdin(s)
     else:
-        predict_args(s)
+        predict_texts(s)
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -440,7 +440,7 @@ def report(args: argparse.Namespace) -> None:
     print(f"report written to {settings.output.rstrip('/')}/report.html ({len(files)} files)")
 
 
-def predict_args(s: PredictSettings) -> None:
+def predict_texts(s: PredictSettings) -> None:
     """One JSON line per text, in `Predictor.score`'s shape (with --explain, plus `tokens`); a text
     that cannot be scored is a line with its error, and the command then exits 2."""
     predictor, texts = _predictor(s.model, s.max_text_chars), list(s.texts)
