@@ -243,6 +243,14 @@ def _add_stream(sub) -> None:
     f.setting("claim_idle_ms", "take over entries pending this long on a consumer that died")
     f.add("--key-field", help="also count per value of this field (e.g. brand)")
     f.setting("window_s", "counting window in seconds")
+    f.setting("counts_ttl_s", "seconds the live counts are kept")
+    f.add(
+        "--time-field",
+        help="count each entry in the window of this field's time (e.g. created_at: ISO-8601, or epoch "
+        "seconds or ms), not when it reached the broker; an entry older than --counts-ttl-s is scored "
+        "and counted as late, in no window",
+    )
+    f.add("--time-format", help="strptime format of --time-field, e.g. '%%m/%%d/%%Y %%H:%%M' (naive times are UTC)")
     f.setting("text_field", "field holding the comment text")
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")

@@ -254,6 +254,10 @@ class StreamSettings:
     claim_idle_ms: int = 30_000
     key_field: str | None = None
     window_s: int = 60
+    # Event time: windows follow this field's time (ISO-8601, or epoch seconds or milliseconds; or
+    # strptime's `time_format`) instead of when the broker accepted the entry.
+    time_field: str | None = None
+    time_format: str | None = None
     counts_ttl_s: int = 7 * 24 * 3600
     start: str = "begin"  # where a group created now starts: "begin" (whole stream) or "new"
     text_field: str = "text"

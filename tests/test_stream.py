@@ -7,6 +7,7 @@ import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.settings import StreamSettings
 from ray_sentiment.stream.broker import Entry, open_broker, shown_url, window_counts, with_password
-from ray_sentiment.stream.runner import RunTotals, StreamRunner, StreamSummary, score_entries
+from ray_sentiment.stream.runner import RunTotals, StreamRunner, StreamSummary, event_time_ms, score_entries
 
 from conftest import actor_pids, cli_process, free_port, random_texts, run_cli
 
@@ -98,6 +99,46 @@ def test_entries_that_cannot_be_scored_become_dead_letters_with_a_reason(predict
     assert results[0].window_ms == 60000 and results[0].key == "acme"
 
 
+@pytest.mark.parametrize(
+    "value, fmt, expected",
+    [
+        ("2015-02-24T11:35:52Z", None, "2015-02-24T11:35:52+00:00"),
+        ("2015-02-24 11:35:52-08:00", None, "2015-02-24T19:35:52+00:00"),
+        ("2015-02-24T11:35", None, "2015-02-24T11:35:00+00:00"),  # no zone: UTC
+        ("1424777752", None, "2015-02-24T11:35:52+00:00"),  # epoch seconds
+        ("1424777752.5", None, "2015-02-24T11:35:52.500000+00:00"),
+        ("1424777752000", None, "2015-02-24T11:35:52+00:00"),  # epoch milliseconds
+        ("2/24/2015 11:35", "%m/%d/%Y %H:%M", "2015-02-24T11:35:00+00:00"),  # the airline tweets' format
+    ],
+)
+def test_event_times_in_iso_epoch_or_a_given_format(value, fmt, expected):
+    ms = event_time_ms(value.encode(), fmt)
+    assert datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat() == expected
+
+
+def test_event_times_window_entries_and_the_old_or_unreadable_are_late_or_dead(predictor):
+    s = StreamSettings(time_field="created_at", window_s=3600, counts_ttl_s=7 * 24 * 3600)
+    now = datetime.now(timezone.utc)
+    entries = [
+        entry("61000-0", text="love it", created_at="2015-02-24T11:35:52Z"),  # a backfill: its own hour
+        entry("61000-1", text="love it", created_at=(now - timedelta(days=2)).isoformat()),
+        entry("61000-2", text="love it"),
+        entry("61000-3", text="love it", created_at="last tuesday"),
+    ]
+    old, recent, missing, bad = score_entries(predictor, entries, s)
+    assert old.window_ms == event_time_ms(b"2015-02-24T11:00:00Z", None) and old.label and old.late
+    hour = int((now - timedelta(days=2)).timestamp()) // 3600 * 3600 * 1000
+    assert recent.window_ms == hour and recent.label and not recent.late
+    assert dict(missing.fields)["reason"] == "entry has no 'created_at' field (--time-field)"
+    assert dict(bad.fields)["reason"] == (
+        "time field 'created_at': 'last tuesday' does not parse as ISO-8601 or epoch seconds/ms; give --time-format"
+    )
+    airline = StreamSettings(time_field="created_at", time_format="%m/%d/%Y %H:%M", window_s=60)
+    [minute] = score_entries(predictor, [entry("61000-4", text="ok", created_at="2/24/2015 11:35")], airline)
+    assert minute.window_ms == event_time_ms(b"2015-02-24T11:35:00Z", None)
+    assert dict(minute.fields)[b"created_at"] == b"2/24/2015 11:35"  # passed through as it came
+
+
 def test_settings_refuse_impossible_values():
     with pytest.raises(ConfigError, match="--batch-size must be at least 1"):
         StreamSettings(batch_size=0)
@@ -121,6 +162,26 @@ def test_a_commit_retried_after_it_applied_writes_nothing_twice(redis_server, pr
     assert client.xlen("scored") == 30 and broker.pending() == 0
     assert broker.totals()["scored"] == 30
     assert sum(sum(w["counts"].values()) for w in window_counts(redis_server.url, "scored")) == 30
+
+
+def test_backfilled_entries_are_counted_in_the_windows_of_their_time_and_the_too_old_as_late(redis_server, predictor):
+    client = redis_server.client()
+    now = datetime.now(timezone.utc)
+    days = [now - timedelta(days=d) for d in (1, 1, 3, 30)]  # the last is older than a 7-day keep
+    for i, day in enumerate(days):
+        client.xadd("comments", {"text": f"great service {i}", "brand": "acme", "created_at": day.isoformat()})
+    client.xadd("comments", {"text": "great", "brand": "acme", "created_at": "soon"})
+    s = settings(redis_server, time_field="created_at", window_s=86400)
+    broker = open_broker(s, "a")
+    broker.ensure_group()
+    assert broker.commit(score_entries(predictor, broker.read(100, 100), s)) == 5
+    windows = {w["window_start_ms"]: sum(w["counts"].values()) for w in window_counts(redis_server.url, "scored")}
+    day_ms = [int(d.timestamp()) // 86400 * 86400 * 1000 for d in days]
+    assert windows == {day_ms[0]: 2, day_ms[2]: 1}  # not the day it was streamed, nor the late one's
+    assert broker.totals() == {"scored": 4, "dead_lettered": 1, "late": 1, "window_s": 86400}
+    assert client.xlen("scored") == 4  # the late entry is scored, only not counted
+    [dead] = outputs(client, "comments:dead-letter")
+    assert dead["reason"].startswith("time field 'created_at': 'soon' does not parse")
 
 
 def test_a_slow_consumer_cannot_commit_entries_another_consumer_took_over(redis_server, predictor):
@@ -313,11 +374,12 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, ray_addr
 def test_totals_that_redis_lost_are_carried_over_and_the_summary_says_so():
     """Redis restarted without persistence: its totals start again from 0 under a running stream."""
     totals = RunTotals({"scored": 100, "dead_lettered": 2})  # earlier runs' entries
-    assert totals.update({"scored": 105, "dead_lettered": 3}) == {"scored": 5, "dead_lettered": 1}
-    assert totals.update({}) == {"scored": 5, "dead_lettered": 1} and totals.lost  # the restart
-    assert totals.update({"scored": 4}) == {"scored": 9, "dead_lettered": 1}
-    line = StreamSummary(9, 1, 0, 0, 2.0, totals.lost).line()
+    assert totals.update({"scored": 105, "dead_lettered": 3, "late": 2}) == {"scored": 5, "dead_lettered": 1, "late": 2}
+    assert totals.update({}) == {"scored": 5, "dead_lettered": 1, "late": 2} and totals.lost  # the restart
+    assert totals.update({"scored": 4}) == {"scored": 9, "dead_lettered": 1, "late": 2}
+    line = StreamSummary(9, 1, 0, 0, 2.0, totals.lost, late=2).line()
     assert line.startswith("scored 9, dead-lettered 1,") and "Redis lost its totals during the run" in line
+    assert "; 2 scored late, older than the counts keep, counted in no window" in line
 
 
 # -- passwords --------------------------------------------------------------------------------------

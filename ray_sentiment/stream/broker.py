@@ -32,20 +32,22 @@ class Entry:
     """One comment as the broker delivered it."""
 
     id: str
-    time_ms: int  # when the broker accepted it: decides its counting window
+    time_ms: int  # when the broker accepted it: decides its counting window, unless --time-field
     fields: dict[bytes, bytes]
     deliveries: int = 1
 
 
 @dataclass
 class Result:
-    """What one entry became: a scored output (label set) or a dead letter (label None)."""
+    """What one entry became: a scored output (label set) or a dead letter (label None). A late
+    output is written but counted in no window (its window is older than the counts keep)."""
 
     entry_id: str
     fields: list[tuple[str | bytes, bytes | str]]
     label: str | None = None
     window_ms: int = 0
     key: str = ""
+    late: bool = False
 
 
 class Broker(Protocol):

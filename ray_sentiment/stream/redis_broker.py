@@ -4,9 +4,10 @@ and a commit script that writes results, counts and acknowledgements in one atom
 Keys, for output stream O:
     O                    scored entries: source_id, label, confidence, p_<label>..., passed-through fields
     <dead-letter stream> entries that cannot be scored: source_id, reason, the original fields
-    O:counts:<ms>[:<key>] hash label → comments, per window starting at <ms> (and per --key-field value)
+    O:counts:<ms>[:<key>] hash label → comments, per window starting at <ms> (and per --key-field value),
+                         by the entry's --time-field, else by when Redis accepted it
     O:windows            sorted set of those hashes, scored by window start
-    O:totals             hash: scored, dead_lettered, window_s
+    O:totals             hash: scored, dead_lettered, late (scored, older than the counts keep), window_s
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 COMMIT = """
 local input, output, dead, windows, totals = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local i, acked, counts, window_of, scored = 4, {}, {}, {}, 0
+local i, acked, counts, window_of, scored, late = 4, {}, {}, {}, 0, 0
 while i <= #ARGV do
   local id, key, label, window, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   if #redis.call('XPENDING', input, group, id, id, 1) > 0 then
@@ -41,6 +42,10 @@ while i <= #ARGV do
       counts[key][label] = (counts[key][label] or 0) + 1
       window_of[key] = window
       scored = scored + 1
+    elseif label ~= '' then  -- late: written, counted in no window
+      redis.call('XADD', output, '*', unpack(ARGV, i + 5, i + 4 + n))
+      scored = scored + 1
+      late = late + 1
     else
       redis.call('XADD', dead, '*', unpack(ARGV, i + 5, i + 4 + n))
     end
@@ -58,6 +63,7 @@ for key, by_label in pairs(counts) do
 end
 redis.call('HINCRBY', totals, 'scored', scored)
 redis.call('HINCRBY', totals, 'dead_lettered', #acked - scored)
+if late > 0 then redis.call('HINCRBY', totals, 'late', late) end
 redis.call('ZREMRANGEBYSCORE', windows, '-inf', '(' .. (now - ttl * 1000))
 return #acked
 """
@@ -190,9 +196,8 @@ class RedisBroker:
         args = [self.s.group, self.s.counts_ttl_s, 0]
         out = self.s.output_stream
         for r in results:
-            counts = (
-                "" if r.label is None else f"{out}:counts:{r.window_ms}" + (f":{r.key}" if self.s.key_field else "")
-            )
+            counted = r.label is not None and not r.late
+            counts = f"{out}:counts:{r.window_ms}" + (f":{r.key}" if self.s.key_field else "") if counted else ""
             args += [r.entry_id, counts, r.label or "", r.window_ms, 2 * len(r.fields)]
             args += [part for pair in r.fields for part in pair]
 

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -41,17 +42,56 @@ def entry_problem(entry: Entry, settings: StreamSettings) -> str | None:
         return f"delivered {entry.deliveries} times, more than --max-deliveries {settings.max_deliveries}"
     if settings.text_field.encode() not in entry.fields:
         return f"entry has no {settings.text_field!r} field"
+    if settings.time_field and settings.time_field.encode() not in entry.fields:
+        return f"entry has no {settings.time_field!r} field (--time-field)"
     return None
 
 
+def event_time_ms(value: bytes, fmt: str | None) -> int:
+    """Epoch milliseconds of a time field: with `fmt`, strptime's; without, ISO-8601 or a number
+    of epoch seconds (or milliseconds, from 10^11 on, which as seconds would be after year 5000).
+    A time without a zone is UTC. Raises ValueError naming the value."""
+    text = value.decode("utf-8", "replace").strip()
+    try:
+        if fmt is None and text.replace(".", "", 1).isdigit():
+            number = float(text)
+            return int(number if number >= 1e11 else number * 1000)
+        moment = datetime.strptime(text, fmt) if fmt else datetime.fromisoformat(text)
+    except ValueError:
+        expected = repr(fmt) if fmt else "ISO-8601 or epoch seconds/ms; give --time-format"
+        raise ValueError(f"{text[:100]!r} does not parse as {expected}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _window_ms(entry: Entry, settings: StreamSettings) -> int:
+    """The start of the entry's counting window, by its event time or the broker's."""
+    if settings.time_field is None:
+        at = entry.time_ms
+    else:
+        at = event_time_ms(entry.fields[settings.time_field.encode()], settings.time_format)
+    return at // (settings.window_s * 1000) * (settings.window_s * 1000)
+
+
 def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSettings) -> list[Result]:
-    """One Result per entry: scored through `Predictor.score`, or a dead letter with the reason."""
+    """One Result per entry: scored through `Predictor.score`, or a dead letter with the reason.
+    With a time field, an entry whose window is older than the counts keep is scored and marked
+    late: its window would be deleted as it was written."""
     text_field = settings.text_field.encode()
     problems = [entry_problem(e, settings) for e in entries]
+    windows: list[int | None] = [None] * len(entries)
+    for i, entry in enumerate(entries):
+        if problems[i] is None:
+            try:
+                windows[i] = _window_ms(entry, settings)
+            except ValueError as exc:
+                problems[i] = f"time field {settings.time_field!r}: {exc}"
+    # Without a time field, windows are the broker's clock's, as old as the stream's backlog: counted as before.
+    oldest = int(time.time() * 1000) - settings.counts_ttl_s * 1000 if settings.time_field else 0
     good = [i for i, why in enumerate(problems) if why is None]
     records = predictor.score([entries[i].fields[text_field] for i in good], settings.max_text_chars)
     taken = {"source_id", *result_names(predictor.labels)}
-    window = settings.window_s * 1000
     key_field = settings.key_field.encode() if settings.key_field else None
     results = [dead_letter(e, why) if why else None for e, why in zip(entries, problems)]
     for i, record in zip(good, records):
@@ -63,7 +103,8 @@ def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSe
         fields += [(name, str(value)) for name, value in record.items() if name != "error"]
         fields += passed_through(entry, text_field, taken)
         key = entry.fields.get(key_field, b"").decode("utf-8", "replace") if key_field else ""
-        results[i] = Result(entry.id, fields, record["label"], entry.time_ms // window * window, key)
+        window = windows[i] or 0
+        results[i] = Result(entry.id, fields, record["label"], window, key, late=window < oldest)
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
@@ -124,6 +165,7 @@ class StreamSummary:
     restarted_consumers: int
     seconds: float
     totals_lost: bool = False  # Redis lost its totals (restarted without persistence): counts are a floor
+    late: int = 0  # scored, but older than the counts keep: in no window
 
     def line(self) -> str:
         rate = (self.scored + self.dead_lettered) / self.seconds if self.seconds else 0.0
@@ -134,11 +176,12 @@ class StreamSummary:
         return (
             f"scored {self.scored}, dead-lettered {self.dead_lettered}, still pending {self.pending}, "
             f"consumers restarted {self.restarted_consumers}, {self.seconds:.1f} s, {rate:,.0f} entries/s"
+            + (f"; {self.late} scored late, older than the counts keep, counted in no window" if self.late else "")
             + (lost if self.totals_lost else "")
         )
 
 
-TOTALS = ("scored", "dead_lettered")
+TOTALS = ("scored", "dead_lettered", "late")
 
 
 class RunTotals:
@@ -232,7 +275,9 @@ class StreamRunner:
         done = self.progress()
         seconds = time.perf_counter() - self.started
         pending = self.broker.pending()
-        summary = StreamSummary(done["scored"], done["dead_lettered"], pending, restarted, seconds, self.totals.lost)
+        summary = StreamSummary(
+            done["scored"], done["dead_lettered"], pending, restarted, seconds, self.totals.lost, late=done["late"]
+        )
         self.broker.close()
         return summary
 
