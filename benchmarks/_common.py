@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import statistics
+import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ray_sentiment.model.presets import get_preset
 from ray_sentiment.text.tokens import TokenizerConfig, build_vocab, count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.append(str(ROOT / "tests"))  # conftest's random bundles, as chaos.py uses them
 DATASETS = Path(os.environ.get("RAY_SENTIMENT_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 
@@ -85,7 +87,7 @@ def tfidf_baseline(texts, labels):
 def random_bundle(texts: list[str], path: Path, preset: str = "seed") -> Path:
     """A bundle of the preset's shapes with untrained weights (and, for a hybrid, a random linear
     model, weighted 0.5): speed does not depend on what the weights hold."""
-    from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, LinearModel
+    from conftest import random_linear_model
 
     recipe = get_preset(preset)
     vocab = build_vocab(count_tokens(texts), recipe.model.vocab_size)
@@ -99,14 +101,7 @@ def random_bundle(texts: list[str], path: Path, preset: str = "seed") -> Path:
         preset=preset,
     )
     if recipe.linear:
-        rng = np.random.default_rng(0)
-        bundle.linear = LinearModel(
-            word_idf=rng.uniform(0, 3, 1 << WORD_BITS).astype(np.float32),
-            char_idf=rng.uniform(0, 3, 1 << CHAR_BITS).astype(np.float32),
-            coef=rng.normal(0, 0.5, (3, (1 << WORD_BITS) + (1 << CHAR_BITS))).astype(np.float32),
-            intercept=np.zeros(3, np.float32),
-        )
-        bundle.linear_weight = 0.5
+        bundle.linear, bundle.linear_weight = random_linear_model(coef_scale=0.5), 0.5
     save_bundle(bundle, path)
     return path
 

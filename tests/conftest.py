@@ -270,11 +270,9 @@ SAMPLE_TEXTS = ["I love this 😍", "worst update ever :(", "the app is out", "s
 def write_random_bundle(path: Path, seed: int = 0, hybrid: bool = False):
     """A small bundle with random weights: enough to check that every path gives the same numbers.
     A hybrid one also has a random linear model, weighted 0.4."""
-    import numpy as np
     import torch
 
     from ray_sentiment.model.bundle import ModelBundle, save_bundle
-    from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, LinearModel
     from ray_sentiment.model.lstm import SentimentLSTM
     from ray_sentiment.model.presets import ModelConfig
     from ray_sentiment.text.tokens import TokenizerConfig, build_vocab, count_tokens
@@ -301,16 +299,23 @@ def write_random_bundle(path: Path, seed: int = 0, hybrid: bool = False):
         metrics={"note": "unit"},
     )
     if hybrid:
-        rng = np.random.default_rng(seed)
-        buckets = (1 << WORD_BITS) + (1 << CHAR_BITS)
-        bundle.linear = LinearModel(
-            word_idf=rng.uniform(0, 3, 1 << WORD_BITS).astype(np.float32),
-            char_idf=rng.uniform(0, 3, 1 << CHAR_BITS).astype(np.float32),
-            coef=rng.normal(0, 3, (3, buckets)).astype(np.float32),
-            intercept=rng.normal(0, 1, 3).astype(np.float32),
-        )
-        bundle.linear_weight = 0.4
+        bundle.linear, bundle.linear_weight = random_linear_model(seed), 0.4
     return Path(save_bundle(bundle, path)), model
+
+
+def random_linear_model(seed: int = 0, coef_scale: float = 3.0):
+    """A linear model of the real shapes (2^18 + 2^19 buckets, 3 classes) with random weights."""
+    import numpy as np
+
+    from ray_sentiment.model.linear import CHAR_BITS, WORD_BITS, LinearModel
+
+    rng = np.random.default_rng(seed)
+    return LinearModel(
+        word_idf=rng.uniform(0, 3, 1 << WORD_BITS).astype(np.float32),
+        char_idf=rng.uniform(0, 3, 1 << CHAR_BITS).astype(np.float32),
+        coef=rng.normal(0, coef_scale, (3, (1 << WORD_BITS) + (1 << CHAR_BITS))).astype(np.float32),
+        intercept=rng.normal(0, 1, 3).astype(np.float32),
+    )
 
 
 class RedisServer:

@@ -31,7 +31,7 @@ _SPACE = 32
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # an odd 64-bit constant (the golden ratio), to spread hashes
 _STEP = np.uint64(0x100000001B3)  # the FNV prime, as the polynomial hash's base
 # Up to this many texts, summing coefficient rows beats scipy's sparse product, whose conversions
-# cost more than a few texts' n-grams (one tweet: about 0.3 against 1.6 ms; even near 100 texts).
+# cost more than a few texts' n-grams (benchmarks/latency.py times the default both ways).
 GATHER_TEXTS = 64
 
 

@@ -43,8 +43,9 @@ def evaluate_path(s: EvaluateSettings, bundle: ModelBundle | None = None) -> dic
     Data's actors: the same tokenising and scoring code either way, so the same report."""
     bundle = bundle or check_evaluate(s)
     labels = bundle.labels
-    here = in_process(s.data, list_input_files(s.data)[1])
-    scored, rows_skipped = _scored_here(s, bundle) if here else _scored_on_ray(s, bundle)
+    fmt, files = list_input_files(s.data)
+    here = in_process(s.data, files)
+    scored, rows_skipped = _scored_here(s, bundle, fmt=fmt, files=files) if here else _scored_on_ray(s, bundle)
     index = {label: i for i, label in enumerate(labels)}
     y, proba, groups = [np.zeros(0, np.int64)], [np.zeros((0, len(labels)), np.float32)], []
     mistakes = pd.DataFrame()
@@ -76,8 +77,9 @@ def _kept(s: EvaluateSettings) -> tuple[str, ...]:
     return ("label", *(["group"] if s.group_column else []), *(["text"] if s.errors else []))
 
 
-def _scored_here(s: EvaluateSettings, bundle: ModelBundle) -> tuple[Iterator[pa.Table], int]:
-    fmt, files = list_input_files(s.data)
+def _scored_here(
+    s: EvaluateSettings, bundle: ModelBundle, *, fmt: str, files: list[str]
+) -> tuple[Iterator[pa.Table], int]:
     columns = list(dict.fromkeys(c for c in (s.text_column, s.label_column, s.split_column, s.group_column) if c))
     dataset, _ = open_dataset(fmt, files, columns=columns, path=s.data)
     with failing_as(DataError, f"cannot read {s.data}"):

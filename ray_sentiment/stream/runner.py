@@ -65,13 +65,19 @@ def event_time_ms(value: bytes, fmt: str | None) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _window_ms(entry: Entry, settings: StreamSettings) -> int:
-    """The start of the entry's counting window, by its event time or the broker's."""
-    if settings.time_field is None:
-        at = entry.time_ms
-    else:
-        at = event_time_ms(entry.fields[settings.time_field.encode()], settings.time_format)
-    return at // (settings.window_s * 1000) * (settings.window_s * 1000)
+def _checked(entry: Entry, settings: StreamSettings) -> tuple[str | None, int]:
+    """Why the entry cannot be scored (or None), and the start of its counting window, by its
+    event time or the broker's."""
+    why = entry_problem(entry, settings)
+    if why is not None:
+        return why, 0
+    at = entry.time_ms
+    if settings.time_field is not None:
+        try:
+            at = event_time_ms(entry.fields[settings.time_field.encode()], settings.time_format)
+        except ValueError as exc:
+            return f"time field {settings.time_field!r}: {exc}", 0
+    return None, at // (settings.window_s * 1000) * (settings.window_s * 1000)
 
 
 def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSettings) -> list[Result]:
@@ -79,14 +85,8 @@ def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSe
     With a time field, an entry whose window is older than the counts keep is scored and marked
     late: its window would be deleted as it was written."""
     text_field = settings.text_field.encode()
-    problems = [entry_problem(e, settings) for e in entries]
-    windows: list[int | None] = [None] * len(entries)
-    for i, entry in enumerate(entries):
-        if problems[i] is None:
-            try:
-                windows[i] = _window_ms(entry, settings)
-            except ValueError as exc:
-                problems[i] = f"time field {settings.time_field!r}: {exc}"
+    checked = [_checked(e, settings) for e in entries]
+    problems, windows = [why for why, _ in checked], [window for _, window in checked]
     # Without a time field, windows are the broker's clock's, as old as the stream's backlog: counted as before.
     oldest = int(time.time() * 1000) - settings.counts_ttl_s * 1000 if settings.time_field else 0
     good = [i for i, why in enumerate(problems) if why is None]
@@ -103,8 +103,7 @@ def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSe
         fields += [(name, str(value)) for name, value in record.items() if name != "error"]
         fields += passed_through(entry, text_field, taken)
         key = entry.fields.get(key_field, b"").decode("utf-8", "replace") if key_field else ""
-        window = windows[i] or 0
-        results[i] = Result(entry.id, fields, record["label"], window, key, late=window < oldest)
+        results[i] = Result(entry.id, fields, record["label"], windows[i], key, late=windows[i] < oldest)
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
