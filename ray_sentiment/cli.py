@@ -25,6 +25,7 @@ from .settings import (
     FREQUENCIES,
     STARTS,
     EvaluateSettings,
+    LiveSettings,
     PredictSettings,
     PretrainSettings,
     ReportSettings,
@@ -202,6 +203,7 @@ def _add_score(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
 
 
+WEBHOOK_ENV = "RAY_SENTIMENT_ALERT_WEBHOOK"
 BROKER_HELP = (
     "the comment log: redis://[[USER]:PASSWORD@]HOST:PORT/DB (default: $REDIS_URL, else "
     "redis://127.0.0.1:6379/0); a password in $REDIS_PASSWORD keeps it out of shell history and `ps`. "
@@ -247,20 +249,49 @@ def _add_stream(sub) -> None:
     f.add(
         "--time-field",
         help="count each entry in the window of this field's time (e.g. created_at: ISO-8601, or epoch "
-        "seconds or ms), not when it reached the broker; an entry older than --counts-ttl-s is scored "
-        "and counted as late, in no window",
+        "seconds or ms), not when it reached the broker; an entry more than --counts-ttl-s older than the "
+        "latest window counted is scored and totalled as late, in no window",
     )
     f.add("--time-format", help="strptime format of --time-field, e.g. '%%m/%%d/%%Y %%H:%%M' (naive times are UTC)")
+    f.add(
+        "--alert-label",
+        help="raise an alert (to OUTPUT:alerts) when a key's share of this label in a closed window rises above "
+        "its share in the windows before by more than --alert-threshold",
+    )
+    f.setting("alert_threshold", "the rise in share that raises an alert, e.g. 0.15 for 15 points")
+    f.setting("alert_min_count", "comments a window, and its baseline windows together, need before an alert")
+    f.setting("alert_baseline_windows", "windows before the closed one whose pooled share is the baseline")
+    f.add(
+        "--alert-webhook",
+        default=os.environ.get(WEBHOOK_ENV),
+        help=f"POST each alert as JSON to this URL, at least once, with retries (default: ${WEBHOOK_ENV}, "
+        "which keeps a URL holding a token out of shell history and `ps`)",
+    )
     f.setting("text_field", "field holding the comment text")
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
-    parser = _command(sub, "stream-stats", help="print the live sentiment counts per window (and key)", on_ray=False)
+    help = "print the live counts per window (and key) and the latest alerts"
+    parser = _command(sub, "stream-stats", help=help, on_ray=False)
     stats = Flags(parser, StreamStatsSettings)
     stats.add("--broker", "--redis", dest="broker", default=broker_url(), help=BROKER_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")
-    stats.setting("last", "windows to show")
-    stats.add("--json", action="store_true", help="one JSON object per window and key")
+    stats.setting("last", "windows (and alerts) to show")
+    stats.add("--json", action="store_true", help='one JSON object per window and key, then {"alert": ...} per alert')
+
+
+def _add_live(sub) -> None:
+    parser = _command(
+        sub, "live", help="a web page of the live counts and alerts `stream` keeps, per key", on_ray=False
+    )
+    f = Flags(parser, LiveSettings)
+    f.add("--broker", "--redis", dest="broker", default=broker_url(), help=BROKER_HELP)
+    f.add("--output-stream", required=True, help="the output stream given to `stream`")
+    f.setting("host", "the address the page listens on; 0.0.0.0 for other machines (set RAY_SENTIMENT_API_KEY)")
+    f.setting("port", "the page's port")
+    f.setting("windows", "windows shown per key, the one filling in included")
+    f.setting("max_keys", "keys shown, the busiest first")
+    f.setting("refresh_ms", "how often the page updates")
 
 
 def _add_serve(sub) -> None:
@@ -292,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(sub)
     _add_serve(sub)
     _add_report(sub)
+    _add_live(sub)
     predict_parser = sub.add_parser(
         "predict",
         help="print one JSON line per text (an error line for a text it cannot score)",
@@ -362,11 +394,28 @@ def stream(args: argparse.Namespace) -> None:
 
 
 def stream_stats(args: argparse.Namespace) -> None:
-    from .stream.broker import window_counts
+    from .stream.broker import open_reader
 
     s = settings_from(StreamStatsSettings, _options(args))
-    rows = window_counts(s.broker, s.output_stream, s.last)
-    print("\n".join(json.dumps(r) for r in rows) if s.json else format_counts(rows))
+    reader = open_reader(s.broker)
+    try:
+        rows = reader.window_counts(s.output_stream, s.last)
+        alerts = reader.alerts(s.output_stream, s.last)
+    finally:
+        reader.close()
+    if s.json:
+        print("\n".join([*(json.dumps(r) for r in rows), *(json.dumps({"alert": a.record()}) for a in alerts)]))
+        return
+    print(format_counts(rows))
+    if alerts:
+        print(f"\nalerts, newest first ({len(alerts)}):")
+        print("\n".join(f"  {a.headline()}" for a in alerts))
+
+
+def live(args: argparse.Namespace) -> None:
+    from .stream.live.app import serve_until_signalled
+
+    serve_until_signalled(settings_from(LiveSettings, _options(args)))
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -548,6 +597,7 @@ COMMANDS = {
     "serve": serve,
     "stream": stream,
     "stream-stats": stream_stats,
+    "live": live,
     "report": report,
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .results import MAX_TEXT_CHARS
@@ -259,6 +260,16 @@ class StreamSettings:
     time_field: str | None = None
     time_format: str | None = None
     counts_ttl_s: int = 7 * 24 * 3600
+    # Alerts: a key's share of `alert_label` in a closed window above its share over the previous
+    # `alert_baseline_windows` windows by more than `alert_threshold` (both windows with at least
+    # `alert_min_count` comments) adds one entry to <output_stream>:alerts.
+    alert_label: str | None = None
+    alert_threshold: float = 0.15
+    alert_min_count: int = 30
+    alert_baseline_windows: int = 6
+    # POSTed each alert, at least once, by the driver. Default: $RAY_SENTIMENT_ALERT_WEBHOOK (such
+    # URLs often hold a token: never logged, never given to Ray).
+    alert_webhook: str | None = dataclasses.field(default=None, repr=False)
     start: str = "begin"  # where a group created now starts: "begin" (whole stream) or "new"
     text_field: str = "text"
     max_text_chars: int = MAX_TEXT_CHARS
@@ -277,8 +288,16 @@ class StreamSettings:
             "claim_idle_ms",
             "window_s",
             "counts_ttl_s",
+            "alert_min_count",
+            "alert_baseline_windows",
             "max_text_chars",
         )
+        if not 0 < self.alert_threshold < 1:
+            raise ConfigError(f"--alert-threshold is a share between 0 and 1, not {self.alert_threshold}")
+        if self.alert_webhook and not self.alert_label:
+            raise ConfigError("--alert-webhook needs --alert-label: there are no alerts to deliver without it")
+        if self.alert_webhook and urlsplit(self.alert_webhook).scheme not in ("http", "https"):
+            raise ConfigError("--alert-webhook takes an http:// or https:// URL")
         if self.batch_size > MAX_STREAM_BATCH:
             raise ConfigError(f"--batch-size must be at most {MAX_STREAM_BATCH:,} (one commit carries the whole batch)")
         if self.start not in STARTS:
@@ -298,6 +317,26 @@ class StreamStatsSettings:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "last")
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """`live`: a page, and a JSON endpoint, showing the counts and alerts `stream` keeps, as they change."""
+
+    broker: str = LOCAL_REDIS
+    output_stream: str = "comments:scored"
+    host: str = "127.0.0.1"
+    port: int = 8050
+    windows: int = 12  # shown per key, the one filling in included
+    max_keys: int = 24  # the busiest keys in those windows
+    refresh_ms: int = 1000  # how often the page asks; the server reads Redis at most this often
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "windows", "max_keys", "port")
+        if self.port > 65535:
+            raise ConfigError(f"--port must be at most 65535, not {self.port}")
+        if not 200 <= self.refresh_ms <= 60_000:
+            raise ConfigError(f"--refresh-ms must be between 200 and 60000, not {self.refresh_ms}")
 
 
 @dataclass(frozen=True)

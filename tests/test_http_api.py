@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from ray_sentiment.serving.http_api import MAX_BODY_BYTES, ROUTES, KeyDigest, SentimentApp, api_docs
+from ray_sentiment.access import KeyDigest
+from ray_sentiment.serving.http_api import MAX_BODY_BYTES, ROUTES, SentimentApp, api_docs
 from ray_sentiment.settings import ServeSettings
 
 KEY = [(b"authorization", b"Bearer secret")]

@@ -22,9 +22,9 @@ import pytest
 import requests
 
 from ray_sentiment import Predictor
+from ray_sentiment.access import API_KEY_ENV
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.serving.app import app_builder, build, start
-from ray_sentiment.serving.http_api import API_KEY_ENV
 from ray_sentiment.settings import ServeSettings
 
 from conftest import ROOT, SAMPLE_TEXTS, actor_pids, cli_in_process, cli_process, free_port, wait_healthy
@@ -509,7 +509,7 @@ def _other_ports_answering_http(root_pid: int, port: int) -> list[int]:
 CLAIMANT = """
 import asyncio, sys, time
 from ray_sentiment.errors import ConfigError
-from ray_sentiment.serving.http_api import bind
+from ray_sentiment.access import bind
 from ray_sentiment.port_lock import APP_HEADER, claimed_port
 port, app, start_at, hold_s = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 

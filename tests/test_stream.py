@@ -5,9 +5,11 @@ import json
 import os
 import signal
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ import pytest
 from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.settings import StreamSettings
-from ray_sentiment.stream.broker import Entry, open_broker, shown_url, window_counts, with_password
+from ray_sentiment.stream.broker import Entry, Result, open_broker, open_reader, shown_url, window_counts, with_password
 from ray_sentiment.stream.runner import RunTotals, StreamRunner, StreamSummary, event_time_ms, score_entries
+from ray_sentiment.stream.webhook import GROUP as WEBHOOK_GROUP
+from ray_sentiment.stream.webhook import WebhookSender
 
-from conftest import actor_pids, cli_process, free_port, random_texts, run_cli
+from conftest import actor_pids, cli_in_process, cli_process, free_port, random_texts, run_cli
 
 BRANDS = ["acme", "globex", "initech"]
 
@@ -116,7 +120,7 @@ def test_event_times_in_iso_epoch_or_a_given_format(value, fmt, expected):
     assert datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat() == expected
 
 
-def test_event_times_window_entries_and_the_old_or_unreadable_are_late_or_dead(predictor):
+def test_event_times_window_entries_and_the_unreadable_are_dead(predictor):
     s = StreamSettings(time_field="created_at", window_s=3600, counts_ttl_s=7 * 24 * 3600)
     now = datetime.now(timezone.utc)
     entries = [
@@ -126,9 +130,9 @@ def test_event_times_window_entries_and_the_old_or_unreadable_are_late_or_dead(p
         entry("61000-3", text="love it", created_at="last tuesday"),
     ]
     old, recent, missing, bad = score_entries(predictor, entries, s)
-    assert old.window_ms == event_time_ms(b"2015-02-24T11:00:00Z", None) and old.label and old.late
+    assert old.window_ms == event_time_ms(b"2015-02-24T11:00:00Z", None) and old.label
     hour = int((now - timedelta(days=2)).timestamp()) // 3600 * 3600 * 1000
-    assert recent.window_ms == hour and recent.label and not recent.late
+    assert recent.window_ms == hour and recent.label
     assert dict(missing.fields)["reason"] == "entry has no 'created_at' field (--time-field)"
     assert dict(bad.fields)["reason"] == (
         "time field 'created_at': 'last tuesday' does not parse as ISO-8601 or epoch seconds/ms; give --time-format"
@@ -167,7 +171,7 @@ def test_a_commit_retried_after_it_applied_writes_nothing_twice(redis_server, pr
 def test_backfilled_entries_are_counted_in_the_windows_of_their_time_and_the_too_old_as_late(redis_server, predictor):
     client = redis_server.client()
     now = datetime.now(timezone.utc)
-    days = [now - timedelta(days=d) for d in (1, 1, 3, 30)]  # the last is older than a 7-day keep
+    days = [now - timedelta(days=d) for d in (1, 1, 3, 30)]  # the last is 29 days behind: past a 7-day keep
     for i, day in enumerate(days):
         client.xadd("comments", {"text": f"great service {i}", "brand": "acme", "created_at": day.isoformat()})
     client.xadd("comments", {"text": "great", "brand": "acme", "created_at": "soon"})
@@ -178,10 +182,141 @@ def test_backfilled_entries_are_counted_in_the_windows_of_their_time_and_the_too
     windows = {w["window_start_ms"]: sum(w["counts"].values()) for w in window_counts(redis_server.url, "scored")}
     day_ms = [int(d.timestamp()) // 86400 * 86400 * 1000 for d in days]
     assert windows == {day_ms[0]: 2, day_ms[2]: 1}  # not the day it was streamed, nor the late one's
-    assert broker.totals() == {"scored": 4, "dead_lettered": 1, "late": 1, "window_s": 86400}
+    # Late by the stream's own clock, the latest window counted in: a backfill of 2015 alone is not late.
+    assert broker.totals() == {"scored": 4, "dead_lettered": 1, "late": 1, "window_s": 86400, "watermark": day_ms[0]}
     assert client.xlen("scored") == 4  # the late entry is scored, only not counted
     [dead] = outputs(client, "comments:dead-letter")
     assert dead["reason"].startswith("time field 'created_at': 'soon' does not parse")
+
+
+MINUTE = 60_000
+
+
+def commit_labelled(broker, client, rows: list[tuple[str, str, int]], text: str = "a comment") -> list[str]:
+    """Entries added, read and committed with the labels and windows given as (key, label, window
+    start): the commit script's view, with no model in between. Returns their ids."""
+    pipe = client.pipeline(transaction=False)
+    for key, _, _ in rows:
+        pipe.xadd("comments", {"text": text, "brand": key})
+    ids = [i.decode() for i in pipe.execute()]
+    delivered = broker.read(len(rows), 100)
+    assert [e.id for e in delivered] == ids
+    results = [Result(i, [("source_id", i)], label, window, key) for i, (key, label, window) in zip(ids, rows)]
+    assert broker.commit(results) == len(rows)
+    return ids
+
+
+def windows_of(key: str, shares: list[float], per_window: int, first: int) -> list[tuple[str, str, int]]:
+    """`per_window` comments of `key` in each of consecutive minutes from `first`, the given share negative."""
+    rows = []
+    for w, share in enumerate(shares):
+        negative = round(share * per_window)
+        labels = ["negative"] * negative + ["positive"] * (per_window - negative)
+        rows += [(key, label, (first + w) * MINUTE) for label in labels]
+    return rows
+
+
+def test_a_rise_in_one_keys_negative_share_raises_one_alert_once_its_window_closes(redis_server, capsys):
+    client = redis_server.client()
+    s = settings(redis_server, alert_label="negative", alert_threshold=0.2, alert_min_count=20)
+    broker = open_broker(s, "a")
+    broker.ensure_group()
+    first = 29_000_000  # minutes since 1970: 2025
+    rows = windows_of("globex", [0.1] * 6 + [0.6], 40, first)  # a burst in the 7th minute
+    rows += windows_of("acme", [0.1] * 6 + [0.2], 40, first)  # quiet: under the threshold
+    rows += windows_of("initech", [0.0] * 6 + [1.0], 3, first)  # a jump, on too few comments
+    ids = commit_labelled(broker, client, rows)
+    assert client.xlen("scored:alerts") == 0  # the 7th minute is still open
+    commit_labelled(broker, client, [("acme", "positive", (first + 7) * MINUTE)])  # the stream moves on
+    [alert] = broker_alerts(redis_server)
+    assert (alert.key, alert.window_start_ms, alert.label) == ("globex", (first + 6) * MINUTE, "negative")
+    assert (alert.count, alert.total, alert.baseline_count, alert.baseline_total) == (24, 40, 24, 240)
+    assert (alert.share, alert.baseline, alert.baseline_windows) == (0.6, 0.1, 6) and alert.z > 5
+    burst = ids[6 * 40 : 7 * 40]
+    assert alert.examples == burst[:5] and set(alert.examples) <= set(burst)
+    # More of that window, late, and a retried commit: the window has had its alert.
+    commit_labelled(broker, client, [("globex", "negative", (first + 6) * MINUTE)] * 30)
+    commit_labelled(broker, client, [("acme", "positive", (first + 8) * MINUTE)])
+    assert client.xlen("scored:alerts") == 1 and broker.totals()["alerts"] == 1
+    shown = cli_in_process(capsys, "stream-stats", "--broker", redis_server.url, "--output-stream", "scored").stdout
+    assert "alerts, newest first (1):" in shown and "globex: negative 60% of 40 in the window from" in shown
+    assert "against 10% over the 6 windows before" in shown
+
+
+def test_a_window_closed_before_a_dead_consumers_entries_came_back_still_alerts(redis_server):
+    client = redis_server.client()
+    s = settings(redis_server, alert_label="negative", alert_threshold=0.2, alert_min_count=20)
+    broker = open_broker(s, "a")
+    broker.ensure_group()
+    first = 29_000_000
+    commit_labelled(broker, client, windows_of("globex", [0.1] * 6 + [0.1], 40, first))
+    commit_labelled(broker, client, [("globex", "positive", (first + 7) * MINUTE)])  # closes minute 7
+    assert client.xlen("scored:alerts") == 0
+    # What a killed consumer held for minute 7 comes back after its window closed: counted, and checked.
+    commit_labelled(broker, client, [("globex", "negative", (first + 6) * MINUTE)] * 20)
+    [alert] = broker_alerts(redis_server)
+    assert (alert.window_start_ms, alert.count, alert.total) == ((first + 6) * MINUTE, 24, 60)
+
+
+def test_the_webhook_gets_each_alert_at_least_once_through_failures_and_a_restart(redis_server, caplog):
+    client = redis_server.client()
+    s = settings(redis_server, alert_label="negative", alert_threshold=0.2, alert_min_count=20)
+    broker = open_broker(s, "a")
+    broker.ensure_group()
+    received: list[tuple[int, dict]] = []
+    answers = [500, 500]  # then 200
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status = answers.pop(0) if answers else 200
+            received.append((status, body))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_port}/hook?token=s3cret"
+
+    def send_until(done) -> None:
+        stop = threading.Event()
+        sender = WebhookSender(url, redis_server.url, "scored", stop)
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        sender.join(10)
+
+    try:
+        send_until(lambda: True)  # the driver's first run with a webhook: alerts from now on
+        first = 29_000_000
+        text = "@united lost my bag https://t.co/x2 call 555-123-4567"
+        commit_labelled(broker, client, windows_of("globex", [0.1] * 6 + [0.6], 40, first), text=text)
+        commit_labelled(broker, client, [("globex", "positive", (first + 7) * MINUTE)])
+        send_until(lambda: len(received) == 1)  # stopped after a 500: the alert stays pending
+        send_until(lambda: any(status == 200 for status, _ in received))  # the next run sends it again
+    finally:
+        receiver.shutdown()
+    assert [status for status, _ in received] == [500, 500, 200]
+    assert received[0][1] == received[2][1]
+    sent = received[2][1]
+    assert sent["text"].startswith("globex: negative 60% of 40 in the window from")
+    assert sent["alert"]["key"] == "globex" and sent["alert"]["texts"] == ["@user lost my bag <url> call <phone>"] * 5
+    assert client.xpending("scored:alerts", WEBHOOK_GROUP)["pending"] == 0
+    assert int(client.hget("scored:totals", "webhook_failures")) == 2
+    assert "webhook http://127.0.0.1:" in caplog.text and "s3cret" not in caplog.text
+
+
+def broker_alerts(server):
+    reader = open_reader(server.url)
+    try:
+        return reader.alerts("scored", 100)
+    finally:
+        reader.close()
 
 
 def test_a_slow_consumer_cannot_commit_entries_another_consumer_took_over(redis_server, predictor):
@@ -247,9 +382,10 @@ def check_exactly_once(server, produced: dict[str, str], predictor) -> None:
     texts = [produced[o["source_id"]] for o in out]
     got = np.array([[float(o[f"p_{label}"]) for label in predictor.labels] for o in out])
     np.testing.assert_allclose(got, predictor.predict_proba(texts), rtol=1e-5, atol=1e-6)
-    counted = {
-        (w["key"], label): n for w in window_counts(server.url, "scored", last=1000) for label, n in w["counts"].items()
-    }
+    counted: dict[tuple[str, str], int] = {}
+    for w in window_counts(server.url, "scored", last=1000):
+        for label, n in w["counts"].items():
+            counted[(w["key"], label)] = counted.get((w["key"], label), 0) + n
     expected = {}
     for o in out:
         expected[(o["brand"], o["label"])] = expected.get((o["brand"], o["label"]), 0) + 1
@@ -280,25 +416,59 @@ def test_every_entry_yields_exactly_one_output_and_bad_ones_a_dead_letter(ray_lo
     assert (summary.scored, summary.dead_lettered, summary.pending, summary.restarted_consumers) == (5000, 4, 0, 0)
 
 
-def test_a_consumer_killed_mid_run_loses_and_duplicates_nothing(ray_local, redis_server, bundle, predictor):
+def produce_burst(client, predictor) -> tuple[dict[str, str], int]:
+    """About 4,400 comments on three brands over ten recent minutes (by created_at), a tenth of
+    them negative, but for globex in the ninth minute: 60%. The texts are picked by the label
+    `predictor` gives them. Returns entry id → text, and the first minute's start (epoch s)."""
+    pool = random_texts(6000, seed=3)
+    by_label: dict[str, list[str]] = {}
+    for text, label in zip(pool, predictor.predict(pool)):
+        by_label.setdefault("negative" if label == "negative" else "other", []).append(text)
+    start = (int(time.time()) // 60 - 20) * 60
+    rows = []
+    for minute in range(10):
+        for brand in BRANDS:
+            n = 40 if minute == 9 else 160
+            share = 0.6 if (minute, brand) == (8, "globex") else 0.1
+            negatives = round(share * n)
+            for i in range(n):
+                kind = "negative" if i < negatives else "other"
+                text = by_label[kind][(len(rows) * 7 + i) % len(by_label[kind])]
+                rows.append({"text": text, "brand": brand, "created_at": str(start + minute * 60 + i % 60)})
+    pipe = client.pipeline(transaction=False)
+    for fields in rows:
+        pipe.xadd("comments", fields)
+    return {id_.decode(): fields["text"] for id_, fields in zip(pipe.execute(), rows)}, start
+
+
+def test_a_consumer_killed_mid_run_loses_duplicates_and_alerts_nothing_twice(ray_local, redis_server, hybrid_bundle):
+    """SIGKILL one of two consumers while a burst is on its way: every entry scored once, the counts
+    exact, and exactly one alert, for the burst's key and window; the quiet keys raise none."""
     client = redis_server.client()
-    produced = produce(client, 5000)
+    hybrid = Predictor.load(hybrid_bundle)  # gives some comments negative, some not
+    produced, start = produce_burst(client, hybrid)
+    alerting = dict(time_field="created_at", alert_label="negative", alert_threshold=0.2, alert_min_count=50)
     earlier = set(actor_pids("StreamConsumer"))  # an earlier test's consumers, which may still be ending
-    runner = StreamRunner(str(bundle), settings(redis_server, consumers=2, batch_size=20))
+    runner = StreamRunner(str(hybrid_bundle), settings(redis_server, consumers=2, batch_size=20, **alerting))
+    total = len(produced)
     try:
         run_until(runner, lambda: client.xlen("scored") >= 500)
         victims = actor_pids("StreamConsumer", besides=earlier)
         assert len(victims) == 2
         os.kill(victims[0], signal.SIGKILL)
-        assert client.xlen("scored") < 5000, "the run ended before the kill; the test proves nothing"
+        assert client.xlen("scored") < total * 0.8, "the burst was scored before the kill; the test proves nothing"
         run_until(
             runner,
-            lambda: client.xlen("scored") >= 5000 and client.xpending("comments", "ray-sentiment")["pending"] == 0,
+            lambda: client.xlen("scored") >= total and client.xpending("comments", "ray-sentiment")["pending"] == 0,
         )
     finally:
         summary = runner.stop()
-    check_exactly_once(redis_server, produced, predictor)
-    assert summary.restarted_consumers == 1 and summary.scored == 5000  # the killed one came back
+    check_exactly_once(redis_server, produced, hybrid)
+    assert summary.restarted_consumers == 1 and summary.scored == total  # the killed one came back
+    [alert] = broker_alerts(redis_server)
+    assert (alert.key, alert.window_start_ms, alert.total) == ("globex", (start + 8 * 60) * 1000, 160)
+    assert alert.share > alert.baseline + 0.2
+    assert summary.alerts == 1
 
 
 def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(ray_local, redis_server, bundle, predictor):
@@ -374,12 +544,14 @@ def test_stream_command_scores_until_sigterm_then_exits_0(redis_server, ray_addr
 def test_totals_that_redis_lost_are_carried_over_and_the_summary_says_so():
     """Redis restarted without persistence: its totals start again from 0 under a running stream."""
     totals = RunTotals({"scored": 100, "dead_lettered": 2})  # earlier runs' entries
-    assert totals.update({"scored": 105, "dead_lettered": 3, "late": 2}) == {"scored": 5, "dead_lettered": 1, "late": 2}
-    assert totals.update({}) == {"scored": 5, "dead_lettered": 1, "late": 2} and totals.lost  # the restart
-    assert totals.update({"scored": 4}) == {"scored": 9, "dead_lettered": 1, "late": 2}
-    line = StreamSummary(9, 1, 0, 0, 2.0, totals.lost, late=2).line()
+    first = totals.update({"scored": 105, "dead_lettered": 3, "late": 2, "alerts": 1})
+    assert first == {"scored": 5, "dead_lettered": 1, "late": 2, "alerts": 1}
+    assert totals.update({}) == first and totals.lost  # the restart
+    assert totals.update({"scored": 4}) == {**first, "scored": 9}
+    line = StreamSummary(9, 1, 0, 0, 2.0, totals.lost, late=2, alerts=1).line()
     assert line.startswith("scored 9, dead-lettered 1,") and "Redis lost its totals during the run" in line
-    assert "; 2 scored late, older than the counts keep, counted in no window" in line
+    assert "; 2 scored late, older than the counts keep behind the latest window, counted in no window" in line
+    assert "; 1 alert(s) raised" in line
 
 
 # -- passwords --------------------------------------------------------------------------------------

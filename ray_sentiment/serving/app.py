@@ -27,6 +27,7 @@ import uvicorn
 from ray import serve
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..access import KeyDigest, api_key_digest, bind
 from ..errors import ConfigError
 from ..model.bundle import ModelBundle, load_bundle
 from ..model.predictor import Predictor
@@ -35,7 +36,7 @@ from ..runtime import ensure_ray, stop_on_signals
 from ..settings import ServeSettings, settings_from
 from .batcher import Batcher
 from .checks import check_serve
-from .http_api import MODEL_TIMEOUT_S, KeyDigest, SentimentApp, api_docs, api_key_digest, bind
+from .http_api import MODEL_TIMEOUT_S, SentimentApp, api_docs
 
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
 # Rows of one explanation step: a plain request waits for at most one step, so a step costs about

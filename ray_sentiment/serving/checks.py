@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from ..access import API_KEY_ENV, api_key_digest, bind, is_loopback
 from ..model.bundle import ModelBundle, load_bundle
 from ..settings import ServeSettings
-from .http_api import API_KEY_ENV, api_key_digest, bind, is_loopback
 
 
 def check_serve(s: ServeSettings) -> ModelBundle:

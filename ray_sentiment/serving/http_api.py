@@ -15,19 +15,13 @@ stopping is 503 with Retry-After and {"detail": ...}; a client error is never a 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import ipaddress
 import json
-import os
-import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..access import KeyDigest
 from ..port_lock import APP_HEADER
 from ..results import MAX_TEXT_CHARS, result_records, text_problem
 from ..settings import MAX_TEXTS_PER_REQUEST as MAX_TEXTS
@@ -40,7 +34,6 @@ EXPLAIN_MAX_CHARS = 2_000
 # Explanations in progress per replica; one more is answered 503 at once, so that they cannot
 # fill the places that plain requests need.
 EXPLAIN_IN_FLIGHT = 2
-API_KEY_ENV = "RAY_SENTIMENT_API_KEY"
 MODEL_TIMEOUT_S = 30.0
 RETRY_AFTER_S = "1"
 # After a drain starts, how long new requests keep getting their 503 before the socket closes: the
@@ -190,43 +183,6 @@ async def read_body(scope, receive, *, timeout_s: float, limit: int = MAX_BODY_B
     return bytes(body)
 
 
-@dataclass(frozen=True)
-class KeyDigest:
-    """A salted SHA-256 of the API key: what the replicas hold. The key itself never leaves the
-    process that read it, so no runtime_env, deployment config or Ray log can carry it."""
-
-    salt: str
-    sha256: str
-
-    @classmethod
-    def of(cls, key: str) -> KeyDigest:
-        salt = secrets.token_hex(16)
-        return cls(salt, _sha256(salt, key))
-
-    def matches(self, key: str) -> bool:
-        return hmac.compare_digest(_sha256(self.salt, key), self.sha256)
-
-    def allows(self, scope) -> bool:
-        """`Authorization: Bearer <key>`, the scheme in any case (RFC 7235)."""
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and self.matches(given.strip())
-
-
-def _sha256(salt: str, key: str) -> str:
-    return hashlib.sha256(f"{salt}:{key}".encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def api_key_digest() -> KeyDigest | None:
-    """From RAY_SENTIMENT_API_KEY where it is set; an empty value is refused, not taken as 'no key'."""
-    key = os.environ.get(API_KEY_ENV)
-    if key is None:
-        return None
-    if not key.strip():
-        raise ConfigError(f"{API_KEY_ENV} is set but empty; set a key, or unset it to serve without one")
-    return KeyDigest.of(key)
-
-
 class SentimentApp:
     """The ASGI app, answering the ROUTES. /healthz stays open without the key, for load
     balancers; everything else needs it when one is set. A request without the key has its body
@@ -373,27 +329,3 @@ def api_docs() -> dict:
     }
     html = get_swagger_ui_html(openapi_url="/openapi.json", title="ray-sentiment").body
     return {"openapi": document, "html": bytes(html).decode()}
-
-
-def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A socket bound to host:port, or a ConfigError in one line naming what is wrong."""
-    try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise ConfigError(f"--host {host}: {exc.strerror}") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
-    return sock
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
-    except (socket.gaierror, ValueError):
-        return False

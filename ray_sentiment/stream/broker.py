@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from ..errors import ConfigError, RaySentimentError
 from ..settings import StreamSettings
+from .alerts import Alert
 
 ADAPTERS = {"redis": "redis_broker", "rediss": "redis_broker", "unix": "redis_broker"}
 # Read where the command runs, so that a password need not sit in shell history, `ps` or a job's
@@ -39,15 +40,13 @@ class Entry:
 
 @dataclass
 class Result:
-    """What one entry became: a scored output (label set) or a dead letter (label None). A late
-    output is written but counted in no window (its window is older than the counts keep)."""
+    """What one entry became: a scored output (label set) or a dead letter (label None)."""
 
     entry_id: str
     fields: list[tuple[str | bytes, bytes | str]]
     label: str | None = None
     window_ms: int = 0
     key: str = ""
-    late: bool = False
 
 
 class Broker(Protocol):
@@ -62,7 +61,7 @@ class Broker(Protocol):
         """Create the consumer group if missing; fail with a clear message if the broker is unreachable."""
 
     def totals(self) -> dict[str, int]:
-        """Entries scored and dead-lettered by this group since it began."""
+        """Entries scored, dead-lettered and late, and alerts raised, since the group began."""
 
     def pending(self) -> int | None:
         """Entries delivered to a consumer and not yet committed; None if the stream is gone."""
@@ -76,10 +75,33 @@ def open_broker(settings: StreamSettings, consumer: str, stop: threading.Event |
     return _adapter(settings.broker).open_broker(with_secret, consumer, stop)
 
 
+class Reader(Protocol):
+    """What `stream` keeps for an output stream, read back (`stream-stats`, `live`)."""
+
+    def window_counts(self, output_stream: str, last: int = 10) -> list[dict]:
+        """The counts of the `last` windows that have any, oldest first:
+        [{"window_start_ms": ..., "key": ..., "counts": {label: n}}]."""
+
+    def totals(self, output_stream: str) -> dict[str, int]:
+        """Scored, dead-lettered, late and alerts since the group began; window_s; watermark."""
+
+    def alerts(self, output_stream: str, last: int = 10, examples: bool = False) -> list[Alert]:
+        """The `last` alerts, newest first; with `examples`, their example comments, redacted."""
+
+    def close(self) -> None: ...
+
+
+def open_reader(url: str) -> Reader:
+    return _adapter(url).open_reader(with_password(url))
+
+
 def window_counts(url: str, output_stream: str, last: int = 10) -> list[dict]:
-    """The counts `stream` keeps for the `last` windows that have any, oldest first:
-    [{"window_start_ms": ..., "key": ..., "counts": {label: n}}] (`stream-stats`)."""
-    return _adapter(url).window_counts(with_password(url), output_stream, last)
+    """Reader.window_counts through a connection of its own."""
+    reader = open_reader(url)
+    try:
+        return reader.window_counts(output_stream, last)
+    finally:
+        reader.close()
 
 
 def _adapter(url: str):

@@ -32,6 +32,7 @@ from ..results import result_names
 from ..runtime import ensure_ray, stop_on_signals
 from ..settings import StreamSettings
 from .broker import Entry, Result, open_broker, with_password
+from .webhook import WebhookSender
 
 # -- turning entries into results: plain functions, no Ray, no broker -----------------------------
 
@@ -81,14 +82,10 @@ def _checked(entry: Entry, settings: StreamSettings) -> tuple[str | None, int]:
 
 
 def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSettings) -> list[Result]:
-    """One Result per entry: scored through `Predictor.score`, or a dead letter with the reason.
-    With a time field, an entry whose window is older than the counts keep is scored and marked
-    late: its window would be deleted as it was written."""
+    """One Result per entry: scored through `Predictor.score`, or a dead letter with the reason."""
     text_field = settings.text_field.encode()
     checked = [_checked(e, settings) for e in entries]
     problems, windows = [why for why, _ in checked], [window for _, window in checked]
-    # Without a time field, windows are the broker's clock's, as old as the stream's backlog: counted as before.
-    oldest = int(time.time() * 1000) - settings.counts_ttl_s * 1000 if settings.time_field else 0
     good = [i for i, why in enumerate(problems) if why is None]
     records = predictor.score([entries[i].fields[text_field] for i in good], settings.max_text_chars)
     taken = {"source_id", *result_names(predictor.labels)}
@@ -103,7 +100,7 @@ def score_entries(predictor: Predictor, entries: list[Entry], settings: StreamSe
         fields += [(name, str(value)) for name, value in record.items() if name != "error"]
         fields += passed_through(entry, text_field, taken)
         key = entry.fields.get(key_field, b"").decode("utf-8", "replace") if key_field else ""
-        results[i] = Result(entry.id, fields, record["label"], windows[i], key, late=windows[i] < oldest)
+        results[i] = Result(entry.id, fields, record["label"], windows[i], key)
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
@@ -164,10 +161,13 @@ class StreamSummary:
     restarted_consumers: int
     seconds: float
     totals_lost: bool = False  # Redis lost its totals (restarted without persistence): counts are a floor
-    late: int = 0  # scored, but older than the counts keep: in no window
+    late: int = 0  # scored, but older than the counts keep behind the stream's latest window: in no window
+    alerts: int = 0
+    webhook: str = ""  # what the webhook delivered, when there is one
 
     def line(self) -> str:
         rate = (self.scored + self.dead_lettered) / self.seconds if self.seconds else 0.0
+        late = f"; {self.late} scored late, older than the counts keep behind the latest window, counted in no window"
         lost = (
             "; Redis lost its totals during the run (a restart without persistence?): the counts add what this "
             "command saw before and after, and may miss the entries committed just before the loss"
@@ -175,12 +175,14 @@ class StreamSummary:
         return (
             f"scored {self.scored}, dead-lettered {self.dead_lettered}, still pending {self.pending}, "
             f"consumers restarted {self.restarted_consumers}, {self.seconds:.1f} s, {rate:,.0f} entries/s"
-            + (f"; {self.late} scored late, older than the counts keep, counted in no window" if self.late else "")
+            + (late if self.late else "")
+            + (f"; {self.alerts} alert(s) raised" if self.alerts else "")
+            + (f"; {self.webhook}" if self.webhook else "")
             + (lost if self.totals_lost else "")
         )
 
 
-TOTALS = ("scored", "dead_lettered", "late")
+TOTALS = ("scored", "dead_lettered", "late", "alerts")
 
 
 class RunTotals:
@@ -229,10 +231,17 @@ class StreamRunner:
         # Through the object store, so no node needs the model directory; held here for as long as
         # the actors live, since Ray rebuilds a restarted actor from it.
         self.bundle_ref = ray.put(bundle)
-        for_actors = dataclasses.replace(settings, broker=with_password(settings.broker))
+        for_actors = dataclasses.replace(settings, broker=with_password(settings.broker), alert_webhook=None)
         self.actors = [actor.remote(self.bundle_ref, for_actors, f"consumer-{i}") for i in range(settings.consumers)]
         self.processes = ray.get([a.process.remote() for a in self.actors])  # every model loaded: a failure shows here
         self.runs = [a.run.remote() for a in self.actors]
+        self.webhook = None
+        if settings.alert_webhook:
+            self.webhook_stop = threading.Event()
+            self.webhook = WebhookSender(
+                settings.alert_webhook, with_password(settings.broker), settings.output_stream, self.webhook_stop
+            )
+            self.webhook.start()
 
     def poll(self, timeout: float = 1.0) -> None:
         """Wait up to `timeout` s; a consumer that raised, or that Ray could not restart, ends the run."""
@@ -277,6 +286,11 @@ class StreamRunner:
         summary = StreamSummary(
             done["scored"], done["dead_lettered"], pending, restarted, seconds, self.totals.lost, late=done["late"]
         )
+        summary.alerts = done["alerts"]
+        if self.webhook:
+            self.webhook_stop.set()  # an alert not delivered yet stays pending: sent by the next run
+            self.webhook.join(timeout=15)
+            summary.webhook = f"webhook: {self.webhook.delivered} delivered, {self.webhook.failures} failed attempts"
         self.broker.close()
         return summary
 
