@@ -6,11 +6,17 @@ One run measures, on tweets resampled from tweets/train:
      with a producer process adding entries at full speed;
   3. the Ray consumer actors (`StreamRunner`), same producer at full speed;
   4. the Ray consumer actors with the producer paced at half of (3)'s rate: latency from the input
-     entry's id time to the output entry's id time (one Redis clock), p50 and p99.
+     entry's id time to the output entry's id time (one Redis clock), p50 and p99;
+  5. the plain loop of (2) again with event time (a created_at per entry, 20 per second of event
+     time, so 60-s windows close every 1,200 entries) and alerts on: the cost of both, against (2);
+  6. the live page (`ray-sentiment live`, its own process) in headless Chromium while the plain
+     loop scores a producer paced at --page-rate: the delay from a commit (Redis' totals, sampled
+     every 20 ms) to the page showing it (a MutationObserver on the page's totals, in the browser).
 The model is the `seed` preset with untrained weights: speed does not depend on what they hold.
 redis-server runs with its append-only file on (fsync every second), as an exactly-once feed would.
 
-    python benchmarks/stream_throughput.py [--entries 60000] [--consumers 1] [--batch-size 256]
+    python benchmarks/stream_throughput.py [--entries 60000] [--consumers 1] [--batch-size 256] \
+        [--page-rate 2000] [--page-seconds 20]
 """
 
 import argparse
@@ -18,6 +24,7 @@ import multiprocessing
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,7 +73,11 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("redis-server did not start")
 
 
-def produce(port: int, stream: str, texts: list[str], rate: float | None) -> None:
+EVENT_START_S = 1_767_225_600  # 2026-01-01: event times, when the producer gives them
+EVENTS_PER_S = 20
+
+
+def produce(port: int, stream: str, texts: list[str], rate: float | None, event_time: bool = False) -> None:
     """Runs in its own process. Full speed: pipelines of 500 entries. Paced: 10 entries every 10/rate s."""
     client = redis.Redis(port=port)
     chunk = 10 if rate else 500
@@ -76,12 +87,15 @@ def produce(port: int, stream: str, texts: list[str], rate: float | None) -> Non
             time.sleep(max(0.0, started + first / rate - time.perf_counter()))
         pipe = client.pipeline(transaction=False)
         for i, text in enumerate(texts[first : first + chunk], first):
-            pipe.xadd(stream, {"text": text, "brand": BRANDS[i % 3]})
+            fields = {"text": text, "brand": BRANDS[i % 3]}
+            if event_time:
+                fields["created_at"] = str(EVENT_START_S + i // EVENTS_PER_S)
+            pipe.xadd(stream, fields)
         pipe.execute()
 
 
-def start_producer(port: int, stream: str, texts: list[str], rate: float | None = None):
-    process = multiprocessing.get_context("spawn").Process(target=produce, args=(port, stream, texts, rate))
+def start_producer(port: int, stream: str, texts: list[str], rate: float | None = None, event_time: bool = False):
+    process = multiprocessing.get_context("spawn").Process(target=produce, args=(port, stream, texts, rate, event_time))
     process.start()
     return process
 
@@ -95,12 +109,14 @@ def wait_for_outputs(client: redis.Redis, stream: str, count: int, timeout: floa
     return time.perf_counter()
 
 
-def plain_loop(settings: StreamSettings, predictor: Predictor, port: int, texts: list[str]) -> float:
+def plain_loop(
+    settings: StreamSettings, predictor: Predictor, port: int, texts: list[str], rate: float | None = None
+) -> float:
     """What a user would write without Ray: one process reading, scoring and committing."""
     client = redis.Redis(port=port)
     broker = open_broker(settings, "plain")
     broker.ensure_group()
-    producer = start_producer(port, settings.input_stream, texts)
+    producer = start_producer(port, settings.input_stream, texts, rate, event_time=settings.time_field is not None)
     started, done = time.perf_counter(), 0
     while done < len(texts):
         entries = broker.read(settings.batch_size, settings.block_ms)
@@ -126,6 +142,8 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--page-rate", type=float, default=2000.0, help="entries/s while the live page is timed")
+    parser.add_argument("--page-seconds", type=float, default=20.0)
     add_json_option(parser)
     args = parser.parse_args()
 
@@ -186,6 +204,10 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
     latency = latencies_ms(client, "scored", marker)
     summary = runner.stop()
     assert summary.pending == 0 and summary.scored == len(warm_up) + len(texts) + len(paced), summary.line()
+    alerting = dict(time_field="created_at", alert_label=predictor.labels[0], alert_min_count=30)
+    on = StreamSettings(**base, input_stream="on", output_stream="on:scored", **alerting)
+    with_alerts = plain_loop(on, predictor, port, texts)
+    page = page_delays_ms(args, predictor, base, port, texts)
     return [
         {"measure": "in-process ceiling: Predictor.predict_proba", "entries/s": ceiling, "p50 ms": "", "p99 ms": ""},
         {"measure": "plain consumer loop, one process, no Ray", "entries/s": plain},
@@ -196,7 +218,69 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
             "p50 ms": float(np.percentile(latency, 50)),
             "p99 ms": float(np.percentile(latency, 99)),
         },
+        {"measure": "plain consumer loop, event time and alerts on", "entries/s": with_alerts},
+        {
+            "measure": f"live page: commit → shown in Chromium, producer at {args.page_rate:,.0f}/s",
+            "entries/s": page["rate"],
+            "p50 ms": float(np.percentile(page["delays"], 50)),
+            "p99 ms": float(np.percentile(page["delays"], 99)),
+        },
     ]
+
+
+def page_delays_ms(args, predictor: Predictor, base: dict, port: int, texts: list[str]) -> dict:
+    """The plain loop scores a paced producer while the page is open; commit times are sampled from
+    Redis here, display times recorded in the browser, both on this machine's clock."""
+    from conftest import chromium, wait_healthy
+
+    wanted = int(args.page_rate * args.page_seconds)
+    paced = (texts * (wanted // len(texts) + 1))[:wanted]
+    s = StreamSettings(**base, input_stream="page", output_stream="page:scored", time_field="created_at")
+    live_port = free_port()
+    command = ["live", "--broker", s.broker, "--output-stream", "page:scored", "--port", str(live_port)]
+    live = subprocess.Popen([sys.executable, "-m", "ray_sentiment.cli", *command], start_new_session=True)
+    client = redis.Redis(port=port)
+    commits: list[tuple[float, int]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            scored = int(client.hget("page:scored:totals", "scored") or 0)
+            if not commits or scored > commits[-1][1]:
+                commits.append((time.time() * 1000, scored))
+            time.sleep(0.02)
+
+    try:
+        wait_healthy(f"http://127.0.0.1:{live_port}", timeout=60)
+        with chromium(width=1000) as browser:
+            browser.get(f"http://127.0.0.1:{live_port}/")
+            browser.execute_script(RECORD_RENDERS)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            rate = plain_loop(s, predictor, port, paced, rate=args.page_rate)
+            time.sleep(3)  # the last commit shown
+            sampling.set()
+            sampler.join()
+            renders = browser.execute_script("return window.renders")
+    finally:
+        live.terminate()
+        live.wait(30)
+    delays = []
+    for at, scored in commits[1:]:
+        shown = next((t for t, n in renders if n >= scored), None)
+        if shown is None:
+            raise RuntimeError(f"the page never showed {scored} scored")
+        delays.append(shown - at)
+    return {"rate": rate, "delays": np.array(delays)}
+
+
+# Installed in the page by the benchmark, not shipped in it: each change of the totals line, with the time.
+RECORD_RENDERS = """
+window.renders = [];
+const totals = document.getElementById('totals');
+new MutationObserver(() => window.renders.push([Date.now(), Number(totals.dataset.scored)]))
+    .observe(totals, {attributes: true, childList: true, subtree: true});
+"""
 
 
 if __name__ == "__main__":

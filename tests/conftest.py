@@ -546,3 +546,34 @@ def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
     model.eval()
     bundle = ModelBundle(labels, vocab, config, tokenizer, model.state_dict(), preset="test", metrics={"note": "test"})
     return Path(save_bundle(bundle, path))
+
+
+class chromium:
+    """Debian's chromium and chromedriver, headless, with the page's console log kept."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def __enter__(self):
+        import shutil
+
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+        if not binary or not driver:
+            pytest.fail("chromium and chromedriver not found; install them (apt-get install chromium chromium-driver)")
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={self.width},2400"):
+            options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.browser = webdriver.Chrome(service=Service(driver), options=options)
+        return self.browser
+
+    def __exit__(self, *exc):
+        self.browser.quit()
+
+
+# Screenshots and other things a test leaves for a person to look at (kept after the run; ignored by git).
+ARTIFACTS = Path(os.environ.get("RAY_SENTIMENT_TEST_ARTIFACTS", ROOT / "test-artifacts"))

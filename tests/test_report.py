@@ -18,7 +18,7 @@ from ray_sentiment.report.page import csv_safe, legend_label, write_report
 from ray_sentiment.report.source import check_report_input
 from ray_sentiment.settings import ReportSettings
 
-from conftest import cli_in_process, dataset, own_lines, run_cli
+from conftest import chromium, cli_in_process, dataset, own_lines, run_cli
 from test_report_stats import wilson_by_hand
 
 # Comments a user would not want published, scored as confidently as can be so that they are
@@ -179,31 +179,6 @@ def plt_image(path: Path) -> np.ndarray:
     import matplotlib.image
 
     return matplotlib.image.imread(path)
-
-
-class chromium:
-    """Debian's chromium and chromedriver, headless, with the page's console log kept."""
-
-    def __init__(self, width: int):
-        self.width = width
-
-    def __enter__(self):
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-        if not binary or not driver:
-            pytest.fail("chromium and chromedriver not found; install them (apt-get install chromium chromium-driver)")
-        options = webdriver.ChromeOptions()
-        options.binary_location = binary
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={self.width},2400"):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.browser = webdriver.Chrome(service=Service(driver), options=options)
-        return self.browser
-
-    def __exit__(self, *exc):
-        self.browser.quit()
 
 
 def test_the_command_on_ray_makes_the_report_made_in_process_and_no_redact_shows_what_was_masked(

@@ -19,6 +19,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, RaySentimentError
 from ray_sentiment.settings import StreamSettings
 from ray_sentiment.stream.broker import Entry, Result, open_broker, open_reader, shown_url, window_counts, with_password
+from ray_sentiment.stream.checks import check_stream
 from ray_sentiment.stream.runner import RunTotals, StreamRunner, StreamSummary, event_time_ms, score_entries
 from ray_sentiment.stream.webhook import GROUP as WEBHOOK_GROUP
 from ray_sentiment.stream.webhook import WebhookSender
@@ -150,6 +151,19 @@ def test_settings_refuse_impossible_values():
         StreamSettings(input_stream="a", output_stream="a")
     with pytest.raises(ConfigError, match="--broker takes redis://"):
         open_broker(StreamSettings(broker="kafka://broker:9092"), "c")
+    with pytest.raises(ConfigError, match="--alert-threshold is a share between 0 and 1, not 15"):
+        StreamSettings(alert_label="negative", alert_threshold=15)
+    with pytest.raises(ConfigError, match="--alert-webhook needs --alert-label"):
+        StreamSettings(alert_webhook="https://hooks.example.com/T0/B0/s3cret")
+    with pytest.raises(ConfigError, match="--alert-webhook takes an http:// or https:// URL"):
+        StreamSettings(alert_label="negative", alert_webhook="ftp://example.com/hook")
+    hooked = StreamSettings(alert_label="negative", alert_webhook="https://hooks.example.com/T0/B0/s3cret")
+    assert "s3cret" not in repr(hooked)  # settings shown in a log or an error keep the token out
+
+
+def test_an_alert_label_the_model_does_not_have_is_refused_before_redis_is_asked(bundle):
+    with pytest.raises(ConfigError, match="--alert-label 'angry' is not one of the model's labels: negative, neutral"):
+        check_stream(str(bundle), StreamSettings(broker="redis://127.0.0.1:1/0", alert_label="angry"))
 
 
 # -- the broker against a real redis-server -------------------------------------------------------

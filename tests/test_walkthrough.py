@@ -59,7 +59,8 @@ def readme_walkthrough() -> str:
 
 def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
     script = readme_walkthrough()
-    assert script.count("ray-sentiment ") == 6, script  # train, evaluate, score, report, serve, stream
+    # train, evaluate, score, report, serve, stream, stream-stats, live
+    assert script.count("ray-sentiment ") == 8, script
     redis_port = free_port()
     env = {
         **os.environ,
@@ -67,6 +68,7 @@ def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
         "AIRLINE": str(dataset("airline/tweets.parquet")),
         "PORT": str(free_port()),
         "REDIS_PORT": str(redis_port),
+        "LIVE_PORT": str(free_port()),
     }
     env.pop("RAY_ADDRESS", None)
     try:
@@ -82,5 +84,8 @@ def test_the_readme_airline_walkthrough_runs_as_written(tmp_path):
     assert "report written to runs/airline-report/report.html" in out
     summary = json.loads((tmp_path / "runs/airline-report/summary.json").read_text())
     assert summary["rows"] == 14640 and len(summary["keys"]) == 6 and summary["drivers"]
-    assert '"label":' in out and "p_negative" in out  # the HTTP answer and the stream's scored entry
+    assert '"label":' in out  # the HTTP answer
+    assert re.search(r"^window start \(UTC\)\s+key\s+negative\s+neutral\s+positive\s+total$", out, re.M), out
+    assert re.search(r"^2015-02-24 00:00:00\s+United\s+\d+", out, re.M), out  # the stream's counts, by created_at
+    assert '{"output_stream": "airline:scored", "window_s": 86400' in out  # the live page's JSON
     assert ray_lines(out + result.stderr) == []

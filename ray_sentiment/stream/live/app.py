@@ -13,7 +13,9 @@ The page itself holds no data, so it is open; with RAY_SENTIMENT_API_KEY set, /v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import time
 from importlib import resources
@@ -107,8 +109,28 @@ def serve_until_signalled(s: LiveSettings) -> None:
     sock = bind(s.host, s.port)
     host = f"[{s.host}]" if ":" in s.host else s.host
     print(f"live page for {s.output_stream} on {shown_url(s.broker)}: http://{host}:{s.port}/", flush=True)
+    _Server = _server_class()
     config = uvicorn.Config(LiveApp(reader, s, key), log_level="warning", access_log=False, lifespan="off")
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config).run(sockets=[sock])
     finally:
         reader.close()
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, less its raising the signal that stopped it again once stopped: SIGTERM and
+        Ctrl-C are how `live` is meant to end, with exit status 0, as `serve` and `stream` do."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+
+    return Server

@@ -17,9 +17,15 @@ function colour(label, labels) {
   return colours[label] || extra[labels.indexOf(label) % extra.length];
 }
 
-function utc(ms, withDate) {
-  const iso = new Date(ms).toISOString();
-  return withDate ? iso.slice(0, 16).replace("T", " ") : iso.slice(11, 16);
+function utc(ms) {
+  return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+}
+
+function span(seconds) {
+  for (const [unit, size] of [["day", 86400], ["h", 3600], ["min", 60]]) {
+    if (seconds % size === 0) return `${seconds / size}-${unit}`;
+  }
+  return `${seconds}-s`;
 }
 
 function chart(key, data) {
@@ -45,7 +51,7 @@ function chart(key, data) {
       bar.setAttribute("fill", colour(label, data.labels));
       bar.setAttribute("opacity", w.start_ms === data.watermark_ms ? 0.45 : 0.35 + 0.65 * sum / most);
       const tip = document.createElementNS(SVG, "title");
-      tip.textContent = `${utc(w.start_ms, true)} UTC: ${label} ${w.counts[label] || 0} of ${sum}`;
+      tip.textContent = `${utc(w.start_ms)} UTC: ${label} ${w.counts[label] || 0} of ${sum}`;
       bar.appendChild(tip);
       svg.appendChild(bar);
     }
@@ -62,6 +68,10 @@ function keyCard(key, data, alertsById) {
   if (key.alerts.length) card.classList.add("alerting");
   card.appendChild(el("h2", {}, key.key || "all comments"));
   card.appendChild(chart(key, data));
+  const axis = el("div", { class: "axis" });
+  axis.appendChild(el("span", {}, utc(data.starts[0])));
+  axis.appendChild(el("span", {}, `${utc(data.starts[data.starts.length - 1])} UTC`));
+  card.appendChild(axis);
   const table = el("table");
   const head = el("tr");
   head.appendChild(el("th", {}, ""));
@@ -69,8 +79,8 @@ function keyCard(key, data, alertsById) {
   head.appendChild(el("th", {}, "total"));
   table.appendChild(head);
   const current = key.windows.find(w => w.start_ms === data.watermark_ms);
-  const rows = [[`last ${data.windowCount} windows`, key.counts, "shown"]];
-  if (current) rows.push([`filling in (${utc(current.start_ms)} UTC)`, current.counts, "current"]);
+  const rows = [[`${data.windowCount} windows`, key.counts, "shown"]];
+  if (current) rows.push(["filling in", current.counts, "current"]);
   for (const [name, counts, kind] of rows) {
     const row = el("tr", { "data-row": kind });
     row.appendChild(el("td", {}, name));
@@ -87,7 +97,7 @@ function alertBox(alert) {
   const box = el("div", { class: "alert", "data-alert": alert.id });
   box.appendChild(el("strong", {}, `${alert.label} ${Math.round(alert.share * 100)}%`));
   box.appendChild(document.createTextNode(
-    ` of ${alert.total} in the window from ${utc(alert.window_start_ms, true)} UTC, against ` +
+    ` of ${alert.total} in the window from ${utc(alert.window_start_ms)} UTC, against ` +
     `${Math.round(alert.baseline * 100)}% before (z ${alert.z.toFixed(1)})`));
   if (alert.texts.length) {
     const list = el("ul");
@@ -114,7 +124,7 @@ function render(data) {
   data.starts = [...new Set(data.keys.flatMap(k => k.windows.map(w => w.start_ms)))].sort((a, b) => a - b);
   data.windowCount = Math.max(data.starts.length, 1);
   const alertsById = Object.fromEntries(data.alerts.map(a => [a.id, a]));
-  document.getElementById("stream").textContent = `${data.output_stream}, ${data.window_s}-s windows`;
+  document.getElementById("stream").textContent = `${data.output_stream}, ${span(data.window_s)} windows`;
   const t = data.totals;
   document.getElementById("totals").textContent =
     `scored ${t.scored.toLocaleString()} · dead-lettered ${t.dead_lettered} · late ${t.late} · alerts ${t.alerts}`;
