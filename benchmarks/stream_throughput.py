@@ -7,8 +7,9 @@ One run measures, on tweets resampled from tweets/train:
   3. the Ray consumer actors (`StreamRunner`), same producer at full speed;
   4. the Ray consumer actors with the producer paced at half of (3)'s rate: latency from the input
      entry's id time to the output entry's id time (one Redis clock), p50 and p99;
-  5. the plain loop of (2) again with event time (a created_at per entry, 20 per second of event
-     time, so 60-s windows close every 1,200 entries) and alerts on: the cost of both, against (2);
+  5. the plain loop of (2) in turns, without and with event time (a created_at per entry, 20 per
+     second of event time, so 60-s windows close every 1,200 entries) and alerts on: the cost of
+     both, as the median ratio on ÷ off;
   6. the live page (`ray-sentiment live`, its own process) in headless Chromium while the plain
      loop scores a producer paced at --page-rate: the delay from a commit (Redis' totals, sampled
      every 20 ms) to the page showing it (a MutationObserver on the page's totals, in the browser).
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--alert-rounds", type=int, default=3, help="turns of alerts off and on, half --entries each")
     parser.add_argument("--page-rate", type=float, default=2000.0, help="entries/s while the live page is timed")
     parser.add_argument("--page-seconds", type=float, default=20.0)
     add_json_option(parser)
@@ -204,9 +206,14 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
     latency = latencies_ms(client, "scored", marker)
     summary = runner.stop()
     assert summary.pending == 0 and summary.scored == len(warm_up) + len(texts) + len(paced), summary.line()
+    # Off and on in turns, on streams of their own, so that neither gets the quieter moments.
     alerting = dict(time_field="created_at", alert_label=predictor.labels[0], alert_min_count=30)
-    on = StreamSettings(**base, input_stream="on", output_stream="on:scored", **alerting)
-    with_alerts = plain_loop(on, predictor, port, texts)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for turn in range(2 * args.alert_rounds):
+        on = bool(turn % 2)
+        names = dict(input_stream=f"turn{turn}", output_stream=f"turn{turn}:scored")
+        s = StreamSettings(**base, **names, **(alerting if on else {}))
+        rates[on].append(plain_loop(s, predictor, port, texts[: len(texts) // 2]))
     page = page_delays_ms(args, predictor, base, port, texts)
     return [
         {"measure": "in-process ceiling: Predictor.predict_proba", "entries/s": ceiling, "p50 ms": "", "p99 ms": ""},
@@ -218,7 +225,15 @@ def measure(args, texts: list[str], bundle: Path, port: int, client: redis.Redis
             "p50 ms": float(np.percentile(latency, 50)),
             "p99 ms": float(np.percentile(latency, 99)),
         },
-        {"measure": "plain consumer loop, event time and alerts on", "entries/s": with_alerts},
+        {
+            "measure": f"plain loop in turns: event time and alerts off (median of {args.alert_rounds})",
+            "entries/s": float(np.median(rates[False])),
+        },
+        {
+            "measure": f"plain loop in turns: event time and alerts on (median of {args.alert_rounds})",
+            "entries/s": float(np.median(rates[True])),
+            "on ÷ off": float(np.median(rates[True]) / np.median(rates[False])),
+        },
         {
             "measure": f"live page: commit → shown in Chromium, producer at {args.page_rate:,.0f}/s",
             "entries/s": page["rate"],

@@ -296,14 +296,12 @@ def test_the_webhook_gets_each_alert_at_least_once_through_failures_and_a_restar
     url = f"http://127.0.0.1:{receiver.server_port}/hook?token=s3cret"
 
     def send_until(done) -> None:
-        stop = threading.Event()
-        sender = WebhookSender(url, redis_server.url, "scored", stop)
+        sender = WebhookSender(url, redis_server.url, "scored")
         sender.start()
         deadline = time.monotonic() + 30
         while not done() and time.monotonic() < deadline:
             time.sleep(0.05)
-        stop.set()
-        sender.join(10)
+        sender.close()
 
     try:
         send_until(lambda: True)  # the driver's first run with a webhook: alerts from now on

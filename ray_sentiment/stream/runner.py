@@ -32,7 +32,6 @@ from ..results import result_names
 from ..runtime import ensure_ray, stop_on_signals
 from ..settings import StreamSettings
 from .broker import Entry, Result, open_broker, with_password
-from .webhook import WebhookSender
 
 # -- turning entries into results: plain functions, no Ray, no broker -----------------------------
 
@@ -236,11 +235,10 @@ class StreamRunner:
         self.processes = ray.get([a.process.remote() for a in self.actors])  # every model loaded: a failure shows here
         self.runs = [a.run.remote() for a in self.actors]
         self.webhook = None
-        if settings.alert_webhook:
-            self.webhook_stop = threading.Event()
-            self.webhook = WebhookSender(
-                settings.alert_webhook, with_password(settings.broker), settings.output_stream, self.webhook_stop
-            )
+        if settings.alert_webhook:  # sent from this process, which alone holds the URL
+            from .webhook import WebhookSender  # Redis's: imported only when asked for
+
+            self.webhook = WebhookSender(settings.alert_webhook, with_password(settings.broker), settings.output_stream)
             self.webhook.start()
 
     def poll(self, timeout: float = 1.0) -> None:
@@ -288,9 +286,7 @@ class StreamRunner:
         )
         summary.alerts = done["alerts"]
         if self.webhook:
-            self.webhook_stop.set()  # an alert not delivered yet stays pending: sent by the next run
-            self.webhook.join(timeout=15)
-            summary.webhook = f"webhook: {self.webhook.delivered} delivered, {self.webhook.failures} failed attempts"
+            summary.webhook = self.webhook.close()
         self.broker.close()
         return summary
 

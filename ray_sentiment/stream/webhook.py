@@ -39,9 +39,9 @@ def payload(alert: Alert) -> bytes:
 
 
 class WebhookSender(threading.Thread):
-    def __init__(self, url: str, broker_url: str, output_stream: str, stop: threading.Event):
+    def __init__(self, url: str, broker_url: str, output_stream: str):
         super().__init__(name="alert-webhook", daemon=True)
-        self.url, self.output_stream, self.stop = url, output_stream, stop
+        self.url, self.output_stream, self.stop = url, output_stream, threading.Event()
         self.reader = RedisReader(broker_url)
         self.stream = alerts_stream(output_stream)
         self.totals = f"{output_stream}:totals"
@@ -70,6 +70,13 @@ class WebhookSender(threading.Thread):
                 self.reader.add_texts([alert])
                 if self.deliver(alert):
                     self.reader.redis.xack(self.stream, GROUP, id_)
+
+    def close(self, timeout: float = 15.0) -> str:
+        """Stop (an alert not delivered yet stays pending, for the next run) and say what was sent."""
+        self.stop.set()
+        self.join(timeout)
+        self.reader.close()
+        return f"webhook: {self.delivered} delivered, {self.failures} failed attempts"
 
     def deliver(self, alert: Alert) -> bool:
         """POST until a 2xx, with backoff; False when asked to stop first."""
