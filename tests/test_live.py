@@ -153,7 +153,7 @@ def test_with_an_api_key_the_data_needs_it_and_examples_are_shown_redacted(redis
             assert "555-123" not in page and "t.co" not in page and "@united" not in page
 
 
-def test_the_command_refuses_a_busy_port_an_unreachable_redis_and_bad_settings(capsys, redis_server):
+def test_the_command_refuses_a_busy_port_an_unreachable_redis_and_bad_settings(capsys, redis_server, monkeypatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -163,5 +163,11 @@ def test_the_command_refuses_a_busy_port_an_unreachable_redis_and_bad_settings(c
     unreachable = cli_in_process(capsys, "live", "--broker", "redis://:pw@127.0.0.1:1/0", "--output-stream", "s")
     assert unreachable.returncode == 2 and "cannot reach Redis at redis://:***@127.0.0.1:1/0" in unreachable.stderr
     assert "pw@" not in unreachable.stderr
+    args = ["live", "--broker", "redis://127.0.0.1:1/0", "--output-stream", "s", "--host", "0.0.0.0"]
+    unkeyed = cli_in_process(capsys, *args)
+    assert unkeyed.stderr.startswith("warning: the live page on 0.0.0.0 without an API key: anyone who reaches")
+    monkeypatch.setenv("RAY_SENTIMENT_API_KEY", " ")
+    empty = cli_in_process(capsys, "live", "--broker", redis_server.url, "--output-stream", "s")
+    assert empty.returncode == 2 and "RAY_SENTIMENT_API_KEY is set but empty" in empty.stderr
     with pytest.raises(Exception, match="--refresh-ms must be between 200 and 60000"):
         LiveSettings(refresh_ms=50)
