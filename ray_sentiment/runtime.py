@@ -135,6 +135,12 @@ def _drop_native_noise() -> None:
     thread.start()
 
     def restore() -> None:  # at exit: the pipe closes, the thread writes what is left and ends
+        # Ray's own exit hook runs after this one (registered before it, at ray.init), and its
+        # core worker logs as it stops ("Attempting to recover ... lost objects" after a lost
+        # node): stopped here, it does so through the filter.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         sys.stderr.flush()
         os.dup2(terminal, 2)
         thread.join(timeout=5)
