@@ -130,6 +130,7 @@ def test_with_an_api_key_the_data_needs_it_and_examples_are_shown_redacted(redis
     text = "@united lost my bag, see https://t.co/x2 or call 555-123-4567"
     commit_labelled(broker, client, windows_of("globex", [0.1] * 6 + [0.7], 40, first), text=text)
     commit_labelled(broker, client, [("globex", "positive", (first + 7) * MINUTE)])
+    client.xadd("scored:alerts", {"key": "someone else's entry"})  # not ours: left out, not a 500
     port = free_port()
     env = {**os.environ, "RAY_SENTIMENT_API_KEY": "k3y"}
     args = ["live", "--broker", redis_server.url, "--output-stream", "scored", "--port", str(port)]
@@ -151,6 +152,10 @@ def test_with_an_api_key_the_data_needs_it_and_examples_are_shown_redacted(redis
             assert shown.text == "@user lost my bag, see <url> or call <phone>"
             page = browser.page_source
             assert "555-123" not in page and "t.co" not in page and "@united" not in page
+        redis_server.stop()  # Redis away: said, and the page says it is not updating
+        time.sleep(1.2)  # past the snapshot's second
+        away = requests.get(f"{url}/v1/live", headers={"Authorization": "Bearer k3y"}, timeout=30)
+        assert away.status_code == 503 and away.json()["detail"].startswith("cannot reach Redis at redis://127.0.0.1:")
 
 
 def test_the_command_refuses_a_busy_port_an_unreachable_redis_and_bad_settings(capsys, redis_server, monkeypatch):

@@ -382,7 +382,12 @@ class RedisReader:
         """The `last` alerts, newest first; with `examples`, each with its example comments'
         texts, redacted (those the input stream still holds)."""
         raw = self._call(lambda: self.redis.xrevrange(alerts_stream(output_stream), count=last))
-        alerts = [Alert.of(id_.decode(), {k.decode(): v.decode() for k, v in f.items()}) for id_, f in raw]
+        alerts = []
+        for id_, fields in raw:
+            try:
+                alerts.append(Alert.of(id_.decode(), {k.decode(): v.decode() for k, v in fields.items()}))
+            except (TypeError, ValueError, UnicodeDecodeError):  # not written by `stream`: left out, said
+                log.warning("%s: entry %s is not an alert as `stream` writes them; left out", output_stream, id_)
         if examples:
             self.add_texts(alerts)
         return alerts
