@@ -10,6 +10,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import sys
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -69,6 +70,20 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
     return sock
+
+
+def warn_if_open(host: str, *, what: str, exposes: str) -> KeyDigest | None:
+    """The API key's digest, if one is set; without one, a warning when `host` is open to other
+    machines. `what` listens there; anyone who reaches it can then `exposes`."""
+    key = api_key_digest()
+    if key is None and not is_loopback(host):
+        print(
+            f"warning: {what} on {host} without an API key: anyone who reaches this machine can {exposes}; "
+            f"set {API_KEY_ENV}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return key
 
 
 def is_loopback(host: str) -> bool:

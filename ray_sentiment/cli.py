@@ -271,8 +271,8 @@ def _add_stream(sub) -> None:
     f.setting("max_text_chars", MAX_TEXT_CHARS_HELP)
     f.add("--use-gpu", action="store_true", help="one GPU per consumer actor")
 
-    help = "print the live counts per window (and key) and the latest alerts"
-    parser = _command(sub, "stream-stats", help=help, on_ray=False)
+    stats_help = "print the live counts per window (and key) and the latest alerts"
+    parser = _command(sub, "stream-stats", help=stats_help, on_ray=False)
     stats = Flags(parser, StreamStatsSettings)
     stats.add("--broker", "--redis", dest="broker", default=broker_url(), help=BROKER_HELP)
     stats.add("--output-stream", required=True, help="the output stream given to `stream`")

@@ -38,7 +38,7 @@ class Alert:
     def of(cls, id_: str, fields: dict[str, str]) -> Alert:
         values: dict = {"id": id_}
         for f in dataclasses.fields(cls):
-            if f.name in fields:
+            if f.name in fields and f.name != "examples":
                 kind = {"int": int, "float": float}.get(str(f.type), str)
                 values[f.name] = kind(fields[f.name])
         values["examples"] = fields.get("examples", "").split()

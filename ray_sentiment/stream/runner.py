@@ -282,9 +282,15 @@ class StreamRunner:
         seconds = time.perf_counter() - self.started
         pending = self.broker.pending()
         summary = StreamSummary(
-            done["scored"], done["dead_lettered"], pending, restarted, seconds, self.totals.lost, late=done["late"]
+            done["scored"],
+            done["dead_lettered"],
+            pending,
+            restarted,
+            seconds,
+            self.totals.lost,
+            late=done["late"],
+            alerts=done["alerts"],
         )
-        summary.alerts = done["alerts"]
         if self.webhook:
             summary.webhook = self.webhook.close()
         self.broker.close()

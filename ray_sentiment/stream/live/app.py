@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
 from importlib import resources
 
-from ...access import API_KEY_ENV, KeyDigest, api_key_digest, bind, is_loopback
+import uvicorn
+
+from ...access import KeyDigest, bind, warn_if_open
 from ...errors import RaySentimentError
 from ...settings import LiveSettings
 from ..broker import Reader, open_reader, shown_url
@@ -94,43 +95,28 @@ async def respond(send, status: int, body: bytes | dict, headers: list | None = 
 
 def serve_until_signalled(s: LiveSettings) -> None:
     """The `live` command: check Redis, bind the port, serve until SIGTERM or Ctrl-C."""
-    import uvicorn
-
-    key = api_key_digest()
-    if key is None and not is_loopback(s.host):
-        print(
-            f"warning: the live page on {s.host} without an API key: anyone who reaches this machine can read the "
-            f"counts and examples; set {API_KEY_ENV}",
-            file=sys.stderr,
-            flush=True,
-        )
+    key = warn_if_open(s.host, what="the live page", exposes="read the counts and examples")
     reader = open_reader(s.broker)
     reader.totals(s.output_stream)  # Redis reachable, the password right: said now, not on the first poll
     sock = bind(s.host, s.port)
     host = f"[{s.host}]" if ":" in s.host else s.host
     print(f"live page for {s.output_stream} on {shown_url(s.broker)}: http://{host}:{s.port}/", flush=True)
-    _Server = _server_class()
     config = uvicorn.Config(LiveApp(reader, s, key), log_level="warning", access_log=False, lifespan="off")
     try:
-        _Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     finally:
         reader.close()
 
 
-def _server_class():
-    import uvicorn
+class Server(uvicorn.Server):
+    """uvicorn, less its raising the signal that stopped it again once stopped: SIGTERM and Ctrl-C
+    are how `live` is meant to end, with exit status 0, as `serve` and `stream` do."""
 
-    class Server(uvicorn.Server):
-        """uvicorn, less its raising the signal that stopped it again once stopped: SIGTERM and
-        Ctrl-C are how `live` is meant to end, with exit status 0, as `serve` and `stream` do."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in handlers.items():
-                    signal.signal(sig, handler)
-
-    return Server
+    @contextlib.contextmanager
+    def capture_signals(self):
+        handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
