@@ -133,7 +133,7 @@ def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bu
 
 
 def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, tmp_path):
-    write_parts(comments(150_000), tmp_path / "in", 30)
+    write_parts(comments(60_000), tmp_path / "in", 30)
     killed = {}
     earlier = set(actor_pids("MapWorker"))  # an earlier test's actors, which may still be ending
 
@@ -155,12 +155,12 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
     killer.join(timeout=5)
     assert "pid" in killed, "no scoring actor was found to kill"
     out = read_output(tmp_path / "out")
-    assert summary.rows_out == len(out) == 150_000
-    assert out["id"].is_unique and out["id"].tolist() == list(range(150_000))
+    assert summary.rows_out == len(out) == 60_000
+    assert out["id"].is_unique and out["id"].tolist() == list(range(60_000))
 
 
 def test_a_run_killed_halfway_resumes_with_the_id_column(ray_address, bundle, tmp_path):
-    write_parts(comments(100_000), tmp_path / "in", 20)
+    write_parts(comments(40_000), tmp_path / "in", 20)
     args = [
         "score",
         "--model",
@@ -198,7 +198,7 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_address, bundle, tm
     second = run_cli(*args, env=ray_address)
     assert second.returncode == 0, second.stderr[-2000:]
     out = read_output(tmp_path / "out")
-    assert out["id"].is_unique and out["id"].tolist() == list(range(100_000))
+    assert out["id"].is_unique and out["id"].tolist() == list(range(40_000))
     assert "already done" in second.stdout and "already done 0" not in second.stdout
 
 

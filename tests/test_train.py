@@ -18,11 +18,13 @@ from ray_sentiment.train.driver import train
 
 from conftest import checkpoints, dataset
 
+ROWS, UNLABELLED = 2_000, 1_000
+
 
 @pytest.fixture(scope="module")
 def tweets_sample(tmp_path_factory):
-    """4,000 rows of tweets/train, every class in its natural share."""
-    rows = pd.read_parquet(dataset("tweets/train.parquet")).sample(n=4000, random_state=0)
+    """ROWS rows of tweets/train, every class in its natural share."""
+    rows = pd.read_parquet(dataset("tweets/train.parquet")).sample(n=ROWS, random_state=0)
     path = tmp_path_factory.mktemp("tweets") / "sample.parquet"
     rows[["text", "label"]].to_parquet(path)
     return path
@@ -30,10 +32,10 @@ def tweets_sample(tmp_path_factory):
 
 def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_path):
     """The default model, as `train` makes it: pretraining, two workers, the linear model beside it.
-    Two epochs and 2,500 unlabelled tweets: enough to prove each part and to beat the baseline
+    Two epochs and 1,000 unlabelled tweets: enough to prove each part and to beat the baseline
     (benchmarks/train_accuracy.py measures the full model)."""
     unlabelled = tmp_path / "unlabelled.parquet"
-    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(2_500).to_parquet(unlabelled)
+    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(UNLABELLED).to_parquet(unlabelled)
     bundle = train(
         TrainSettings(
             train_path=str(tweets_sample),
@@ -63,16 +65,16 @@ def test_two_workers_beat_the_majority_baseline(ray_local, tweets_sample, tmp_pa
     assert history[-1]["loss"] < history[0]["loss"], history  # the LSTM half learns too
     assert metrics["best_epoch"] == min(history, key=lambda h: h["val_loss"])["epoch"]
     assert metrics["validation"]["loss"] == pytest.approx(history[metrics["best_epoch"] - 1]["val_loss"])
-    assert metrics["rows"]["train"]["read"] == 4000
+    assert metrics["rows"]["train"]["read"] == ROWS
     assert (
-        metrics["rows"]["train"]["rows"] + metrics["rows"]["val"]["rows"] == 4000 - metrics["rows"]["train"]["dropped"]
+        metrics["rows"]["train"]["rows"] + metrics["rows"]["val"]["rows"] == ROWS - metrics["rows"]["train"]["dropped"]
     )
     assert metrics["restarts"] == []
     # keep_checkpoints: every epoch's checkpoint stays, pretraining's included
     assert len(checkpoints(tmp_path / "ckpt")) == len(metrics["pretraining"]) + metrics["epochs_run"]
     weights = safetensors.numpy.load_file(Path(bundle) / "model.safetensors")
     assert all(np.isfinite(w).all() for w in weights.values())
-    assert metrics["rows"]["unlabelled"]["read"] == 2_500
+    assert metrics["rows"]["unlabelled"]["read"] == UNLABELLED
     assert metrics["settings"]["embedding_init"] == "ppmi"
     # The default is the hybrid: pretraining on labelled and unlabelled texts, then a linear model
     # weighed against the LSTM on the validation rows.
