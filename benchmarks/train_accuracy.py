@@ -18,6 +18,7 @@ char 2-5 grams, balanced logistic regression, scikit-learn) is fitted on the sam
 """
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -100,6 +101,27 @@ def with_offsets(predict, val: pd.DataFrame, labels: list[str]):
     return shifted
 
 
+def reads_unlabelled(preset: str) -> bool:
+    return get_preset(preset).embedding_init == "ppmi" or get_preset(preset).pretrain_epochs > 0
+
+
+def trained(settings: TrainSettings, reuse: str | None) -> tuple[str, float | None]:
+    """The bundle's path and its training minutes; None for one an earlier run trained (--reuse)."""
+    earlier = Path(reuse or "", Path(settings.output).name)
+    if reuse and (earlier / "config.json").is_file():
+        print(f"reusing {earlier}", flush=True)
+        return str(earlier), None
+    started = time.perf_counter()
+    path = train(settings)
+    return path, (time.perf_counter() - started) / 60
+
+
+def train_minutes(entries: list[dict]) -> float | None:
+    """Mean over the seeds trained in this run; None where every bundle came from --reuse."""
+    minutes = [e["minutes"] for e in entries if e["minutes"] is not None]
+    return float(np.mean(minutes)) if minutes else None
+
+
 def candidates(bundle_path: str, preset: str) -> dict:
     """Name → a function from texts to probabilities (columns in the bundle's label order)."""
     predictor = Predictor.load(bundle_path)
@@ -148,6 +170,9 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--unlabelled", default=str(DATASETS / "unlabeled/tweets.parquet"), help="'' for none")
     parser.add_argument("--keep", metavar="DIR", help="write the bundles here, to look at later (default: deleted)")
+    parser.add_argument("--reuse", metavar="DIR", help="take the bundles an earlier --keep DIR run wrote, if there")
+    parser.add_argument("--distil", metavar="PRESET", help="also train this preset with each hybrid as --teacher")
+    parser.add_argument("--student-epochs", type=int, help="the students' --epochs (default: the preset's)")
     add_json_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)  # scoring speed: the in-process ceiling with both cores
@@ -165,21 +190,29 @@ def main() -> None:
             results: dict[str, list] = {}
             for preset in args.presets.split(","):
                 for seed in seeds:
-                    started = time.perf_counter()
-                    pretrained = get_preset(preset).embedding_init == "ppmi" or get_preset(preset).pretrain_epochs
-                    path = train(
-                        TrainSettings(
-                            **options,
-                            output=str(Path(args.keep or tmp) / f"{name}-{preset}-{seed}"),
-                            preset=preset,
-                            seed=seed,
-                            num_workers=args.num_workers,
-                            storage_path=str(tmp / "checkpoints"),
-                            unlabelled_path=(args.unlabelled or None) if pretrained else None,
-                        )
+                    settings = TrainSettings(
+                        **options,
+                        output=str(Path(args.keep or tmp) / f"{name}-{preset}-{seed}"),
+                        preset=preset,
+                        seed=seed,
+                        num_workers=args.num_workers,
+                        storage_path=str(tmp / "checkpoints"),
+                        unlabelled_path=(args.unlabelled or None) if reads_unlabelled(preset) else None,
                     )
-                    minutes = (time.perf_counter() - started) / 60
-                    models = candidates(path, preset)
+                    path, minutes = trained(settings, args.reuse)
+                    models, minutes_of = candidates(path, preset), {}
+                    if args.distil and get_preset(preset).linear:
+                        student = dataclasses.replace(
+                            settings,
+                            output=f"{settings.output}-{args.distil}-student",
+                            preset=args.distil,
+                            unlabelled_path=args.unlabelled or None,
+                            teacher=path,
+                            epochs=args.student_epochs,
+                        )
+                        student_path, student_minutes = trained(student, args.reuse)
+                        models[f"{args.distil}, student of {preset}"] = Predictor.load(student_path).predict_proba
+                        minutes_of[f"{args.distil}, student of {preset}"] = student_minutes
                     if val_rows is not None:
                         offsets = {
                             f"{m} + offsets fitted on validation": with_offsets(p, val_rows, labels)
@@ -188,7 +221,7 @@ def main() -> None:
                         models.update(offsets)
                     for model, predict in models.items():
                         entry = report(eval_rows, predict(texts), labels)
-                        entry["minutes"] = minutes
+                        entry["minutes"] = minutes_of.get(model, minutes)
                         speed.setdefault((name, model), (predict, speed_texts))
                         results.setdefault(model, []).append(entry)
                         print(f"{name} {model} seed {seed}: macro recall {100 * entry['macro_recall']:.1f}", flush=True)
@@ -215,7 +248,7 @@ def main() -> None:
                             np.mean([e["shares"] for e in entries], axis=0)
                         ),
                         "true %": shares(truth),
-                        "train min": float(np.mean([e["minutes"] for e in entries])),
+                        "train min": train_minutes(entries),
                     }
                 )
             print(table([r for r in rows if r["split"] == name]), flush=True)

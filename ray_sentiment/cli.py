@@ -119,6 +119,12 @@ def _add_train(sub) -> None:
         metavar="DIR",
         help="start from a pretrained encoder (`ray-sentiment pretrain`); no pretraining then",
     )
+    f.add(
+        "--teacher",
+        metavar="DIR",
+        help="a trained bundle (e.g. --preset hybrid) whose probabilities on the training and --unlabelled "
+        "comments this model also learns from: knowledge distillation",
+    )
     f.add("--split-column", help="a column naming each row's part (e.g. split, or the source year)")
     f.add(
         "--train-split", metavar="V[,V]", help="--split-column values whose rows train (default: all but --val-split)"

@@ -119,6 +119,7 @@ class TrainSettings(RunSettings):
     pretrain_epochs: int | None = None
     unlabelled_path: str | None = None  # comments without labels, for the vocabulary, word vectors and pretraining
     init_from: str | None = None  # a pretrained encoder (`ray-sentiment pretrain`) to fine-tune
+    teacher: str | None = None  # a bundle whose probabilities the model also learns from (train/distil.py)
     split_column: str | None = None  # a column naming each row's part, e.g. train/test or the source year
     train_split: tuple[str, ...] | None = None  # its values whose rows train (default: all but val_split)
     val_split: tuple[str, ...] | None = None  # its values whose rows validate (default: val_fraction of train)

@@ -20,11 +20,11 @@ from conftest import EXAMPLES, cli_in_process, dataset, worker_killed_after_firs
 
 @pytest.fixture(scope="module")
 def encoder(ray_local, tmp_path_factory):
-    """An encoder pretrained for three epochs on 6,000 unlabelled tweets, with a worker killed
+    """An encoder pretrained for three epochs on 3,000 unlabelled tweets, with a worker killed
     after the first epoch's checkpoint."""
     directory = tmp_path_factory.mktemp("pretrain")
     texts = directory / "unlabelled.parquet"
-    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(6_000).to_parquet(texts)
+    pd.read_parquet(dataset("unlabeled/tweets.parquet")).head(3_000).to_parquet(texts)
     with worker_killed_after_first_checkpoint(directory / "ckpt"):
         path = pretrain(
             PretrainSettings(
@@ -53,11 +53,15 @@ def test_pretraining_resumes_after_a_worker_is_killed(encoder):
     assert {p.name for p in encoder.iterdir()} == {"config.json", "vocab.json", "encoder.safetensors", "metrics.json"}
 
 
-def test_train_init_from_starts_from_the_encoder_and_keeps_its_vocabulary(encoder, tmp_path):
-    labelled = tmp_path / "labelled.parquet"
+def test_train_init_from_starts_from_the_encoder_and_keeps_its_vocabulary_and_learns_from_a_teacher(
+    encoder, hybrid_bundle, tmp_path
+):
+    """Fine-tuning, distilled (`--teacher`, train/distil.py): one training run proves both."""
+    labelled, unlabelled = tmp_path / "labelled.parquet", tmp_path / "unlabelled.parquet"
     pd.read_parquet(dataset("tweets/train.parquet")).sample(n=1500, random_state=0)[["text", "label"]].to_parquet(
         labelled
     )
+    pd.read_parquet(dataset("unlabeled/tweets.parquet")).tail(500).to_parquet(unlabelled)
     bundle = train(
         TrainSettings(
             train_path=str(labelled),
@@ -67,12 +71,17 @@ def test_train_init_from_starts_from_the_encoder_and_keeps_its_vocabulary(encode
             epochs=1,
             num_workers=2,
             storage_path=str(tmp_path / "ckpt"),
+            teacher=str(hybrid_bundle),
+            unlabelled_path=str(unlabelled),
         )
     )
     predictor = Predictor.load(bundle)
     assert predictor.bundle.vocab == load_encoder(str(encoder)).vocab
     metrics = json.loads((Path(bundle) / "metrics.json").read_text())
     assert metrics["pretraining"] == [] and metrics["epochs_run"] == 1  # no second pretraining
+    rows = metrics["rows"]
+    assert rows["teacher"]["rows"] == rows["train"]["rows"] + 500  # every training and unlabelled text
+    assert metrics["settings"]["teacher"] == str(hybrid_bundle)
     # Fine-tuning moved the encoder's weights, but started from them: one epoch keeps them close.
     start = load_encoder(str(encoder)).state_dict["lstm.weight_hh_l0"]
     tuned = predictor.bundle.state_dict["lstm.weight_hh_l0"]

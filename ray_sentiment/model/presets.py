@@ -75,6 +75,13 @@ PRESETS: dict[str, Preset] = {
         linear=True,
         description="pretrained, averaged with a linear model of TF-IDF word 1-2 and character 2-5 grams",
     ),
+    "distilled": Preset(
+        ModelConfig(),
+        class_weighted=True,
+        embedding_init="ppmi",
+        description="the reference's shape, embedding started from PPMI-SVD word vectors, class-weighted loss: "
+        "a fast student for train --teacher",
+    ),
 }
 PRESETS["default"] = dataclasses.replace(PRESETS["hybrid"], description="hybrid (chosen by measurement)")
 

@@ -17,7 +17,7 @@ from ..inputs import (
     require_classes,
     total,
 )
-from ..model.bundle import EncoderBundle, load_encoder
+from ..model.bundle import EncoderBundle, ModelBundle, load_bundle, load_encoder
 from ..model.presets import Preset, get_preset
 from ..settings import PretrainSettings, TrainSettings
 
@@ -49,13 +49,27 @@ def check_train(s: TrainSettings) -> tuple[Preset, EncoderBundle | None]:
     encoder = load_encoder(s.init_from) if s.init_from else None
     if encoder is not None:
         check_encoder_fits(encoder, r, s)
+    teacher = load_bundle(s.teacher) if s.teacher else None
     counts = check_labelled(s.train_path, s.text_column, label_column=s.label_column, split_column=s.split_column)
     val = check_labelled(s.val_path, s.text_column, label_column=s.label_column) if s.val_path else None
     if s.unlabelled_path:
         check_labelled(s.unlabelled_path, s.text_column)
     if counts is not None:
         check_labels(s, counts, val)
+        if teacher is not None:
+            labels = sorted(total(counts, s.train_split, exclude=s.val_split or ()))
+            check_teacher_labels(teacher, labels, str(s.teacher))
     return r, encoder
+
+
+def check_teacher_labels(teacher: ModelBundle, labels: list[str], path: str) -> None:
+    """--teacher: its probabilities must be over the very labels the model learns (again inside
+    Ray, for inputs too large to count here)."""
+    if list(teacher.labels) != list(labels):
+        raise ConfigError(
+            f"the teacher {path} predicts the labels {', '.join(teacher.labels)}, the training data has "
+            f"{', '.join(labels)}; a teacher must know the same labels"
+        )
 
 
 def check_labels(s: TrainSettings, counts: dict, val: dict | None) -> None:

@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from ..data.read import read_labelled
 from ..errors import DataError, TrainingError, user_cause
-from ..model.bundle import EncoderBundle, ModelBundle, save_bundle, save_encoder
+from ..model.bundle import EncoderBundle, ModelBundle, load_bundle, save_bundle, save_encoder
 from ..model.embeddings import ppmi_vectors
 from ..model.linear import LinearModel, best_weight, fit_linear
 from ..model.predictor import Predictor
@@ -36,7 +36,8 @@ from ..runtime import cpus_per_process, ensure_ray
 from ..settings import TrainSettings
 from ..storage import is_uri
 from ..text.tokens import TokenizerConfig, tokenize
-from .checks import RECIPE_FIELDS, check_train
+from .checks import RECIPE_FIELDS, check_teacher_labels, check_train
+from .distil import soft_targets
 from .loop import STATE_FILE, Classifying, LoopSettings, Pretraining, TrainState, train_loop
 from .prepare import LabelledData, cooccurrence_matrix, encode_dataset, fit_vocab, load_labelled
 
@@ -50,9 +51,14 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     ensure_ray()
     started = time.time()
     data = read_data(settings, r)
-    texts = all_texts(data.train, settings.unlabelled_path, text_column=settings.text_column, counts=data.counts)
+    unlabelled = read_unlabelled(settings.unlabelled_path, text_column=settings.text_column, counts=data.counts)
+    texts = data.train.select_columns(["text"])
+    texts = texts.union(unlabelled).materialize() if unlabelled is not None else texts
     vocab = encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size)
-    train_ds = encode_dataset(data.train, vocab, max_len=r.max_len, labels=data.labels)
+    if settings.teacher:
+        train_ds = distilled(settings.teacher, data=data, unlabelled=unlabelled, vocab=vocab, max_len=r.max_len)
+    else:
+        train_ds = encode_dataset(data.train, vocab, max_len=r.max_len, labels=data.labels)
     val_ds = encode_dataset(data.val, vocab, max_len=r.max_len, labels=data.labels)
     pretraining = r.pretrain_epochs > 0 and encoder is None
     encoded = encode_dataset(texts, vocab, max_len=r.max_len) if pretraining or r.embedding_init == "ppmi" else None
@@ -108,15 +114,34 @@ def weigh_linear(bundle: ModelBundle, linear: LinearModel, *, val_ds, labels: li
     return weight, {"chosen": weight, "val_log_loss": losses}
 
 
-def all_texts(train_ds, unlabelled_path: str | None, *, text_column: str, counts: dict):
-    """The training texts and, if given, the unlabelled ones: what the vocabulary, word vectors and
-    language model learn from."""
-    texts = train_ds.select_columns(["text"])
-    if not unlabelled_path:
-        return texts
-    extra = read_labelled(unlabelled_path, text_column, label_column=None)
+def read_unlabelled(path: str | None, *, text_column: str, counts: dict):
+    """The --unlabelled texts, if given: with the training texts, what the vocabulary, word vectors
+    and language model learn from, and what a --teacher labels."""
+    if not path:
+        return None
+    extra = read_labelled(path, text_column, label_column=None)
     counts["unlabelled"] = {"read": extra.rows_read, "dropped": extra.rows_dropped}
-    return texts.union(extra.dataset).materialize()
+    return extra.dataset
+
+
+def distilled(path: str, *, data: LabelledData, unlabelled, vocab: list[str], max_len: int):
+    """The training rows and the unlabelled ones, each with the --teacher's probabilities as its target."""
+    teacher = load_bundle(path)
+    check_teacher_labels(teacher, data.labels, path)
+    started = time.time()
+    extra = data.counts.get("unlabelled", {})
+    with progress() as reporter:
+        reporter.update(
+            "teacher scoring", 0, data.counts["train"]["rows"] + extra.get("read", 0) - extra.get("dropped", 0)
+        )
+        rows = soft_targets(
+            data.train, unlabelled, teacher=teacher, vocab=vocab, max_len=max_len, labels=data.labels, reporter=reporter
+        )
+    n = rows.count()
+    seconds = time.time() - started
+    data.counts["teacher"] = {"rows": n, "seconds": round(seconds, 1)}
+    print(f"teacher: {n:,} texts scored by {path} in {seconds:.0f} s")
+    return rows
 
 
 @ray.remote(num_cpus=0.5)  # beside the Train workers: cpus_per_process leaves one CPU for such work
@@ -169,6 +194,7 @@ def training_metrics(settings: TrainSettings, r: Preset, state: TrainState) -> d
             "num_workers": settings.num_workers,
             "use_gpu": settings.use_gpu,
             "seed": settings.seed,
+            "teacher": settings.teacher,
         },
     }
 
@@ -207,6 +233,7 @@ def loop_settings(
             batch_size=max(1, r.batch_size // settings.num_workers),
             learning_rate=r.learning_rate,
             class_weights=None if weights is None else tuple(weights.tolist()),
+            soft_targets=bool(settings.teacher),
         ),
     )
 

@@ -53,6 +53,7 @@ class Classifying:
     batch_size: int  # per worker
     learning_rate: float
     class_weights: tuple[float, ...] | None
+    soft_targets: bool = False  # rows carry a "target" distribution (distil.py), not a label_id
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def classifier_phase(
 ) -> None:
     """The classifier's epochs, with early stopping on the validation loss."""
     world = _world()
-    train_arrays = _load_shard("train", ("ids", "length", "label_id"))
+    train_arrays = _load_shard("train", ("ids", "length", "target" if phase.soft_targets else "label_id"))
     val_ids, val_len, val_y = _load_shard("val", ("ids", "length", "label_id"))
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1
     # Created after the move, so a restored optimizer state lands on the parameters' device.
@@ -327,6 +328,7 @@ def _load_shard(name: str, columns: tuple[str, ...]) -> tuple[np.ndarray, ...]:
             "ids": np.zeros((0, 1), np.int32),
             "length": np.zeros(0, np.int32),
             "label_id": np.zeros(0, np.int64),
+            "target": np.zeros((0, 1), np.float32),
         }
         return tuple(empty[c] for c in columns)
     return tuple(np.concatenate([p[key] for p in parts]) for key in columns)
