@@ -34,6 +34,7 @@ def test_labelled_rows_learn_half_label_half_teacher_and_unlabelled_rows_the_tea
         encoder=encoder,
         labels=LABELS,
         threads=torch.get_num_threads(),
+        device="cpu",
         reporter=Reporter(queue.Queue()),
     )
     expected = Predictor.load(teacher).predict_proba(SAMPLE_TEXTS)

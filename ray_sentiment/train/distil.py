@@ -28,9 +28,11 @@ TEACHER_SHARE = 0.5
 class Teacher:
     """One per actor: the teacher bundle, loaded once; each batch comes back encoded with its target."""
 
-    def __init__(self, bundle: ModelBundle, *, encoder: Encoder, labels: list[str], threads: int, reporter: Reporter):
+    def __init__(
+        self, bundle: ModelBundle, *, encoder: Encoder, labels: list[str], threads: int, device: str, reporter: Reporter
+    ):
         torch.set_num_threads(threads)
-        self.predictor = Predictor(bundle)
+        self.predictor = Predictor(bundle, device=device)
         self.encoder, self.reporter = encoder, reporter
         self.label_ids = {label: i for i, label in enumerate(labels)}
 
@@ -54,9 +56,11 @@ def soft_targets(
     vocab: list[str],
     max_len: int,
     labels: list[str],
+    use_gpu: bool,
     reporter: Reporter,
 ) -> ray.data.Dataset:
-    """ids, length and target (float32 [classes]) for every labelled and unlabelled row."""
+    """ids, length and target (float32 [classes]) for every labelled and unlabelled row; with use_gpu
+    the teacher runs on one GPU per actor, as `score --use-gpu` does."""
     nodes = cpu_nodes()
     actors = max(1, int(sum(nodes) // 2))
     constructor = {
@@ -64,6 +68,7 @@ def soft_targets(
         "encoder": Encoder(vocab, max_len),
         "labels": labels,
         "threads": max(1, int(min(nodes) // -(-actors // len(nodes)))),
+        "device": "cuda" if use_gpu else "cpu",
         "reporter": reporter,
     }
     parts = [labelled.select_columns(["text", "label"])]
@@ -77,6 +82,7 @@ def soft_targets(
             batch_size=TOKENISE_ROWS,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
+            num_gpus=1 if use_gpu else 0,
         )
         for part in parts
     ]

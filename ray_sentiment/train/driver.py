@@ -56,7 +56,7 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     texts = texts.union(unlabelled).materialize() if unlabelled is not None else texts
     vocab = encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size)
     if settings.teacher:
-        train_ds = distilled(settings.teacher, data=data, unlabelled=unlabelled, vocab=vocab, max_len=r.max_len)
+        train_ds = distilled(settings, data=data, unlabelled=unlabelled, vocab=vocab, max_len=r.max_len)
     else:
         train_ds = encode_dataset(data.train, vocab, max_len=r.max_len, labels=data.labels)
     val_ds = encode_dataset(data.val, vocab, max_len=r.max_len, labels=data.labels)
@@ -124,8 +124,9 @@ def read_unlabelled(path: str | None, *, text_column: str, counts: dict):
     return extra.dataset
 
 
-def distilled(path: str, *, data: LabelledData, unlabelled, vocab: list[str], max_len: int):
+def distilled(settings: TrainSettings, *, data: LabelledData, unlabelled, vocab: list[str], max_len: int):
     """The training rows and the unlabelled ones, each with the --teacher's probabilities as its target."""
+    path = str(settings.teacher)
     teacher = load_bundle(path)
     check_teacher_labels(teacher, data.labels, path)
     started = time.time()
@@ -135,7 +136,14 @@ def distilled(path: str, *, data: LabelledData, unlabelled, vocab: list[str], ma
             "teacher scoring", 0, data.counts["train"]["rows"] + extra.get("read", 0) - extra.get("dropped", 0)
         )
         rows = soft_targets(
-            data.train, unlabelled, teacher=teacher, vocab=vocab, max_len=max_len, labels=data.labels, reporter=reporter
+            data.train,
+            unlabelled,
+            teacher=teacher,
+            vocab=vocab,
+            max_len=max_len,
+            labels=data.labels,
+            use_gpu=settings.use_gpu,
+            reporter=reporter,
         )
     n = rows.count()
     seconds = time.time() - started
