@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,21 @@ pytestmark = pytest.mark.e2e
 
 
 def run_group(command: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run in its own process group, killed whole (Ray's daemons included) if it overruns or fails."""
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    """Run in its own process group; once it ends or overruns (returncode -9), whatever it left
+    running (Ray's daemons, a failed script's background jobs) is killed with it. Output goes to
+    files, not pipes: a leftover process holding a pipe open kept the test waiting for the timeout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
 
 
 def test_make_quickstart_prints_at_most_30_lines_and_none_of_rays(tmp_path):
