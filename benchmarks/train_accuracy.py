@@ -10,11 +10,14 @@ Presets other than `seed` also read the unlabelled tweets (vocabulary, word vect
 A hybrid run is scored three ways: the whole hybrid, its LSTM alone (the `pretrained` preset's
 model, pretraining included) and its linear model alone. On the temporal split each model is also
 scored with per-class decision offsets (added to its log-probabilities) fitted for macro recall on
-the validation rows: do offsets tuned on validation help on the later year? The baseline (TF-IDF word 1-2 grams +
+the validation rows: do offsets tuned on validation help on the later year? With `--distil
+PRESET`, each hybrid is also the teacher (`train --teacher`) of a model of that preset, scored
+beside it. The baseline (TF-IDF word 1-2 grams +
 char 2-5 grams, balanced logistic regression, scikit-learn) is fitted on the same rows in the same run.
 
     python benchmarks/train_accuracy.py [--splits temporal,tweets,airline] [--presets seed,bilstm,hybrid]
                                         [--seeds 0,1] [--num-workers 2] [--json PATH]
+                                        [--distil distilled --student-epochs 4] [--keep DIR] [--reuse DIR]
 """
 
 import argparse
