@@ -94,3 +94,22 @@ def test_a_fixable_error_reaching_the_cli_unwrapped_is_one_line_exit_2(monkeypat
     assert cli.main(["predict", "--model", "m", "x"]) == 2
     assert capsys.readouterr().err == "ray-sentiment: error: [Errno 13] Permission denied: 'out/scored.parquet'\n"
     assert not list(tmp_path.iterdir())  # not a bug: no traceback file
+
+
+def test_a_training_worker_lost_with_its_node_is_a_machine_failure_however_ray_train_reports_it():
+    """Ray Train reports a worker whose node died either as Ray's actor error or as a failed health
+    check holding it (seen once the multi-node test's kill landed between epochs); its own error is a bug."""
+    from ray.exceptions import ActorDiedError
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    from ray_sentiment.train.driver import machine_failed
+
+    def group(failure: Exception) -> WorkerGroupError:
+        return WorkerGroupError("Training failed due to worker errors:", {1: failure})
+
+    assert machine_failed(group(ActorDiedError()))
+    assert machine_failed(group(WorkerHealthCheckFailedError("A worker health check failed.", ActorDiedError())))
+    assert machine_failed(group(RuntimeError("[../third_party/gloo] Connection reset by peer")))
+    assert not machine_failed(group(ValueError("a bug of ours")))
+    assert not machine_failed(group(WorkerHealthCheckFailedError("A worker health check failed.", ValueError("x"))))

@@ -89,7 +89,7 @@ def test_train_on_two_nodes_resumes_from_the_checkpoint_in_the_bucket_when_one_d
 
 
 def test_train_without_max_failures_names_the_lost_node_and_writes_no_bundle(restored):
-    row = chaos.train(restored, max_failures=0, epochs=2, rows=1500)
+    row = chaos.train(restored, max_failures=0, epochs=3, rows=1500)
     assert row["running_at_kill"] and not row["bundle_written"]
     assert row["exit"] == 2, row["stdout"][-2000:] + row["stderr"][-3000:]
     error = row["stderr"].strip().splitlines()[-1]

@@ -301,13 +301,23 @@ def _alive_nodes() -> dict[str, str]:
     return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
 
 
+def machine_failed(exc: ray.train.WorkerGroupError) -> bool:
+    """Whether a worker failed with its process or node (Ray's error, or a peer that vanished),
+    rather than raising an error of its own."""
+    failures = list((getattr(exc, "worker_failures", None) or {}).values())
+    # A worker whose node died may also be reported as a failed health check holding Ray's error.
+    failures += [getattr(f, "health_check_failure", None) for f in failures]
+    failures = [f for f in failures if isinstance(f, BaseException)]
+    return any(user_cause(f) is not None for f in failures) or any(
+        gone in str(f) for f in failures for gone in PEER_GONE
+    )
+
+
 def _lost_worker(exc: ray.train.WorkerGroupError, before: dict[str, str], max_failures: int) -> TrainingError | None:
     """A worker lost with its process or node: the others then fail as their peer vanishes. The
     machines failed, not the input or the code; the error names the node if one died. None: a
     worker raised an error of its own, which is a bug."""
-    failures = list((getattr(exc, "worker_failures", None) or {}).values())
-    ray_failed = any(user_cause(f) is not None for f in failures)
-    if not ray_failed and not any(gone in str(f) for f in failures for gone in PEER_GONE):
+    if not machine_failed(exc):
         return None
     deadline = time.monotonic() + NODE_DEATH_S
     while not (dead := set(before) - set(_alive_nodes())) and time.monotonic() < deadline:
