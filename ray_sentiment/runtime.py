@@ -228,6 +228,13 @@ def task_cpus() -> float:
     return min(1.0, min(cpu_nodes()) / 2)
 
 
+def threads_per_actor(actors: int) -> int:
+    """Torch threads for each of `actors` model actors: the CPUs of a node shared among the actors
+    it will hold (actors spread over the nodes)."""
+    nodes = cpu_nodes()
+    return max(1, int(min(nodes) // -(-actors // len(nodes))))
+
+
 def cpu_nodes() -> list[float]:
     """The CPUs of each live node that has any."""
     import ray

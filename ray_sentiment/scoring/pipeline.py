@@ -31,7 +31,7 @@ from ..model.predictor import Predictor
 from ..outputs import OutputDir
 from ..progress import Reporter, progress
 from ..results import check_texts, result_columns, result_fields
-from ..runtime import cpu_nodes, cpus_per_process, ensure_ray, task_cpus
+from ..runtime import cpus_per_process, ensure_ray, task_cpus, threads_per_actor
 from ..settings import Concurrency, ScoreSettings
 from ..storage import resolve_filesystem
 from ..text.tokens import TOKENISE_ROWS, Encoder, tokenize
@@ -176,7 +176,7 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
             "batch_size": plan.batch_size,
             "tokenising": None if plan.in_tasks else tokenising,
             "reporter": plan.reporter,
-            "threads": _threads_per_actor(pool.max_size),
+            "threads": threads_per_actor(pool.max_size),
         },
         batch_format="pyarrow",
         batch_size=plan.batch_size if plan.in_tasks else max(plan.batch_size, TOKENISE_ROWS),
@@ -188,12 +188,6 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
         # node if need be, and its batches retried there. Passing them here would only add Ray's
         # deprecation warning for extra remote arguments.
     )
-
-
-def _threads_per_actor(actors: int) -> int:
-    """The CPUs of a node shared among the actors it will hold (actors spread over the nodes)."""
-    nodes = cpu_nodes()
-    return max(1, int(min(nodes) // -(-actors // len(nodes))))
 
 
 def _actor_pool(concurrency: Concurrency) -> ray.data.ActorPoolStrategy:

@@ -19,7 +19,7 @@ import torch
 from ..model.bundle import ModelBundle
 from ..model.predictor import Predictor
 from ..progress import Reporter
-from ..runtime import cpu_nodes
+from ..runtime import cpu_nodes, threads_per_actor
 from ..text.tokens import TOKENISE_ROWS, Encoder
 
 TEACHER_SHARE = 0.5
@@ -61,13 +61,12 @@ def soft_targets(
 ) -> ray.data.Dataset:
     """ids, length and target (float32 [classes]) for every labelled and unlabelled row; with use_gpu
     the teacher runs on one GPU per actor, as `score --use-gpu` does."""
-    nodes = cpu_nodes()
-    actors = max(1, int(sum(nodes) // 2))
+    actors = max(1, int(sum(cpu_nodes()) // 2))
     constructor = {
         "bundle": teacher,
         "encoder": Encoder(vocab, max_len),
         "labels": labels,
-        "threads": max(1, int(min(nodes) // -(-actors // len(nodes)))),
+        "threads": threads_per_actor(actors),
         "device": "cuda" if use_gpu else "cpu",
         "reporter": reporter,
     }
