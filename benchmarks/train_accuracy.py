@@ -8,7 +8,8 @@ each seed, and scored on rows it never saw:
 - airline: trained on the `train` split (validated on 10% of it), scored on the `test` split.
 Presets other than `seed` also read the unlabelled tweets (vocabulary, word vectors, pretraining).
 A hybrid run is scored three ways: the whole hybrid, its LSTM alone (the `pretrained` preset's
-model, pretraining included) and its linear model alone. On the temporal split each model is also
+model, pretraining included) and its linear model alone; a preset that trains its teacher first
+(`default`) is scored beside that teacher. On the temporal split each model is also
 scored with per-class decision offsets (added to its log-probabilities) fitted for macro recall on
 the validation rows: do offsets tuned on validation help on the later year? With `--distil
 PRESET`, each hybrid is also the teacher (`train --teacher`) of a model of that preset, scored
@@ -22,6 +23,7 @@ char 2-5 grams, balanced logistic regression, scikit-learn) is fitted on the sam
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -37,7 +39,7 @@ from ray_sentiment.metrics import classification_report
 from ray_sentiment.model.presets import get_preset
 from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text.tokens import tokenize
-from ray_sentiment.train.driver import train
+from ray_sentiment.train.driver import TEACHER_DIR, train
 
 from _common import DATASETS, add_json_option, finish, table, tfidf_baseline
 
@@ -125,16 +127,24 @@ def train_minutes(entries: list[dict]) -> float | None:
     return float(np.mean(minutes)) if minutes else None
 
 
-def candidates(bundle_path: str, preset: str) -> dict:
-    """Name → a function from texts to probabilities (columns in the bundle's label order)."""
+def candidates(bundle_path: str, preset: str, timed: bool = False) -> tuple[dict, dict]:
+    """(name → a function from texts to probabilities, columns in the bundle's label order; name →
+    training minutes of a teacher trained in the same job, if `timed`: this run trained it)."""
     predictor = Predictor.load(bundle_path)
-    found = {preset: predictor.predict_proba}
+    found, minutes = {preset: predictor.predict_proba}, {}
     if predictor.linear is not None:
         alone = Predictor.load(bundle_path)
         alone.linear = None
         found[f"{preset}: its LSTM alone"] = alone.predict_proba
         found[f"{preset}: its linear model alone"] = lambda texts: predictor.linear.predict_proba(tokenize(texts))
-    return found
+    teacher = Path(bundle_path, TEACHER_DIR)
+    if (teacher / "config.json").is_file():  # a preset whose job trains its teacher first
+        name = f"{preset}: its teacher, {get_preset(preset).teacher}"
+        models, _ = candidates(str(teacher), name)
+        found.update(models)
+        seconds = json.loads((teacher / "metrics.json").read_text())["train_seconds"]
+        minutes.update({model: seconds / 60 if timed else None for model in models})
+    return found, minutes
 
 
 def texts_per_s(predict, texts: list[str]) -> float:
@@ -203,7 +213,7 @@ def main() -> None:
                         unlabelled_path=(args.unlabelled or None) if reads_unlabelled(preset) else None,
                     )
                     path, minutes = trained(settings, args.reuse)
-                    models, minutes_of = candidates(path, preset), {}
+                    models, minutes_of = candidates(path, preset, timed=minutes is not None)
                     if args.distil and get_preset(preset).linear:
                         student = dataclasses.replace(
                             settings,

@@ -43,6 +43,9 @@ class Preset:
     pretrain_learning_rate: float = 2e-3
     # A hybrid: the LSTM averaged with a linear n-gram model (linear.py), weighed on validation rows.
     linear: bool = False
+    # Distillation in one job: this preset is trained first, into the bundle's teacher/ directory, and
+    # the model then learns from its probabilities (train --teacher); "": none.
+    teacher: str = ""
     description: str = ""
 
 
@@ -83,13 +86,27 @@ PRESETS: dict[str, Preset] = {
         "a fast student for train --teacher",
     ),
 }
-PRESETS["default"] = dataclasses.replace(PRESETS["hybrid"], description="hybrid (chosen by measurement)")
+# The hybrid's macro recall at one LSTM's speed (benchmarks/README.md). Its best epoch by validation
+# loss was its first on the later-tweets split, so it waits 2 epochs for a better one, not 3.
+PRESETS["default"] = dataclasses.replace(
+    PRESETS["distilled"],
+    teacher="hybrid",
+    patience=2,
+    description="distilled, taught by a hybrid trained first in the same job (chosen by measurement)",
+)
 
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def encoder_preset(name: str) -> Preset:
+    """The preset an encoder is for (`pretrain --preset`, `train --init-from`): with a teacher
+    trained first, the teacher's, as only the teacher pretrains."""
+    preset = get_preset(name)
+    return get_preset(preset.teacher) if preset.teacher else preset
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:

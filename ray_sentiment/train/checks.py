@@ -48,7 +48,7 @@ def check_train(s: TrainSettings) -> tuple[Preset, EncoderBundle | None]:
     r = recipe(s)
     encoder = load_encoder(s.init_from) if s.init_from else None
     if encoder is not None:
-        check_encoder_fits(encoder, r, s)
+        check_encoder_fits(encoder, teacher_recipe(s, r) or r, s)
     teacher = load_bundle(s.teacher) if s.teacher else None
     counts = check_labelled(s.train_path, s.text_column, label_column=s.label_column, split_column=s.split_column)
     val = check_labelled(s.val_path, s.text_column, label_column=s.label_column) if s.val_path else None
@@ -60,6 +60,14 @@ def check_train(s: TrainSettings) -> tuple[Preset, EncoderBundle | None]:
             labels = sorted(total(counts, s.train_split, exclude=s.val_split or ()))
             check_teacher_labels(teacher, labels, str(s.teacher))
     return r, encoder
+
+
+def teacher_recipe(s: TrainSettings, r: Preset) -> Preset | None:
+    """The recipe of the teacher this job trains first (the preset names one and no --teacher was
+    given), with the user's options laid over it as over the model's; else None."""
+    if not r.teacher or s.teacher:
+        return None
+    return recipe(dataclasses.replace(s, preset=r.teacher))
 
 
 def check_teacher_labels(teacher: ModelBundle, labels: list[str], path: str) -> None:

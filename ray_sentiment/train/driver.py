@@ -5,7 +5,8 @@
 Driver: read and split the data, fit the vocabulary on labelled and unlabelled texts and encode
 every text once (Ray Data), start the hybrid's linear model in a Ray task, then hand the encoded
 datasets to a TorchTrainer, whose workers run loop.py. The best epoch's weights become the bundle;
-the pretrained encoder is kept beside it.
+the pretrained encoder is kept beside it. A preset with a teacher (the default) runs this twice in
+one job: the teacher into the bundle's teacher/ directory, then the model, learning from it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from ..runtime import cpus_per_process, ensure_ray
 from ..settings import TrainSettings
 from ..storage import is_uri
 from ..text.tokens import TokenizerConfig, tokenize
-from .checks import RECIPE_FIELDS, check_teacher_labels, check_train
+from .checks import RECIPE_FIELDS, check_teacher_labels, check_train, teacher_recipe
 from .distil import soft_targets
 from .loop import STATE_FILE, Classifying, LoopSettings, Pretraining, TrainState, train_loop
 from .prepare import LabelledData, cooccurrence_matrix, encode_dataset, fit_vocab, load_labelled
 
 PRETRAINED_DIR = "pretrained"  # in the bundle directory: the encoder, for `train --init-from`
+TEACHER_DIR = "teacher"  # in the bundle directory: the teacher a preset trains first (Preset.teacher)
 
 
 def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] | None = None) -> str:
@@ -54,17 +56,54 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     unlabelled = read_unlabelled(settings.unlabelled_path, text_column=settings.text_column, counts=data.counts)
     texts = data.train.select_columns(["text"])
     texts = texts.union(unlabelled).materialize() if unlabelled is not None else texts
-    vocab = encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size)
+    inputs = Inputs(data, unlabelled, texts, vocab=encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size))
+    if (teacher_r := teacher_recipe(settings, r)) is not None:
+        # The teacher first, on the same rows and vocabulary; the encoder (--init-from) is its.
+        output = f"{settings.output.rstrip('/')}/{TEACHER_DIR}"
+        print(f"teacher: training the {r.teacher!r} preset first, into {output}")
+        teacher = dataclasses.replace(settings, preset=r.teacher, output=output)
+        settings = dataclasses.replace(settings, teacher=fit_bundle(teacher, teacher_r, inputs, encoder, time.time()))
+        encoder = None
+    return fit_bundle(settings, r, inputs, encoder, started)
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What every model of a job learns from: the split labelled rows, the unlabelled ones, all
+    texts together, the vocabulary; all texts encoded and their word co-occurrences are made once
+    for a teacher and its student."""
+
+    data: LabelledData
+    unlabelled: ray.data.Dataset | None
+    texts: ray.data.Dataset
+    vocab: list[str]
+    _made: dict = dataclasses.field(default_factory=dict)
+
+    def encoded(self, max_len: int) -> ray.data.Dataset:
+        if ("encoded", max_len) not in self._made:
+            self._made["encoded", max_len] = encode_dataset(self.texts, self.vocab, max_len=max_len)
+        return self._made["encoded", max_len]
+
+    def cooccurrence(self, max_len: int):
+        if ("cooccurrence", max_len) not in self._made:
+            self._made["cooccurrence", max_len] = cooccurrence_matrix(self.encoded(max_len), len(self.vocab))
+        return self._made["cooccurrence", max_len]
+
+
+def fit_bundle(
+    settings: TrainSettings, r: Preset, inputs: Inputs, encoder: EncoderBundle | None, started: float
+) -> str:
+    """Train one model on the inputs and write its bundle; returns where it went."""
+    data, vocab = inputs.data, inputs.vocab
     if settings.teacher:
-        train_ds = distilled(settings, data=data, unlabelled=unlabelled, vocab=vocab, max_len=r.max_len)
+        train_ds = distilled(settings, data=data, unlabelled=inputs.unlabelled, vocab=vocab, max_len=r.max_len)
     else:
         train_ds = encode_dataset(data.train, vocab, max_len=r.max_len, labels=data.labels)
     val_ds = encode_dataset(data.val, vocab, max_len=r.max_len, labels=data.labels)
     pretraining = r.pretrain_epochs > 0 and encoder is None
-    encoded = encode_dataset(texts, vocab, max_len=r.max_len) if pretraining or r.embedding_init == "ppmi" else None
     linear = fit_linear_task.remote(data.train, data.labels, r.class_weighted) if r.linear else None
-    loop = loop_settings(settings, r, data=data, vocab=vocab, encoded_texts=encoded, encoder=encoder)
-    datasets = {"train": train_ds, "val": val_ds, **({"lm": encoded} if pretraining else {})}
+    loop = loop_settings(settings, r, inputs, encoder=encoder)
+    datasets = {"train": train_ds, "val": val_ds, **({"lm": inputs.encoded(r.max_len)} if pretraining else {})}
     state, checkpoint = fit(settings, loop, datasets)
     if state.best_model is None or state.best_report is None:  # no bundle without a validated epoch
         raise TrainingError("training ended without a validated epoch; see the workers' errors above")
@@ -207,22 +246,15 @@ def training_metrics(settings: TrainSettings, r: Preset, state: TrainState) -> d
     }
 
 
-def loop_settings(
-    settings: TrainSettings,
-    r: Preset,
-    *,
-    data: LabelledData,
-    vocab: list[str],
-    encoded_texts,
-    encoder: EncoderBundle | None = None,
-) -> LoopSettings:
+def loop_settings(settings: TrainSettings, r: Preset, inputs: Inputs, *, encoder: EncoderBundle | None) -> LoopSettings:
+    data, vocab = inputs.data, inputs.vocab
     # The embedding has a row per token actually seen, up to the requested vocabulary size.
     model = dataclasses.replace(r.model, num_classes=len(data.labels), vocab_size=len(vocab))
     counts = np.array([data.counts["class_counts"].get(label, 0) for label in data.labels], dtype=np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1)) if r.class_weighted else None
     embedding = None
     if r.embedding_init == "ppmi" and encoder is None:
-        embedding = ppmi_vectors(cooccurrence_matrix(encoded_texts, len(vocab)), model.embed_dim, seed=settings.seed)
+        embedding = ppmi_vectors(inputs.cooccurrence(r.max_len), model.embed_dim, seed=settings.seed)
     pretraining = None
     if r.pretrain_epochs and encoder is None:
         batch = max(1, r.pretrain_batch_size // settings.num_workers)

@@ -17,7 +17,7 @@ from ..data.read import read_labelled
 from ..errors import TrainingError
 from ..model.bundle import EncoderBundle, save_encoder
 from ..model.embeddings import ppmi_vectors
-from ..model.presets import get_preset
+from ..model.presets import encoder_preset
 from ..runtime import cpus_per_process, ensure_ray
 from ..settings import PretrainSettings
 from ..text.tokens import TokenizerConfig
@@ -31,7 +31,7 @@ DEFAULT_EPOCHS = 2  # for a preset that does not pretrain by itself
 
 def pretrain(settings: PretrainSettings) -> str:
     s = settings
-    preset = get_preset(s.preset)
+    preset = encoder_preset(s.preset)
     check_pretrain(s)
     ensure_ray()
     started = time.time()
