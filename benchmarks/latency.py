@@ -1,14 +1,15 @@
 """Scoring speed in this process, per preset: one text (what `predict`, a Serve request and a
 stream entry of one pay), 32 texts, and bulk texts/s, all through `Predictor.predict_proba` on
-CPU with torch's default threads (one per core). The `seed` preset is the baseline; the default
-(hybrid) is also timed with its linear model forced onto the sparse product for every batch, the
-only way it predicted before small batches summed their n-grams' coefficients directly. Each
+CPU with torch's default threads (one per core). The `seed` preset is the baseline; the hybrid
+(the default's teacher) is also timed with its linear model forced onto the sparse product for
+every batch, the only way it predicted before small batches summed their n-grams' coefficients
+directly. The default (the student) has `seed`'s shapes. Each
 LSTM is timed once more with its LSTM and dense layers quantised to int8 (PyTorch's dynamic
 quantisation), to see whether it would pay.
 
 Bundles have untrained weights (speed does not depend on what they hold); texts are tweets/train.
 
-    python benchmarks/latency.py [--repeats 200] [--bulk 20000] [--rounds 5] [--presets seed,bilstm,default]
+    python benchmarks/latency.py [--repeats 200] [--bulk 20000] [--rounds 5] [--presets seed,bilstm,hybrid,default]
 """
 
 import argparse
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="single texts timed per model (the median is shown)")
     parser.add_argument("--bulk", type=int, default=20_000, help="texts scored at once for the bulk rate")
     parser.add_argument("--rounds", type=int, default=5, help="the models take turns this many times")
-    parser.add_argument("--presets", default="seed,bilstm,default")
+    parser.add_argument("--presets", default="seed,bilstm,hybrid,default")
     add_json_option(parser)
     args = parser.parse_args()
     texts = pd.read_parquet(DATASETS / "tweets" / "train.parquet", columns=["text"])["text"].tolist()

@@ -18,7 +18,8 @@ char 2-5 grams, balanced logistic regression, scikit-learn) is fitted on the sam
 
     python benchmarks/train_accuracy.py [--splits temporal,tweets,airline] [--presets seed,bilstm,hybrid]
                                         [--seeds 0,1] [--num-workers 2] [--json PATH]
-                                        [--distil distilled --student-epochs 4] [--keep DIR] [--reuse DIR]
+                                        [--distil distilled --student-epochs 4 --student-unweighted]
+                                        [--keep DIR] [--reuse DIR]
 """
 
 import argparse
@@ -81,6 +82,7 @@ def validation_rows(name: str) -> pd.DataFrame | None:
     return tweets[tweets["source"].isin(LATEST_LEFT)]
 
 
+OFFSETS = " + offsets fitted on validation"  # a model's name, so scored
 OFFSET_GRID = np.round(np.arange(-1.5, 1.51, 0.1), 2)
 
 
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--reuse", metavar="DIR", help="take the bundles an earlier --keep DIR run wrote, if there")
     parser.add_argument("--distil", metavar="PRESET", help="also train this preset with each hybrid as --teacher")
     parser.add_argument("--student-epochs", type=int, help="the students' --epochs (default: the preset's)")
+    parser.add_argument("--student-unweighted", action="store_true", help="the students' loss not class-weighted")
     add_json_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)  # scoring speed: the in-process ceiling with both cores
@@ -222,19 +225,17 @@ def main() -> None:
                             unlabelled_path=args.unlabelled or None,
                             teacher=path,
                             epochs=args.student_epochs,
+                            class_weighted=False if args.student_unweighted else None,
                         )
                         student_path, student_minutes = trained(student, args.reuse)
                         models[f"{args.distil}, student of {preset}"] = Predictor.load(student_path).predict_proba
                         minutes_of[f"{args.distil}, student of {preset}"] = student_minutes
                     if val_rows is not None:
-                        offsets = {
-                            f"{m} + offsets fitted on validation": with_offsets(p, val_rows, labels)
-                            for m, p in models.items()
-                        }
+                        offsets = {f"{m}{OFFSETS}": with_offsets(p, val_rows, labels) for m, p in models.items()}
                         models.update(offsets)
                     for model, predict in models.items():
                         entry = report(eval_rows, predict(texts), labels)
-                        entry["minutes"] = minutes_of.get(model, minutes)
+                        entry["minutes"] = minutes_of.get(model.removesuffix(OFFSETS), minutes)
                         speed.setdefault((name, model), (predict, speed_texts))
                         results.setdefault(model, []).append(entry)
                         print(f"{name} {model} seed {seed}: macro recall {100 * entry['macro_recall']:.1f}", flush=True)

@@ -34,12 +34,17 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 def download_dir(uri: str, local_dir: str) -> None:
-    """Copy the files under `uri` into a local directory; a missing or non-directory URI is a BundleError."""
+    """Copy the files directly under `uri` into a local directory: a bundle's parts, not the
+    directories beside them (a teacher/, a pretrained/ encoder), which loading it does not read.
+    A missing or non-directory URI is a BundleError."""
     with failing_as(BundleError, f"cannot read the model bundle at {uri}"):
         fs, source = resolve_filesystem(uri)
         if fs.get_file_info(source).type != pafs.FileType.Directory:
             raise BundleError(f"model bundle {uri} is not a directory")
-        pafs.copy_files(source, local_dir, source_filesystem=fs)
+        os.makedirs(local_dir, exist_ok=True)
+        for info in fs.get_file_info(pafs.FileSelector(source)):
+            if info.type == pafs.FileType.File:
+                pafs.copy_files(info.path, os.path.join(local_dir, info.base_name), source_filesystem=fs)
 
 
 def write_text(path: str, text: str) -> None:

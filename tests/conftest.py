@@ -470,12 +470,6 @@ def s3_server(session_s3, monkeypatch):
     return session_s3
 
 
-def checkpoints(storage: Path) -> list[Path]:
-    """The checkpoint folders of the one Ray Train run under `storage`."""
-    [run] = [d for d in storage.iterdir() if d.is_dir()]
-    return sorted(c for c in run.iterdir() if c.is_dir() and c.name.startswith("checkpoint_"))
-
-
 @contextlib.contextmanager
 def worker_killed_after_first_checkpoint(storage: Path):
     """Kills one Ray Train worker once the run under `storage` has registered a checkpoint (Ray

@@ -10,6 +10,7 @@ import torch
 from ray_sentiment import Predictor
 from ray_sentiment.errors import BundleError, InvalidTextError
 from ray_sentiment.model.bundle import load_bundle, save_bundle
+from ray_sentiment.storage import download_dir
 
 from conftest import SAMPLE_TEXTS, dataset, write_random_bundle
 
@@ -207,13 +208,16 @@ def _poison_weights(path, name, value):
     save_file(weights, path / "model.safetensors")
 
 
-def test_bundle_written_to_and_read_from_s3(bundle_dir, s3_server):
+def test_bundle_written_to_and_read_from_s3(bundle_dir, s3_server, tmp_path):
     local = load_bundle(bundle_dir[0])
     uri = s3_server.uri("models/v1")
     assert save_bundle(local, uri) == uri
     listing = s3_server.filesystem().get_file_info(pafs.FileSelector(f"{s3_server.BUCKET}/models/v1"))
     stored = {f.base_name for f in listing}
     assert stored == {"config.json", "vocab.json", "model.safetensors", "metrics.json"}
+    save_bundle(local, f"{uri}/teacher")  # as a default bundle keeps its teacher: loading fetches not it
+    download_dir(uri, str(tmp_path / "fetched"))
+    assert {p.name for p in (tmp_path / "fetched").iterdir()} == stored
     remote = load_bundle(uri)
     assert remote.version == local.version and len(local.version) == 12
     np.testing.assert_array_equal(

@@ -4,7 +4,7 @@ import torch
 
 from ray_sentiment.errors import ConfigError
 from ray_sentiment.model.lstm import SentimentLSTM
-from ray_sentiment.model.presets import PRESETS, ModelConfig, get_preset, parameter_shapes
+from ray_sentiment.model.presets import PRESETS, ModelConfig, encoder_preset, get_preset, parameter_shapes
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -32,6 +32,13 @@ def test_seed_preset_is_the_reference_architecture():
     assert dropouts == [0.5, 0.5] and linears == [(128, 64), (64, 3)]
     preset = get_preset("seed")
     assert (preset.batch_size, preset.epochs, preset.patience, preset.max_len) == (32, 10, 3, 100)
+
+
+def test_the_default_is_a_student_of_the_seed_shape_taught_by_a_hybrid():
+    default, hybrid = get_preset("default"), get_preset("hybrid")
+    assert default.model == get_preset("seed").model  # one LSTM(128): the reference's cost per text
+    assert (default.teacher, default.linear, default.pretrain_epochs, default.patience) == ("hybrid", False, 0, 2)
+    assert encoder_preset("default") == hybrid and encoder_preset("seed") == get_preset("seed")
 
 
 def test_empty_text_is_one_padding_step_not_an_error():

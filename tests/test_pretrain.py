@@ -12,6 +12,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.errors import BundleError, ConfigError
 from ray_sentiment.model.bundle import load_encoder
 from ray_sentiment.settings import PretrainSettings, TrainSettings
+from ray_sentiment.train.checks import check_train
 from ray_sentiment.train.driver import train
 from ray_sentiment.train.pretrain import pretrain
 
@@ -119,6 +120,7 @@ def test_an_encoder_whose_vocabulary_does_not_match_its_weights_is_refused(encod
     [
         ({"vocab_size": 8000}, "--vocab-size 8000 does not match the 5000-token vocabulary"),
         ({"preset": "seed"}, "preset 'seed' needs"),
+        ({"preset": "distilled"}, "preset 'distilled' needs"),
     ],
 )
 def test_train_refuses_an_encoder_that_does_not_fit(encoder, tmp_path, options, message):
@@ -127,6 +129,14 @@ def test_train_refuses_an_encoder_that_does_not_fit(encoder, tmp_path, options, 
     )
     with pytest.raises(ConfigError, match=message):
         train(settings)
+
+
+def test_the_default_takes_an_encoder_of_its_teachers_shape(encoder, tmp_path):
+    """The default's student has the reference's shape, but only its teacher, a hybrid, pretrains:
+    --init-from is checked against the teacher (and `pretrain --preset default` makes that shape)."""
+    settings = TrainSettings(train_path=str(EXAMPLES), output=str(tmp_path / "b"), init_from=str(encoder))
+    recipe, loaded = check_train(settings)
+    assert (recipe.teacher, recipe.model.bidirectional, loaded.model_config.bidirectional) == ("hybrid", False, True)
 
 
 def test_cli_refuses_a_model_bundle_as_an_encoder_in_one_line(bundle, tmp_path, capsys):
