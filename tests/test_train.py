@@ -35,7 +35,7 @@ def test_the_default_trains_a_hybrid_teacher_then_a_fast_student_that_beats_the_
 ):
     """The default model, as `train` makes it, in one job on two workers: first its teacher, the
     hybrid (pretraining, the linear model beside it), then the student, one LSTM of the reference's
-    shape learning from the teacher's probabilities on the labelled and the unlabelled tweets. Two
+    shape learning from the teacher's probabilities on the labelled and the unlabelled tweets. Three
     epochs each and 1,000 unlabelled tweets: enough to prove each part and to beat the baseline
     (benchmarks/train_accuracy.py measures the full model)."""
     unlabelled = tmp_path / "unlabelled.parquet"
@@ -46,7 +46,7 @@ def test_the_default_trains_a_hybrid_teacher_then_a_fast_student_that_beats_the_
             output=str(tmp_path / "bundle"),
             preset="default",
             num_workers=2,
-            epochs=2,
+            epochs=3,
             learning_rate=3e-3,
             storage_path=str(tmp_path / "ckpt"),
             keep_checkpoints=True,
