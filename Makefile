@@ -5,7 +5,7 @@
 # While changing code:
 #   make unit         the tests that start nothing and train nothing (about 30 s)
 #   make lint         ruff (lint and format) and mypy, as CI runs them
-#   make coverage     the whole suite under coverage.py, CLI processes and Ray workers included
+#   make coverage     the whole suite under coverage.py, CLI processes included (Ray workers are not)
 VENV   ?= .venv
 PYTHON ?= python3
 # PyTorch, pinned. Where a CPU wheel of this version sits in pip's local index (as on the

@@ -78,23 +78,22 @@ PRESETS: dict[str, Preset] = {
         linear=True,
         description="pretrained, averaged with a linear model of TF-IDF word 1-2 and character 2-5 grams",
     ),
+    # Its loss is not class-weighted: a teacher's probabilities are already (every preset but seed
+    # weighs its classes), and weighing them again made the student call many more comments negative.
     "distilled": Preset(
         ModelConfig(),
-        class_weighted=True,
         embedding_init="ppmi",
-        description="the reference's shape, embedding started from PPMI-SVD word vectors, class-weighted loss: "
+        description="the reference's shape, embedding started from PPMI-SVD word vectors: "
         "a fast student for train --teacher",
     ),
 }
-# The hybrid's macro recall at one LSTM's speed (benchmarks/README.md). Its loss is not class-weighted:
-# the teacher's probabilities are already, and weighing them again made the student call many more
-# comments negative. Its best epoch by validation loss was its first or second, so it waits 2, not 3.
+# The hybrid's macro recall at one LSTM's speed (benchmarks/README.md). The student's best epoch by
+# validation loss was its first or second, so it waits 2 epochs for a better one, not 3.
 PRESETS["default"] = dataclasses.replace(
     PRESETS["distilled"],
     teacher="hybrid",
-    class_weighted=False,
     patience=2,
-    description="distilled, unweighted, taught by a hybrid trained first in the same job (chosen by measurement)",
+    description="distilled, taught by a hybrid trained first in the same job (chosen by measurement)",
 )
 
 
