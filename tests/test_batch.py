@@ -160,7 +160,7 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
 
 
 def test_a_run_killed_halfway_resumes_with_the_id_column(ray_address, bundle, tmp_path):
-    write_parts(comments(40_000), tmp_path / "in", 20)
+    write_parts(comments(20_000), tmp_path / "in", 20)
     args = [
         "score",
         "--model",
@@ -198,7 +198,7 @@ def test_a_run_killed_halfway_resumes_with_the_id_column(ray_address, bundle, tm
     second = run_cli(*args, env=ray_address)
     assert second.returncode == 0, second.stderr[-2000:]
     out = read_output(tmp_path / "out")
-    assert out["id"].is_unique and out["id"].tolist() == list(range(40_000))
+    assert out["id"].is_unique and out["id"].tolist() == list(range(20_000))
     assert "already done" in second.stdout and "already done 0" not in second.stdout
 
 
