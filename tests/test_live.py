@@ -107,7 +107,8 @@ def test_the_page_follows_a_backfill_of_airline_tweets_and_shows_what_redis_hold
             assert browser.save_screenshot(str(ARTIFACTS / "live.png"))
         with chromium(width=390) as phone:  # an iPhone's width: nothing wider than the screen
             phone.get(url)
-            phone.find_element("css selector", "section[data-key]")  # drawn
+            # drawn once its first fetch comes back, which a busy machine can delay
+            WebDriverWait(phone, 15).until(lambda d: d.find_elements("css selector", "section[data-key]"))
             assert phone.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
         data = requests.get(f"{url}/v1/live", timeout=10).json()
         assert data["window_s"] == 86400 and data["labels"] == ["negative", "neutral", "positive"]
