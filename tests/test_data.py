@@ -1,6 +1,7 @@
 """Reading labelled data through Ray Data on the session's local Ray."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -136,3 +137,21 @@ def test_vocabulary_is_counted_over_the_dataset(ray_local, tmp_path):
     split = read_labelled(str(_write(df, tmp_path / "rows.parquet")))
     assert fit_vocab(split.dataset.repartition(4), 4) == ["<pad>", "<unk>", "good", "bad"]
     json.dumps(fit_vocab(split.dataset, 100))  # plain strings, ready for vocab.json
+
+
+def test_a_parquet_read_starts_one_footer_reader_per_hundred_files_not_rays_32(ray_local, tmp_path):
+    """Ray Data's default pool is 32 actor processes per read, whatever the number of files."""
+    from ray.util.state import list_actors
+
+    from ray_sentiment.data.read import FOOTER_ACTORS_ENV
+
+    def footer_readers() -> set[str]:
+        return {a.actor_id for a in list_actors(filters=[("class_name", "=", "FooterReader")], limit=10_000)}
+
+    before = footer_readers()
+    for i in range(3):
+        ROWS.iloc[i * 3 : i * 3 + 3].to_parquet(tmp_path / f"part-{i}.parquet")
+    split = read_labelled(str(tmp_path), "body", label_column="sentiment")
+    assert split.rows_read == 9
+    assert len(footer_readers() - before) == 1
+    assert FOOTER_ACTORS_ENV not in os.environ  # set for that read only

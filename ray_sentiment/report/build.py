@@ -158,10 +158,10 @@ def _build(s: ReportSettings, source: ReportInput, rows_in: Rows) -> Report:
 
 def _read(s: ReportSettings, source: ReportInput) -> ray.data.Dataset:
     """Only the columns the report uses: on a wide scored file most bytes are never read."""
-    if source.fmt == "parquet":
-        return ray.data.read_parquet(source.files).select_columns(source.columns)
-    from ..data.read import read_table
+    from ..data.read import read_parquet, read_table
 
+    if source.fmt == "parquet":
+        return read_parquet(source.files).select_columns(source.columns)
     return read_table(s.input, tuple(source.columns)).select_columns(source.columns)
 
 
