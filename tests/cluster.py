@@ -51,11 +51,11 @@ class RayNode:
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
+        self.group = self.process.pid  # once `ray start` has exited, its group lives on in the daemons
         out, _ = self.process.communicate(timeout=TIMEOUT_S)
         if self.process.returncode != 0:
-            self.kill()
+            self.kill()  # what it started before failing
             raise RuntimeError(f"ray start failed:\n{out[-3000:]}")
-        self.group = self.process.pid  # `ray start` itself has exited; its group lives on in the daemons
 
     def daemons(self) -> list[psutil.Process]:
         found = []

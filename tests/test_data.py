@@ -146,7 +146,12 @@ def test_a_parquet_read_starts_one_footer_reader_per_hundred_files_not_rays_32(r
     from ray_sentiment.data.read import FOOTER_ACTORS_ENV
 
     def footer_readers() -> set[str]:
-        return {a.actor_id for a in list_actors(filters=[("class_name", "=", "FooterReader")], limit=10_000)}
+        found = list_actors(
+            address=ray_local.get_runtime_context().gcs_address,  # not another lane's Ray
+            filters=[("class_name", "=", "FooterReader")],
+            limit=10_000,
+        )
+        return {a.actor_id for a in found}
 
     before = footer_readers()
     for i in range(3):
