@@ -28,9 +28,10 @@ TIERS = ("unit", "integration", "e2e")
 SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server", "airline_bundle"}
 # `make test` runs two lanes at once (`--lane main` and `--lane side`), since either alone leaves
 # about a quarter of this machine's 2 CPUs idle: the e2e tier, which shares nothing with the others,
-# and before it the modules named here, which need only a Ray of their own (their share evens the
-# lanes' times); the rest in the main lane.
+# and before it the modules named here, which need only a Ray of their own; the rest in the main
+# lane, where the e2e tests of the modules named last run at its end. Both sets even the lanes' times.
 SIDE_LANE_MODULES = {"test_train.py", "test_multinode.py"}
+MAIN_LANE_E2E_MODULES = {"test_batch.py", "test_serve.py"}
 
 
 def pytest_addoption(parser):
@@ -44,7 +45,9 @@ def tier(item) -> str:
 
 
 def lane(item) -> str:
-    return "side" if tier(item) == "e2e" or item.path.name in SIDE_LANE_MODULES else "main"
+    if tier(item) == "e2e":
+        return "main" if item.path.name in MAIN_LANE_E2E_MODULES else "side"
+    return "side" if item.path.name in SIDE_LANE_MODULES else "main"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here

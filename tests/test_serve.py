@@ -272,7 +272,9 @@ def test_a_replica_killed_under_traffic_is_replaced_while_the_other_answers(serv
     assert len(set(actor_pids(REPLICA)) - {victim}) == 2, "no replacement"
     statuses = [status for status, _, _ in outcomes]
     assert set(statuses) <= {200, "reset"}, statuses  # never a 5xx, never a timeout
-    assert statuses.count("reset") <= 4  # at most the requests in flight on the killed replica
+    # At most the requests in flight on the killed replica, and at times a client's retry, which
+    # can reach its socket before the kernel has closed it (as in test_multinode.py): two per client.
+    assert statuses.count("reset") <= 2 * len(threads), statuses
     after = [status for status, started, _ in outcomes if started > killed + 0.5]
     assert after.count(200) > 10 and "reset" not in after  # the other replica took over at once
 
