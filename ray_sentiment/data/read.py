@@ -43,7 +43,7 @@ FILES_PER_FOOTER_ACTOR = 100
 def read_parquet(files: list[str]) -> ray.data.Dataset:
     if FOOTER_ACTORS_ENV in os.environ:
         return ray.data.read_parquet(files)
-    # read when read_parquet plans the read, here on the driver: set for this call only
+    # Ray Data reads the variable as read_parquet builds the read, in this process: set for this call only
     os.environ[FOOTER_ACTORS_ENV] = str(min(32, -(-len(files) // FILES_PER_FOOTER_ACTOR)))
     try:
         return ray.data.read_parquet(files)
