@@ -34,8 +34,8 @@ class Split:
 
 # Ray Data (2.60) lists Parquet files by reading their footers on a pool of new actors, 32 per
 # read by default: sized for buckets of thousands of files. For a few files those processes cost
-# far more than the read; a 1,500-row training file on a 4-node cluster cost 25 CPU-seconds in
-# them. One actor per 100 files instead, up to Ray's 32, unless the user sized the pool.
+# more than the read itself (benchmarks/parquet_read.py). One actor per 100 files instead, up to
+# Ray's 32, unless the user sized the pool.
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 FILES_PER_FOOTER_ACTOR = 100
 
