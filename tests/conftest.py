@@ -30,7 +30,7 @@ SERVICE_FIXTURES = {"ray_local", "redis_server", "s3_server", "airline_bundle"}
 # about a quarter of this machine's 2 CPUs idle: the e2e tier, which shares nothing with the others,
 # and before it the modules named here, which need only a Ray of their own; the rest in the main
 # lane, where the e2e tests of the modules named last run at its end. Both sets even the lanes' times.
-SIDE_LANE_MODULES = {"test_train.py", "test_multinode.py"}
+SIDE_LANE_MODULES = {"test_multinode.py", "test_pretrain.py"}
 MAIN_LANE_E2E_MODULES = {"test_batch.py", "test_serve.py"}
 
 

@@ -69,9 +69,10 @@ def test_train_init_from_starts_from_the_encoder_and_keeps_its_vocabulary_and_le
             output=str(tmp_path / "bundle"),
             preset="pretrained",
             init_from=str(encoder),
-            epochs=1,
+            epochs=2,
             num_workers=2,
             storage_path=str(tmp_path / "ckpt"),
+            keep_checkpoints=True,
             teacher=str(hybrid_bundle),
             unlabelled_path=str(unlabelled),
         )
@@ -79,11 +80,13 @@ def test_train_init_from_starts_from_the_encoder_and_keeps_its_vocabulary_and_le
     predictor = Predictor.load(bundle)
     assert predictor.bundle.vocab == load_encoder(str(encoder)).vocab
     metrics = json.loads((Path(bundle) / "metrics.json").read_text())
-    assert metrics["pretraining"] == [] and metrics["epochs_run"] == 1  # no second pretraining
+    assert metrics["pretraining"] == [] and metrics["epochs_run"] == 2  # no second pretraining
+    run = Path(metrics["checkpoint"]).parent  # keep_checkpoints: every epoch's stays, not the latest alone
+    assert len([c for c in run.iterdir() if c.is_dir() and c.name.startswith("checkpoint_")]) == 2
     rows = metrics["rows"]
     assert rows["teacher"]["rows"] == rows["train"]["rows"] + 500  # every training and unlabelled text
     assert metrics["settings"]["teacher"] == str(hybrid_bundle)
-    # Fine-tuning moved the encoder's weights, but started from them: one epoch keeps them close.
+    # Fine-tuning moved the encoder's weights, but started from them: two epochs keep them close.
     start = load_encoder(str(encoder)).state_dict["lstm.weight_hh_l0"]
     tuned = predictor.bundle.state_dict["lstm.weight_hh_l0"]
     assert not np.array_equal(start, tuned)

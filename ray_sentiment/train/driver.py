@@ -52,11 +52,7 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
     r, encoder = checked or check_train(settings)
     ensure_ray()
     started = time.time()
-    data = read_data(settings, r)
-    unlabelled = read_unlabelled(settings.unlabelled_path, text_column=settings.text_column, counts=data.counts)
-    texts = data.train.select_columns(["text"])
-    texts = texts.union(unlabelled).materialize() if unlabelled is not None else texts
-    inputs = Inputs(data, unlabelled, texts, vocab=encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size))
+    inputs = read_inputs(settings, r, encoder)
     if (teacher_r := teacher_recipe(settings, r)) is not None:
         # The teacher first, on the same rows and vocabulary; the encoder (--init-from) is its.
         output = f"{settings.output.rstrip('/')}/{TEACHER_DIR}"
@@ -65,6 +61,15 @@ def train(settings: TrainSettings, checked: tuple[Preset, EncoderBundle | None] 
         settings = dataclasses.replace(settings, teacher=fit_bundle(teacher, teacher_r, inputs, encoder, time.time()))
         encoder = None
     return fit_bundle(settings, r, inputs, encoder, started)
+
+
+def read_inputs(settings: TrainSettings, r: Preset, encoder: EncoderBundle | None) -> Inputs:
+    """The labelled rows split, the --unlabelled ones, and the vocabulary of both (or the encoder's)."""
+    data = read_data(settings, r)
+    unlabelled = read_unlabelled(settings.unlabelled_path, text_column=settings.text_column, counts=data.counts)
+    texts = data.train.select_columns(["text"])
+    texts = texts.union(unlabelled).materialize() if unlabelled is not None else texts
+    return Inputs(data, unlabelled, texts, vocab=encoder.vocab if encoder else fit_vocab(texts, r.model.vocab_size))
 
 
 @dataclasses.dataclass
