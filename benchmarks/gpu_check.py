@@ -19,6 +19,7 @@ no files, no HTTP (the in-process ceiling).
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ray_sentiment import Predictor
-from ray_sentiment.runtime import ensure_ray
+from ray_sentiment.runtime import IN_PROCESS_ENV, ensure_ray
 from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.serving.app import build, start
 from ray_sentiment.settings import ScoreSettings, ServeSettings, TrainSettings
@@ -86,6 +87,7 @@ def main() -> None:
         tmp = Path(tmp)
         bundle = str(tmp / "model")
         ensure_ray()
+        os.environ[IN_PROCESS_ENV] = "0"  # CPU or GPU actors, as on a cluster, whatever the input's size
         try:
             with GpuMemory() as memory:
                 train(

@@ -9,11 +9,13 @@ and with Ray's worker output hidden.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 PLAIN_EVERY_S = 10.0  # without a terminal: a progress line at most this often
 SEND_EVERY_S = 1.0  # a worker sends counts at most this often
@@ -72,6 +74,22 @@ class Reporter:
 
     def __setstate__(self, state):
         self.__init__(state["queue"])
+
+
+class LocalQueue:
+    """The three calls of Ray's Queue that progress uses, for work in the driver's own process."""
+
+    def __init__(self) -> None:
+        self._events: collections.deque = collections.deque()
+
+    def put_nowait(self, event) -> None:
+        self._events.append(event)
+
+    def qsize(self) -> int:
+        return len(self._events)
+
+    def get_nowait_batch(self, n: int) -> list:
+        return [self._events.popleft() for _ in range(n)]
 
 
 class Display:
@@ -148,12 +166,16 @@ def _clock(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def progress(display: Display | None = None):
+def progress(display: Display | None = None, *, here: bool = False):
     """A Reporter for the work started inside the block; its events are drawn until the block
-    ends, and those still queued then are drawn before it returns."""
-    from ray.util.queue import Queue
+    ends, and those still queued then are drawn before it returns. `here`: the work runs in this
+    process, so the events need no Ray."""
+    if here:
+        queue: Any = LocalQueue()
+    else:
+        from ray.util.queue import Queue
 
-    queue = Queue(actor_options={"num_cpus": 0})
+        queue = Queue(actor_options={"num_cpus": 0})
     display = display or Display()
     stop = threading.Event()
 

@@ -197,7 +197,9 @@ def configure_ray_data(level: int) -> None:
 
 # A local input up to this size, with no cluster to join, is worked on in this process: starting
 # Ray costs more than the work (the 3,000 airline test tweets scored: under a second).
+# $RAY_SENTIMENT_IN_PROCESS_BYTES changes it; 0: always on Ray.
 IN_PROCESS_BYTES = 32 << 20
+IN_PROCESS_ENV = "RAY_SENTIMENT_IN_PROCESS_BYTES"
 
 
 def in_process(path: str, files: list[str]) -> bool:
@@ -205,7 +207,10 @@ def in_process(path: str, files: list[str]) -> bool:
     RAY_ADDRESS (or --address) naming a cluster, so that Ray need not start for it."""
     if os.environ.get("RAY_ADDRESS") or is_uri(path):
         return False
-    return sum(os.path.getsize(f) for f in files) <= IN_PROCESS_BYTES
+    limit = os.environ.get(IN_PROCESS_ENV, "").strip()
+    if limit and not limit.isdigit():
+        raise ConfigError(f"${IN_PROCESS_ENV} must be a number of bytes (0: always use Ray), not {limit[:40]!r}")
+    return sum(os.path.getsize(f) for f in files) <= (int(limit) if limit else IN_PROCESS_BYTES)
 
 
 def cpus_per_process(count: int, use_gpu: bool) -> float:

@@ -244,6 +244,20 @@ def wait_healthy(url: str, timeout: float = 120, explain=lambda: "") -> None:
     pytest.fail(f"{url} not healthy after {timeout}s{explain()}")
 
 
+@contextlib.contextmanager
+def scoring_on_ray():
+    """`score` (and `evaluate`) take Ray's path even for a small local input, which they would score
+    in this process: the tests of the Ray Data pipeline itself."""
+    from ray_sentiment.runtime import IN_PROCESS_ENV
+
+    before = os.environ.get(IN_PROCESS_ENV)
+    os.environ[IN_PROCESS_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(IN_PROCESS_ENV) if before is None else os.environ.update({IN_PROCESS_ENV: before})
+
+
 WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]
 
 

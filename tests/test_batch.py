@@ -1,4 +1,6 @@
-"""Batch scoring on real Parquet files and the session's local Ray; refusals before Ray starts are unit tests."""
+"""Batch scoring on real Parquet files: the Ray Data pipeline on the session's local Ray, and a small
+local input scored in this process (the same reader, checks and Scorer, no Ray), which the tests of
+what the output holds use; refusals before Ray starts are unit tests."""
 
 import contextlib
 import os
@@ -19,19 +21,22 @@ from ray_sentiment import Predictor
 from ray_sentiment.errors import ConfigError, DataError
 from ray_sentiment.model.bundle import load_bundle
 from ray_sentiment.outputs import WRITES, check_apart
+from ray_sentiment.runtime import IN_PROCESS_ENV
 from ray_sentiment.scoring.pipeline import Columns, ScoringPlan, score_dataset
 from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings
 
-from conftest import ROOT, actor_pids, random_texts, run_cli
+from conftest import ROOT, actor_pids, random_texts, run_cli, scoring_on_ray
 
 # The input's columns, then the results' (results.py), in this order.
 RESULTS = ["label", "confidence", "p_negative", "p_neutral", "p_positive", "error"]
 OUTPUT_COLUMNS = ["id", "text", "brand", "source_file", "source_row", *RESULTS]  # without --id-column
 
 
-def score(bundle, input, output, **options):
-    return score_parquet(ScoreSettings(str(bundle), str(input), str(output), **options))
+def score(bundle, input, output, on_ray: bool = False, **options):
+    """score_parquet: a small local input in this process, unless `on_ray` (the session's Ray)."""
+    with scoring_on_ray() if on_ray else contextlib.nullcontext():
+        return score_parquet(ScoreSettings(str(bundle), str(input), str(output), **options))
 
 
 def comments(n: int, seed: int = 0) -> pd.DataFrame:
@@ -56,11 +61,11 @@ def errors(rows: pd.DataFrame) -> list:
     return [e if isinstance(e, str) else None for e in rows["error"]]
 
 
-def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle, tmp_path):
+def test_output_has_every_row_and_the_predictor_probabilities_on_ray_as_in_process(ray_local, bundle, tmp_path):
     df = comments(3000)
     df.loc[[5, 6, 7], "text"] = [None, "", "   "]
     write_parts(df, tmp_path / "in", 3)
-    summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), batch_size=256)
+    summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), on_ray=True, batch_size=256)
     out = read_output(tmp_path / "out")
     assert summary.rows_in == summary.rows_out == len(out) == 3000 and summary.rows_with_errors == 3
     assert list(out.columns) == OUTPUT_COLUMNS
@@ -79,6 +84,13 @@ def test_output_has_every_row_and_the_predictor_probabilities(ray_local, bundle,
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert good["label"].tolist() == [predictor.labels[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(good["confidence"], expected.max(axis=1), rtol=1e-6)
+
+    # The same input scored in this process (a small local input): the same rows and columns, one
+    # output file per input file.
+    here = score(bundle, tmp_path / "in", str(tmp_path / "here"), batch_size=256)
+    assert (here.rows_in, here.rows_out, here.rows_with_errors) == (3000, 3000, 3)
+    assert len(list((tmp_path / "here").glob("scored-*.parquet"))) == 3
+    pd.testing.assert_frame_equal(read_output(tmp_path / "here"), out, check_exact=False, rtol=1e-6)
 
 
 def test_tokenising_in_tasks_as_for_gpu_actors_gives_the_same_rows(ray_local, bundle, tmp_path):
@@ -100,7 +112,7 @@ def test_tokenising_in_tasks_as_for_gpu_actors_gives_the_same_rows(ray_local, bu
     np.testing.assert_allclose(good[["p_negative", "p_neutral", "p_positive"]].to_numpy(float), expected, atol=1e-6)
 
 
-def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(ray_local, bundle, tmp_path):
+def test_non_string_and_invalid_utf8_texts_are_kept_with_an_error(bundle, tmp_path):
     (tmp_path / "in").mkdir()
     pq.write_table(
         pa.table({"id": [0, 1, 2], "text": pa.array([b"fine \xf0\x9f\x98\x8d", b"\xff\xfe bad", None], pa.binary())}),
@@ -123,6 +135,7 @@ def test_columns_subset_keeps_the_id_and_two_actors_share_two_cpus(ray_local, bu
         bundle,
         tmp_path / "in.parquet",
         str(tmp_path / "out"),
+        on_ray=True,
         columns=["brand"],
         id_column="id",
         concurrency=2,
@@ -151,7 +164,7 @@ def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_local, bundle, t
 
     killer = threading.Thread(target=kill_the_scorer, daemon=True)
     killer.start()
-    summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), batch_size=512)
+    summary = score(bundle, tmp_path / "in", str(tmp_path / "out"), on_ray=True, batch_size=512)
     killer.join(timeout=5)
     assert "pid" in killed, "no scoring actor was found to kill"
     out = read_output(tmp_path / "out")
@@ -215,7 +228,8 @@ def damage_text_pages(path) -> bytes:
     return original
 
 
-def test_a_run_that_fails_midway_says_what_it_left_and_the_same_command_finishes_it(ray_local, bundle, tmp_path):
+def test_a_run_that_fails_midway_says_what_it_left_and_the_same_command_finishes_it(bundle, tmp_path):
+    """In this process (a small input): the Ray pipeline's own failure is the next test's."""
     parts = write_parts(comments(3_000), tmp_path / "in", 3)
     original = damage_text_pages(parts / "part-002.parquet")
     with pytest.raises(DataError) as failed:
@@ -223,7 +237,7 @@ def test_a_run_that_fails_midway_says_what_it_left_and_the_same_command_finishes
     message = str(failed.value)
     assert message.startswith(f"scoring {parts} failed: ") and "\n" not in message, message
     assert "part-002.parquet" in message, message
-    assert "the same command scores the rest" in message or "the same command starts again clean" in message
+    assert "2 output files hold the rows scored so far, and the same command scores the rest" in message, message
     (parts / "part-002.parquet").write_bytes(original)
     summary = score(bundle, parts, tmp_path / "out", id_column="id")
     assert summary.rows_out == 3_000 and read_output(tmp_path / "out")["id"].tolist() == list(range(3_000))
@@ -232,16 +246,17 @@ def test_a_run_that_fails_midway_says_what_it_left_and_the_same_command_finishes
 @pytest.mark.e2e
 def test_a_failed_run_on_its_own_ray_prints_one_line_and_none_of_rays(bundle, tmp_path):
     """On the local Ray the command starts, Ray Data logs a failed task's traceback twice at ERROR;
-    the user gets the one line above instead (-v shows Ray's)."""
+    the user gets the one line above instead (-v shows Ray's). The input is small: Ray is asked for."""
     parts = write_parts(comments(300), tmp_path / "in", 3)
     damage_text_pages(parts / "part-002.parquet")
-    result = run_cli("score", "--model", str(bundle), "--input", str(parts), "--output", str(tmp_path / "out"))
+    args = ("score", "--model", str(bundle), "--input", str(parts), "--output", str(tmp_path / "out"))
+    result = run_cli(*args, env={IN_PROCESS_ENV: "0"})
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"ray-sentiment: error: scoring {parts} failed: ") and "part-002.parquet" in line, line
 
 
-def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
+def test_bad_input_is_reported_before_any_work(bundle, tmp_path):
     comments(10).to_parquet(tmp_path / "in.parquet")
     with pytest.raises(DataError, match="has no column 'body'; columns are: id, text, brand"):
         score(bundle, tmp_path / "in.parquet", str(tmp_path / "o1"), text_column="body")
@@ -257,7 +272,7 @@ def test_bad_input_is_reported_before_any_work(ray_local, bundle, tmp_path):
         score(bundle, tmp_path / "in.parquet", str(tmp_path / "o4"), concurrency="4,1")
 
 
-def test_a_previous_output_is_refused_unless_overwrite_which_removes_only_its_files(ray_local, bundle, tmp_path):
+def test_a_previous_output_is_refused_unless_overwrite_which_removes_only_its_files(bundle, tmp_path):
     comments(100).to_parquet(tmp_path / "in.parquet")
     first = score(bundle, tmp_path / "in.parquet", str(tmp_path / "out"))
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -270,7 +285,7 @@ def test_a_previous_output_is_refused_unless_overwrite_which_removes_only_its_fi
     assert not set(before) & set(after) - {"_ray_sentiment_score.json"}  # the first run's files are gone
 
 
-def test_files_the_tool_did_not_write_are_never_deleted(ray_local, bundle, tmp_path):
+def test_files_the_tool_did_not_write_are_never_deleted(bundle, tmp_path):
     comments(100).to_parquet(tmp_path / "in.parquet")
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
@@ -328,7 +343,7 @@ def test_a_relative_glob_is_apart_from_an_output_its_files_would_not_match(tmp_p
             check_apart("in_?/same/*.parquet", files, output=output, writes=WRITES)
 
 
-def test_files_of_the_same_name_in_two_folders_keep_distinct_sources(ray_local, bundle, tmp_path, monkeypatch):
+def test_files_of_the_same_name_in_two_folders_keep_distinct_sources(bundle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for i, folder in enumerate(("in_1/same", "in_2/same")):
         write_parts(comments(4).assign(id=lambda d, i=i: d["id"] + 10 * i), tmp_path / folder, 1)
@@ -361,7 +376,7 @@ def test_every_input_file_is_checked_for_columns_and_types_before_ray_starts(bun
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-def test_input_columns_named_like_results_are_kept_under_input_names(ray_local, bundle, tmp_path):
+def test_input_columns_named_like_results_are_kept_under_input_names(bundle, tmp_path):
     df = comments(30).assign(label="pos", sentiment="x", confidence=0.5, error="e", p_positive=1.0)
     df = df.assign(source_file="crm-export.csv", source_row=range(100, 130), _source_row=-1)  # lineage's names too
     df.to_parquet(tmp_path / "in.parquet")
@@ -392,7 +407,7 @@ def test_null_or_duplicate_ids_are_refused_with_counts_before_any_work(bundle, t
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-def test_duplicate_ids_are_scored_when_allowed(ray_local, bundle, tmp_path):
+def test_duplicate_ids_are_scored_when_allowed(bundle, tmp_path):
     dups = comments(10)
     dups["id"] = 1
     dups.to_parquet(tmp_path / "dups.parquet")

@@ -124,14 +124,15 @@ def test_the_import_paths_earlier_versions_documented_still_work():
 import sys
 import ray_sentiment.stream, ray_sentiment.text, ray_sentiment.train
 assert not {"ray", "torch"} & set(sys.modules), "importing a package loaded ray or torch"
-from ray_sentiment import Predictor
-from ray_sentiment.text import tokenize
-from ray_sentiment.stream import Broker, StreamRunner
-from ray_sentiment.train import train
-from ray_sentiment.score import score_parquet
-from ray_sentiment.serve import app_builder, build, start
-print(tokenize(["Moved, not gone"]).to_pylist())
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[['moved', 'not', 'gone']]"
+    # The names themselves, in this interpreter: a fresh one would spend seconds importing torch and Ray.
+    from ray_sentiment import Predictor  # noqa: F401
+    from ray_sentiment.score import score_parquet  # noqa: F401
+    from ray_sentiment.serve import app_builder, build, start  # noqa: F401
+    from ray_sentiment.stream import Broker, StreamRunner  # noqa: F401
+    from ray_sentiment.text import tokenize
+    from ray_sentiment.train import train  # noqa: F401
+
+    assert tokenize(["Moved, not gone"]).to_pylist() == [["moved", "not", "gone"]]

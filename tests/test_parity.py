@@ -1,8 +1,11 @@
 """One common test over every runtime (scikit-learn's habit): the same texts, bad ones included,
 give the same labels, probabilities and refusal reasons through `predict`, `score`, `serve` and
-`stream` as through `Predictor.score`. Each runtime runs for real: the CLI process, Ray Data,
-Ray Serve over HTTP, Redis Streams with consumer actors."""
+`stream` as through `Predictor.score`. Each runtime runs for real: the CLI process, Ray Data
+(and `score`'s path for a small local input, in this process), Ray Serve over HTTP, Redis Streams
+with consumer actors."""
 
+import contextlib
+import functools
 import json
 import time
 
@@ -15,7 +18,7 @@ from ray_sentiment import Predictor
 from ray_sentiment.scoring.score import score_parquet
 from ray_sentiment.settings import ScoreSettings, ServeSettings, StreamSettings
 
-from conftest import SAMPLE_TEXTS, free_port, run_cli, wait_healthy
+from conftest import SAMPLE_TEXTS, free_port, run_cli, scoring_on_ray, wait_healthy
 
 LIMIT = 60  # --max-text-chars in every runtime
 # Texts every runtime can carry: good ones, and the bad ones a command line, a Parquet string
@@ -30,9 +33,11 @@ def via_predict(bundle, texts, tmp_path, redis_server) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def via_score(bundle, texts, tmp_path, redis_server) -> list[dict]:
+def via_score(bundle, texts, tmp_path, redis_server, on_ray: bool = True) -> list[dict]:
     pd.DataFrame({"id": range(len(texts)), "text": texts}).to_parquet(tmp_path / "in.parquet")
-    score_parquet(ScoreSettings(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), max_text_chars=LIMIT))
+    settings = ScoreSettings(str(bundle), str(tmp_path / "in.parquet"), str(tmp_path / "out"), max_text_chars=LIMIT)
+    with scoring_on_ray() if on_ray else contextlib.nullcontext():
+        score_parquet(settings)
     out = pd.read_parquet(tmp_path / "out").sort_values("id")
     return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in out[list(FIELDS)].to_dict("records")]
 
@@ -87,7 +92,13 @@ def via_stream(bundle, texts, tmp_path, redis_server) -> list[dict]:
     return [by_id[i] for i in ids]
 
 
-RUNTIMES = {"predict": via_predict, "score": via_score, "serve": via_serve, "stream": via_stream}
+RUNTIMES = {
+    "predict": via_predict,
+    "score": via_score,
+    "score, in this process": functools.partial(via_score, on_ray=False),
+    "serve": via_serve,
+    "stream": via_stream,
+}
 
 
 @pytest.mark.parametrize("kind", ["lstm", "hybrid"])

@@ -1,6 +1,8 @@
-"""The local cluster that the commands start: token authentication on, dashboard on loopback."""
+"""The local cluster that the commands start (token authentication on, dashboard on loopback), and
+when a command works in its own process instead."""
 
 import psutil
+import pytest
 import requests
 
 
@@ -67,3 +69,23 @@ def _connections(process: psutil.Process) -> list:
         return process.net_connections(kind="inet")
     except psutil.Error:
         return []
+
+
+def test_a_small_local_input_is_worked_on_in_process_unless_ray_is_named_or_asked_for(tmp_path, monkeypatch):
+    from ray_sentiment.errors import ConfigError
+    from ray_sentiment.runtime import IN_PROCESS_ENV, in_process
+
+    (tmp_path / "a.parquet").write_bytes(b"x" * 1000)
+    files = [str(tmp_path / "a.parquet")]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(IN_PROCESS_ENV, raising=False)
+    assert in_process(str(tmp_path), files) and not in_process("s3://bucket/a.parquet", files)
+    for limit, here in (("0", False), ("999", False), ("1000", True)):
+        monkeypatch.setenv(IN_PROCESS_ENV, limit)
+        assert in_process(str(tmp_path), files) is here, limit
+    monkeypatch.setenv(IN_PROCESS_ENV, "32M")
+    with pytest.raises(ConfigError, match=r"RAY_SENTIMENT_IN_PROCESS_BYTES must be a number of bytes .*'32M'"):
+        in_process(str(tmp_path), files)
+    monkeypatch.setenv(IN_PROCESS_ENV, "1000")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster named: its Ray does the work
+    assert not in_process(str(tmp_path), files)

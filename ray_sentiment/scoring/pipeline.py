@@ -1,7 +1,8 @@
 """The Ray Data pipeline of `score` and `evaluate`.
 
 read (each row numbered within its file) → check and tokenise → score (actor pool, the model loaded
-once per actor) → write_parquet. Streaming execution keeps memory flat as the input grows.
+once per actor) → write_parquet. Streaming execution keeps memory flat as the input grows. A small
+local input (runtime.in_process) goes through the same reader, checks and Scorer in this process.
 
 On CPU each actor tokenises its own batches and runs the model with the threads its share of the
 node's CPUs allows: the tokenizer is a small part of the work, and shipping token ids between
@@ -51,12 +52,43 @@ class FilesToScore:
     rows: int  # to score, for the progress line
 
 
-def score_files(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir) -> None:
-    """Score the files into `out`."""
-    ensure_ray()
-    with progress() as reporter:
+def score_files(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir, here: bool) -> None:
+    """Score the files into `out`: on Ray, or with `here` in this process (a small local input)."""
+    if not here:
+        ensure_ray()
+    with progress(here=here) as reporter:
         reporter.update("scoring", 0, todo.rows)
-        _write_scored(s, todo, bundle=bundle, out=out, reporter=reporter)
+        try:
+            (_write_here if here else _write_scored)(s, todo, bundle=bundle, out=out, reporter=reporter)
+        except Exception as exc:
+            cause = user_cause(exc)
+            if cause is None:  # a bug: the CLI reports it as one
+                raise
+            resumable = bool(s.id_column) and not s.allow_duplicate_ids
+            message = f"scoring {s.input} failed: {user_message(cause)}{out.left_by_failure(resumable)}"
+            raise DataError(message) from None
+
+
+def _write_here(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir, reporter: Reporter):
+    """The actors' reader, checks and Scorer in this process, as `evaluate` scores a small input:
+    one output file per input file, each written once its rows are scored (the unit of resume)."""
+    encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
+    tokenising = Tokenising(todo.columns, encoder, bundle.linear, s.max_text_chars)
+    threads = os.cpu_count() or 1
+    scorer = Scorer(bundle, "cpu", batch_size=s.batch_size, tokenising=tokenising, reporter=reporter, threads=threads)
+    for i, path in enumerate(todo.files):
+        parts = []
+        for batch in _read_numbered(path, _read_columns(s, todo), todo.lineage):
+            if s.id_column and todo.done is not None and len(todo.done):  # a resume
+                batch = _drop_done(batch, s.id_column, todo.done)
+            if batch.num_rows:
+                parts.append(scorer(batch))
+        if parts:
+            pq.write_table(pa.concat_tables(parts), f"{out.path}/{out.file_prefix}_{i}.parquet", filesystem=out.fs)
+
+
+def _read_columns(s: ScoreSettings, todo: FilesToScore) -> list[str]:
+    return sorted((set(todo.columns.keep) - set(todo.lineage)) | {s.text_column})
 
 
 def _write_scored(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir, reporter: Reporter):
@@ -65,7 +97,7 @@ def _write_scored(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, 
     context = ray.data.DataContext.get_current()
     default_block_size, context.target_max_block_size = context.target_max_block_size, BLOCK_BYTES
     try:
-        read = sorted((set(todo.columns.keep) - set(todo.lineage)) | {s.text_column})
+        read = _read_columns(s, todo)
         cpus = task_cpus()
         ds = ray.data.read_datasource(NumberedParquet(todo.files, read, todo.lineage), num_cpus=cpus)
         if todo.done is not None and len(todo.done):
@@ -76,12 +108,6 @@ def _write_scored(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, 
         scored = score_dataset(ds, plan)
         names = FilenameProvider(out.file_prefix, "parquet")
         scored.write_parquet(out.target, filename_provider=names, ray_remote_args={"num_cpus": cpus})
-    except Exception as exc:
-        cause = user_cause(exc)
-        if cause is None:  # a bug: the CLI reports it as one
-            raise
-        resumable = bool(s.id_column) and not s.allow_duplicate_ids
-        raise DataError(f"scoring {s.input} failed: {user_message(cause)}{out.left_by_failure(resumable)}") from None
     finally:
         context.target_max_block_size = default_block_size
 

@@ -3,7 +3,8 @@
     ray-sentiment score --model runs/example --input comments/ --output scored/ --id-column id
 
 Everything is checked here before Ray starts (bundle, files, schemas, ids, the output directory);
-scoring/pipeline.py then runs the Ray Data pipeline. A row whose text cannot be scored keeps its place, with a
+scoring/pipeline.py then runs the Ray Data pipeline, or, for a small local input, the same steps in
+this process without starting Ray. A row whose text cannot be scored keeps its place, with a
 null label and the reason in `error`. With an id column, a rerun after a failure skips the ids
 already written (resume); without one, each row carries `source_file` and `source_row`, so that
 results can be joined back to the input (output order is not the input's).
@@ -26,6 +27,7 @@ from ..inputs import check_columns, list_input_files
 from ..model.bundle import load_bundle
 from ..outputs import WRITES, OutputDir, check_apart, open_output
 from ..results import SOURCE_COLUMNS, result_fields, result_names
+from ..runtime import in_process
 from ..settings import ScoreSettings
 from ..storage import resolve_filesystem
 
@@ -62,6 +64,7 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
     if fmt != "parquet":
         raise DataError(f"{s.input} holds {fmt} files; score reads Parquet")
     check_apart(s.input, files, output=s.output, writes=WRITES)
+    here = in_process(s.input, files) and not s.use_gpu  # a small local input: no Ray to start
     schema, rows_in, keep = _check_parquet_files(
         files, s.input, text_column=s.text_column, id_column=s.id_column, columns=s.columns
     )
@@ -93,7 +96,7 @@ def score_parquet(settings: ScoreSettings) -> ScoreSummary:
         lineage = {} if s.id_column else {_unused(c, taken): out_name for c, out_name in zip(LINEAGE, SOURCE_COLUMNS)}
         todo = rows_in - (0 if done is None else len(done))
         columns = Columns(s.text_column, (*keep, *lineage), {**renamed, **lineage})
-        score_files(s, FilesToScore(files, columns, tuple(lineage), done, todo), bundle=bundle, out=out)
+        score_files(s, FilesToScore(files, columns, tuple(lineage), done, todo), bundle=bundle, out=out, here=here)
     rows_out, errors = _count_output(out)
     return ScoreSummary(
         rows_in, rows_out, errors, 0 if done is None else len(done), time.perf_counter() - started, renamed
