@@ -514,7 +514,7 @@ def worker_killed_after_first_checkpoint(storage: Path):
 
 @pytest.fixture(scope="session")
 def airline_bundle(tmp_path_factory):
-    """An LSTM trained on the airline tweets' train split (3 small epochs, about 20 s): for tests
+    """An LSTM trained on the airline tweets' train split (3 small epochs, about 10 s): for tests
     that need a model that learned something, such as explanations and reports."""
     return train_airline_bundle(tmp_path_factory.mktemp("airline") / "bundle")
 
@@ -542,6 +542,9 @@ def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
     model = SentimentLSTM(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
+    # One thread: beside the other lane's work, two spinning OpenMP threads on 2 cores took 4x as long.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for _ in range(epochs):
         order = rng.permutation(len(y))
         train_epoch(
@@ -554,6 +557,7 @@ def train_airline_bundle(path: Path, epochs: int = 3) -> Path:
             steps=len(y) // 64,
             device="cpu",
         )
+    torch.set_num_threads(threads)
     model.eval()
     bundle = ModelBundle(labels, vocab, config, tokenizer, model.state_dict(), preset="test", metrics={"note": "test"})
     return Path(save_bundle(bundle, path))
