@@ -255,7 +255,10 @@ def scoring_on_ray():
     try:
         yield
     finally:
-        os.environ.pop(IN_PROCESS_ENV) if before is None else os.environ.update({IN_PROCESS_ENV: before})
+        if before is None:
+            del os.environ[IN_PROCESS_ENV]
+        else:
+            os.environ[IN_PROCESS_ENV] = before
 
 
 WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]

@@ -76,9 +76,10 @@ def _write_here(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, ou
     tokenising = Tokenising(todo.columns, encoder, bundle.linear, s.max_text_chars)
     threads = os.cpu_count() or 1
     scorer = Scorer(bundle, "cpu", batch_size=s.batch_size, tokenising=tokenising, reporter=reporter, threads=threads)
+    columns = _read_columns(s, todo)
     for i, path in enumerate(todo.files):
         parts = []
-        for batch in _read_numbered(path, _read_columns(s, todo), todo.lineage):
+        for batch in _read_numbered(path, columns, todo.lineage):
             if s.id_column and todo.done is not None and len(todo.done):  # a resume
                 batch = _drop_done(batch, s.id_column, todo.done)
             if batch.num_rows:
