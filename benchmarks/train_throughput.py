@@ -1,4 +1,5 @@
-"""Ray Train samples/s with 1 and 2 workers against a plain single-process PyTorch loop (the ceiling).
+"""Ray Train samples/s with 1 and 2 workers against a plain single-process PyTorch loop (the ceiling),
+and the plain loop's batches of similar lengths (`train/batches.py`, as Ray Train's) against random ones.
 
 Both run the same `train_epoch` on the same encoded rows, same model and batch size; the plain
 loop gets as many torch threads as the Ray workers have together. Samples/s is timed inside the
@@ -23,13 +24,16 @@ from ray_sentiment.model.lstm import SentimentLSTM
 from ray_sentiment.model.presets import get_preset
 from ray_sentiment.settings import TrainSettings
 from ray_sentiment.text.tokens import build_vocab, count_tokens, encode_batch, vocab_index
+from ray_sentiment.train.batches import bucketed_order
 from ray_sentiment.train.driver import train
 from ray_sentiment.train.loop import train_epoch
 
 from _common import DATASETS, add_json_option, finish, median
 
 
-def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, device: str = "cpu") -> list[float]:
+def plain_loop(
+    texts, labels, preset_name: str, threads: int, epochs: int, *, bucketed: bool, device: str = "cpu"
+) -> list[float]:
     """Samples/s of each epoch of `train_epoch` in this process: no Ray, no data pipeline."""
     preset = get_preset(preset_name)
     torch.set_num_threads(threads)
@@ -42,7 +46,8 @@ def plain_loop(texts, labels, preset_name: str, threads: int, epochs: int, devic
     loss_fn = torch.nn.CrossEntropyLoss()
     steps, rates = len(y) // preset.batch_size, []
     for epoch in range(epochs):
-        order = np.random.default_rng(epoch).permutation(len(y))
+        rng = np.random.default_rng(epoch)
+        order = bucketed_order(rng, lengths, preset.batch_size) if bucketed else rng.permutation(len(y))
         started = time.perf_counter()
         train_epoch(
             model,
@@ -94,12 +99,16 @@ def main() -> None:
         # The Ray run holds 95% of the rows for training (5% validation); the plain loop the same count.
         kept = rows.sample(frac=0.95, random_state=1)
         for workers, threads, cpus in ((1, 1, 1.0), (2, 2, 0.5)):
-            plain = plain_loop(kept["text"].tolist(), kept["label"].tolist(), args.preset, threads, args.epochs)
+            texts, labels = kept["text"].tolist(), kept["label"].tolist()
+            random = plain_loop(texts, labels, args.preset, threads, args.epochs, bucketed=False)
+            plain = plain_loop(texts, labels, args.preset, threads, args.epochs, bucketed=True)
             ray_rates, wall = ray_train(path, args.preset, workers, args.epochs, cpus)
             results.append(
                 {
                     "setup": f"{workers} Ray worker(s) vs plain loop, {threads} thread(s)",
+                    "plain, random batches": median(random),
                     "plain samples/s": median(plain),
+                    "× random batches": median(plain) / median(random),
                     "ray samples/s": median(ray_rates),
                     "× plain loop": median(ray_rates) / median(plain),
                     "ray wall s": wall,

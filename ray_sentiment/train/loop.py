@@ -29,6 +29,7 @@ from ..model.language_model import LanguageModelHeads, pretrain_epoch
 from ..model.lstm import SentimentLSTM, nonfinite_tensors
 from ..model.presets import ModelConfig
 from ..progress import Reporter
+from .batches import bucketed_order
 
 STATE_FILE = "state.pt"
 EPOCH_METRICS = ("loss", "accuracy", "macro_recall", "macro_f1")  # in each epoch's record, as val_<name>
@@ -166,7 +167,7 @@ def language_model_phase(
     steps = texts // batch
     for epoch in range(state.pretrain_epoch + 1, phase.epochs + 1):
         started = time.perf_counter()
-        order = np.random.default_rng([seed, epoch, rank, 1]).permutation(len(ids))
+        order = bucketed_order(np.random.default_rng([seed, epoch, rank, 1]), lengths, batch)
         what = f"pretrain epoch {epoch}/{phase.epochs}"
         on_step = _on_step(reporter, what, steps=steps, batch=batch, rank=rank)
         loss = pretrain_epoch(
@@ -218,7 +219,7 @@ def classifier_phase(
 
     for epoch in range(state.epoch + 1, phase.epochs + 1):
         started = time.perf_counter()
-        order = np.random.default_rng([seed, epoch, rank]).permutation(n_train)
+        order = bucketed_order(np.random.default_rng([seed, epoch, rank]), train_arrays[1], batch)
         on_step = _on_step(reporter, f"epoch {epoch}/{phase.epochs}", steps=steps, batch=batch, rank=rank)
         loss = train_epoch(
             model,
