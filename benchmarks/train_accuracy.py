@@ -101,8 +101,8 @@ def new_rows(train_texts: list[str], eval_texts: list[str]) -> np.ndarray:
     new = []
     for tokens in map(set, tokenize(eval_texts).to_pylist()):
         shared = Counter(i for t in tokens if len(index.get(t, ())) <= COMMON for i in index.get(t, ()))
-        best = max((len(tokens & train_sets[i]) / len(tokens | train_sets[i]) for i, _ in shared.most_common(20)), default=0)
-        new.append(best < NEAR)
+        similar = (len(tokens & train_sets[i]) / len(tokens | train_sets[i]) for i, _ in shared.most_common(20))
+        new.append(max(similar, default=0) < NEAR)
     return np.array(new)
 
 
@@ -229,7 +229,7 @@ def main() -> None:
             labels = sorted(train_rows["label"].unique())
             texts = eval_rows["text"].tolist()
             new = new_rows(train_rows["text"].tolist(), texts)
-            print(f"{name}: {new.sum():,} of {len(new):,} evaluation texts are no near-copy of a training text", flush=True)
+            print(f"{name}: {new.sum():,} of {len(new):,} evaluation texts are new (no near-copy)", flush=True)
             speed_texts = (texts * (SPEED_TEXTS // len(texts) + 1))[:SPEED_TEXTS]
             results: dict[str, list] = {}
             for preset in args.presets.split(","):
