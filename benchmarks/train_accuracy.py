@@ -100,7 +100,7 @@ def new_rows(train_texts: list[str], eval_texts: list[str]) -> np.ndarray:
             index.setdefault(token, []).append(i)
     new = []
     for tokens in map(set, tokenize(eval_texts).to_pylist()):
-        shared = Counter(i for t in tokens if len(index.get(t, ())) <= COMMON for i in index.get(t, ()))
+        shared = Counter(i for t in sorted(tokens) if len(index.get(t, ())) <= COMMON for i in index.get(t, ()))
         similar = (len(tokens & train_sets[i]) / len(tokens | train_sets[i]) for i, _ in shared.most_common(20))
         new.append(max(similar, default=0) < NEAR)
     return np.array(new)
