@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cluster import free_port
@@ -244,21 +245,12 @@ def wait_healthy(url: str, timeout: float = 120, explain=lambda: "") -> None:
     pytest.fail(f"{url} not healthy after {timeout}s{explain()}")
 
 
-@contextlib.contextmanager
 def scoring_on_ray():
     """`score` (and `evaluate`) take Ray's path even for a small local input, which they would score
-    in this process: the tests of the Ray Data pipeline itself."""
+    in this process: the tests of the Ray Data pipeline itself. The environment is restored after."""
     from ray_sentiment.runtime import IN_PROCESS_ENV
 
-    before = os.environ.get(IN_PROCESS_ENV)
-    os.environ[IN_PROCESS_ENV] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[IN_PROCESS_ENV]
-        else:
-            os.environ[IN_PROCESS_ENV] = before
+    return mock.patch.dict(os.environ, {IN_PROCESS_ENV: "0"})
 
 
 WORDS = ["love", "hate", "app", "update", "great", "broken", "😍", "😡", "!", "the", "is", "not", "so"]

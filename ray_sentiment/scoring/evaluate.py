@@ -25,7 +25,6 @@ from ..model.predictor import resolve_device
 from ..runtime import ensure_ray, in_process
 from ..settings import EvaluateSettings
 from ..storage import failing_as
-from ..text.tokens import Encoder
 from .checks import check_evaluate, unknown_labels
 from .pipeline import Columns, Scorer, ScoringPlan, Tokenising, score_dataset
 
@@ -91,8 +90,7 @@ def _scored_here(
     if s.split_column:
         rows = rows_in_split(rows, s.test_split)
     unknown_labels(set(rows["label"].unique().to_pylist()), bundle.labels, s.data)
-    encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
-    tokenising = Tokenising(Columns("text", _kept(s), {"label": "true"}), encoder, bundle.linear, NO_LIMIT)
+    tokenising = Tokenising.of(bundle, Columns("text", _kept(s), {"label": "true"}), NO_LIMIT)
     device = str(resolve_device(s.device))
     scorer = Scorer(
         bundle, device, batch_size=BATCH_ROWS, tokenising=tokenising, reporter=None, threads=os.cpu_count() or 1

@@ -72,16 +72,16 @@ def score_files(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, ou
 def _write_here(s: ScoreSettings, todo: FilesToScore, *, bundle: ModelBundle, out: OutputDir, reporter: Reporter):
     """The actors' reader, checks and Scorer in this process, as `evaluate` scores a small input:
     one output file per input file, each written once its rows are scored (the unit of resume)."""
-    encoder = Encoder(bundle.vocab, bundle.tokenizer.max_len)
-    tokenising = Tokenising(todo.columns, encoder, bundle.linear, s.max_text_chars)
+    tokenising = Tokenising.of(bundle, todo.columns, s.max_text_chars)
     threads = os.cpu_count() or 1
     scorer = Scorer(bundle, "cpu", batch_size=s.batch_size, tokenising=tokenising, reporter=reporter, threads=threads)
     columns = _read_columns(s, todo)
+    resume_by = s.id_column if todo.done is not None and len(todo.done) else None  # the ids written before
     for i, path in enumerate(todo.files):
         parts = []
         for batch in _read_numbered(path, columns, todo.lineage):
-            if s.id_column and todo.done is not None and len(todo.done):  # a resume
-                batch = _drop_done(batch, s.id_column, todo.done)
+            if resume_by:
+                batch = _drop_done(batch, resume_by, todo.done)
             if batch.num_rows:
                 parts.append(scorer(batch))
         if parts:
@@ -191,9 +191,7 @@ def score_dataset(ds: ray.data.Dataset, plan: ScoringPlan) -> ray.data.Dataset:
     The bundle travels to the actors through Ray's object store, so on a cluster no node needs
     the model directory on its own disk."""
     pool = _actor_pool(plan.concurrency)
-    tokenising = Tokenising(
-        plan.columns, Encoder(plan.bundle.vocab, plan.bundle.tokenizer.max_len), plan.bundle.linear, plan.max_text_chars
-    )
+    tokenising = Tokenising.of(plan.bundle, plan.columns, plan.max_text_chars)
     if plan.in_tasks:
         ds = ds.map_batches(tokenising, batch_format="pyarrow", batch_size=TOKENISE_ROWS, num_cpus=task_cpus())
     return ds.map_batches(
@@ -245,6 +243,11 @@ class Tokenising:
     encoder: Encoder
     linear: LinearModel | None
     max_text_chars: int
+
+    @classmethod
+    def of(cls, bundle: ModelBundle, columns: Columns, max_text_chars: int) -> Tokenising:
+        """What a bundle's model reads: its vocabulary's ids, and its linear model's probabilities."""
+        return cls(columns, Encoder(bundle.vocab, bundle.tokenizer.max_len), bundle.linear, max_text_chars)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, problems = check_texts(_texts(batch[self.columns.text]), self.max_text_chars)
